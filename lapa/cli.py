@@ -1,0 +1,48 @@
+"""`lapa`: one command line for simulation, training, export, serving and benchmarks.
+
+Each subsystem registers its own subcommands; heavy imports happen only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lapa.errors import UserError
+
+# (command, module that defines `register(subparsers)`)
+SUBSYSTEMS: list[tuple[str, str]] = [
+    ("sim", "lapa.sim.cli"),
+    ("bench", "lapa.bench"),
+    ("demo", "lapa.demo"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lapa",
+        description="LAPA: latent action pretraining from videos, served to a Franka at control rate.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for _name, module_name in SUBSYSTEMS:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as err:
+        print(f"lapa: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lapa: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
