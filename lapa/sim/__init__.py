@@ -1,0 +1,1 @@
+"""The simulated Franka tabletop: scene, drivers, tasks and scripted experts."""

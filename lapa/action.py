@@ -1,0 +1,47 @@
+"""The standard action and proprio-state vectors (DESIGN.md conventions).
+
+Action float32[7]: [dx, dy, dz] metres and [droll, dpitch, dyaw] radians in the robot base frame
+(R_next = R_delta @ R_now), then the gripper target (1.0 open, 0.0 closed).
+State float32[8]: EE xyz (m), EE roll/pitch/yaw (rad), gripper width (m).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ACTION_DIM = 7
+STATE_DIM = 8
+ACTION_NAMES = ("dx_m", "dy_m", "dz_m", "droll_rad", "dpitch_rad", "dyaw_rad", "gripper")
+STATE_NAMES = ("x_m", "y_m", "z_m", "roll_rad", "pitch_rad", "yaw_rad", "gripper_width_m")
+GRIPPER_OPEN = 1.0
+GRIPPER_CLOSED = 0.0
+
+
+def validate_action(action) -> np.ndarray:
+    """Return the action as float64 (7,), or raise ValueError saying what is wrong with it."""
+    a = np.asarray(action, dtype=np.float64)
+    if a.shape != (ACTION_DIM,):
+        raise ValueError(f"action must have shape ({ACTION_DIM},), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        bad = [ACTION_NAMES[i] for i in np.flatnonzero(~np.isfinite(a))]
+        raise ValueError(f"action has non-finite values in {bad}")
+    return a
+
+
+def gripper_is_open(command: float) -> bool:
+    return command >= 0.5
+
+
+@dataclass(frozen=True)
+class RobotState:
+    """End-effector pose in the base frame and gripper opening."""
+
+    ee_pos_m: np.ndarray  # (3,)
+    ee_rpy_rad: np.ndarray  # (3,)
+    gripper_width_m: float
+
+    def as_vector(self) -> np.ndarray:
+        """float32[8] in STATE_NAMES order."""
+        return np.concatenate([self.ee_pos_m, self.ee_rpy_rad, [self.gripper_width_m]]).astype(np.float32)

@@ -1,0 +1,112 @@
+"""An episode on the tabletop: a driver, a task, its success check, and the observation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lapa.sim.expert import ScriptedExpert
+from lapa.sim.tasks import FAMILIES, EpisodeStart, TaskInstance, is_success, sample_instance
+
+
+@dataclass
+class Observation:
+    image: np.ndarray  # (H, W, 3) uint8, scene camera
+    state: np.ndarray  # (8,) float32
+    instruction: str
+
+
+@dataclass
+class EpisodeResult:
+    task: TaskInstance
+    instruction: str
+    seed: int
+    success: bool
+    steps: int
+    frames: np.ndarray | None = None  # (T+1, H, W, 3) uint8: observations before each action + final
+    states: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.float32))  # (T+1, 8)
+    actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))  # (T+1, 7)
+
+
+Policy = Callable[[Observation], np.ndarray]
+
+
+def episode_task(family: str, seed: int, held_out: bool = False) -> tuple[TaskInstance, str]:
+    """The task instance and instruction an episode seed stands for (deterministic)."""
+    rng = np.random.default_rng([seed, 7])
+    task = sample_instance(family, rng)
+    return task, task.instruction(rng, held_out=held_out)
+
+
+class TabletopEnv:
+    """Wraps a driver (fast or franky) with a task and its success check."""
+
+    def __init__(self, driver) -> None:
+        self.driver = driver
+        self.task: TaskInstance | None = None
+        self.instruction = ""
+        self.start: EpisodeStart | None = None
+        self.steps = 0
+
+    def reset(self, task: TaskInstance, seed: int, instruction: str | None = None) -> Observation:
+        self.driver.reset(seed)
+        self.task = task
+        self.instruction = instruction or task.instruction()
+        self.start = EpisodeStart(self.driver.block_positions())
+        self.steps = 0
+        return self.observe()
+
+    def observe(self) -> Observation:
+        image = self.driver.render("scene") if self.driver.renderer is not None else np.zeros((0, 0, 3), np.uint8)
+        return Observation(image, self.driver.robot_state().as_vector(), self.instruction)
+
+    def step(self, action) -> Observation:
+        self.driver.apply_action(action)
+        self.steps += 1
+        return self.observe()
+
+    @property
+    def success(self) -> bool:
+        return is_success(self.task, self.driver, self.start)
+
+    @property
+    def max_steps(self) -> int:
+        return FAMILIES[self.task.family].max_steps
+
+
+def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy | None = None,
+                instruction: str | None = None, record: bool = True, stop_on_success: bool = True,
+                expert_noise_m: float = 0.0) -> EpisodeResult:
+    """Roll out one episode; `policy=None` runs the scripted expert."""
+    obs = env.reset(task, seed, instruction)
+    expert = None
+    if policy is None:
+        expert = ScriptedExpert(task, env.driver, np.random.default_rng([seed, 11]), noise_m=expert_noise_m)
+        policy = lambda _obs: expert.act(env.driver)  # noqa: E731
+    frames, states, actions = [], [], []
+    success = False
+    while env.steps < env.max_steps:
+        action = np.asarray(policy(obs), dtype=np.float32)
+        if record:
+            frames.append(obs.image)
+            states.append(obs.state)
+            actions.append(action)
+        obs = env.step(action)
+        success = env.success
+        if success and stop_on_success:
+            break
+        if expert is not None and expert.done:
+            break
+    result = EpisodeResult(task, env.instruction, seed, success, env.steps)
+    if record:
+        hold = np.zeros(7, np.float32)
+        hold[6] = actions[-1][6] if actions else 1.0
+        frames.append(obs.image)
+        states.append(obs.state)
+        actions.append(hold)
+        result.frames = np.stack(frames)
+        result.states = np.stack(states).astype(np.float32)
+        result.actions = np.stack(actions).astype(np.float32)
+    return result

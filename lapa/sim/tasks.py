@@ -1,0 +1,231 @@
+"""The language-conditioned tabletop task suite: instructions, success checks, task sampling.
+
+A task family ("pick") is parametrised by colours and directions; a `TaskInstance` fixes them
+("pick up the red block"). Every family has training instruction templates and held-out
+paraphrases used only to test generalisation to unseen instructions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from lapa.action import RobotState
+from lapa.sim.scene import BLOCK_COLOURS, BLOCK_HALF_SIZE_M
+
+# Directions in the robot base frame, as seen by an operator standing behind the robot.
+DIRECTIONS: dict[str, np.ndarray] = {
+    "left": np.array([0.0, 1.0]),
+    "right": np.array([0.0, -1.0]),
+    "forward": np.array([1.0, 0.0]),
+    "back": np.array([-1.0, 0.0]),
+}
+
+
+class SceneView(Protocol):
+    """What success checks and experts read from a driver (privileged simulator state)."""
+
+    def robot_state(self) -> RobotState: ...
+    def block_pose(self, colour: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    name: str
+    train_templates: tuple[str, ...]
+    held_out_templates: tuple[str, ...]
+    max_steps: int  # at 10 Hz
+
+    @property
+    def needs_direction(self) -> bool:
+        return "{direction}" in self.train_templates[0]
+
+    @property
+    def needs_target(self) -> bool:
+        return "{target}" in self.train_templates[0]
+
+
+FAMILIES: dict[str, TaskFamily] = {
+    f.name: f
+    for f in [
+        TaskFamily(
+            "reach",
+            ("reach the {colour} block", "move to the {colour} block", "go to the {colour} block"),
+            ("touch the {colour} cube", "bring the gripper over the {colour} block"),
+            max_steps=40,
+        ),
+        TaskFamily(
+            "push",
+            ("push the {colour} block {direction}", "slide the {colour} block {direction}",
+             "move the {colour} block {direction}"),
+            ("nudge the {colour} cube {direction}", "shove the {colour} block {direction}"),
+            max_steps=60,
+        ),
+        TaskFamily(
+            "pick",
+            ("pick up the {colour} block", "lift the {colour} block", "grab the {colour} block"),
+            ("raise the {colour} cube off the table", "take the {colour} block"),
+            max_steps=60,
+        ),
+        TaskFamily(
+            "put",
+            ("put the {colour} block on the {target} block", "stack the {colour} block on the {target} block",
+             "place the {colour} block on top of the {target} block"),
+            ("set the {colour} cube onto the {target} cube", "build a tower with the {colour} block on the {target} block"),
+            max_steps=100,
+        ),
+    ]
+}
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "default": ("reach", "push", "pick", "put"),
+    "reach": ("reach",),
+    "push": ("push",),
+    "pick": ("pick",),
+    "put": ("put",),
+}
+
+
+def get_suite(name: str) -> tuple[str, ...]:
+    if name not in SUITES:
+        raise KeyError(f"unknown suite {name!r}; known suites: {sorted(SUITES)}")
+    return SUITES[name]
+
+
+@dataclass(frozen=True)
+class TaskInstance:
+    """One concrete task: a family with its colour (and direction or target colour)."""
+
+    family: str
+    colour: str
+    direction: str | None = None
+    target: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown task {self.family!r}; known tasks: {sorted(FAMILIES)}")
+        fam = FAMILIES[self.family]
+        if self.colour not in BLOCK_COLOURS:
+            raise ValueError(f"unknown colour {self.colour!r}; known colours: {sorted(BLOCK_COLOURS)}")
+        if fam.needs_direction and self.direction not in DIRECTIONS:
+            raise ValueError(f"task {self.family!r} needs a direction from {sorted(DIRECTIONS)}, got {self.direction!r}")
+        if fam.needs_target:
+            if self.target not in BLOCK_COLOURS:
+                raise ValueError(f"task {self.family!r} needs a target colour from {sorted(BLOCK_COLOURS)}, "
+                                 f"got {self.target!r}")
+            if self.target == self.colour:
+                raise ValueError("a block cannot be put on itself")
+
+    @property
+    def name(self) -> str:
+        extra = self.direction or self.target
+        return f"{self.family}_{self.colour}" + (f"_{extra}" if extra else "")
+
+    def instruction(self, rng: np.random.Generator | None = None, held_out: bool = False) -> str:
+        fam = FAMILIES[self.family]
+        templates = fam.held_out_templates if held_out else fam.train_templates
+        template = templates[0] if rng is None else templates[int(rng.integers(len(templates)))]
+        return template.format(colour=self.colour, direction=self.direction, target=self.target)
+
+    @classmethod
+    def parse(cls, name: str) -> TaskInstance:
+        """From a name like `pick_red`, `push_blue_left`, `put_red_green` (see `.name`)."""
+        parts = name.strip().lower().split("_")
+        if len(parts) < 2:
+            raise ValueError(f"task name {name!r} must look like FAMILY_COLOUR[_DIRECTION|_TARGET]")
+        family, colour, *rest = parts
+        fam = FAMILIES.get(family)
+        extra = rest[0] if rest else None
+        if fam is not None and fam.needs_direction:
+            return cls(family, colour, direction=extra)
+        if fam is not None and fam.needs_target:
+            return cls(family, colour, target=extra)
+        if rest:
+            raise ValueError(f"task {family!r} takes only a colour, got {name!r}")
+        return cls(family, colour)
+
+
+def sample_instance(family: str, rng: np.random.Generator, colours: tuple[str, ...] = tuple(BLOCK_COLOURS)) -> TaskInstance:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown task {family!r}; known tasks: {sorted(FAMILIES)}")
+    fam = FAMILIES[family]
+    colour = colours[int(rng.integers(len(colours)))]
+    if fam.needs_direction:
+        return TaskInstance(family, colour, direction=sorted(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))])
+    if fam.needs_target:
+        others = [c for c in colours if c != colour]
+        return TaskInstance(family, colour, target=others[int(rng.integers(len(others)))])
+    return TaskInstance(family, colour)
+
+
+def _template_regex(template: str) -> re.Pattern:
+    colours = "|".join(BLOCK_COLOURS)
+    pattern = re.escape(template)
+    pattern = pattern.replace(re.escape("{colour}"), f"(?P<colour>{colours})")
+    pattern = pattern.replace(re.escape("{target}"), f"(?P<target>{colours})")
+    pattern = pattern.replace(re.escape("{direction}"), f"(?P<direction>{'|'.join(DIRECTIONS)})")
+    return re.compile(rf"^\s*(?:please\s+)?{pattern}\s*[.!]?\s*$", re.IGNORECASE)
+
+
+_PARSERS = [
+    (family.name, _template_regex(t))
+    for family in FAMILIES.values()
+    for t in family.train_templates + family.held_out_templates
+]
+
+
+def parse_instruction(text: str) -> TaskInstance | None:
+    """The task an instruction names, if it matches one of the suite's phrasings."""
+    for family, regex in _PARSERS:
+        m = regex.match(text)
+        if m:
+            g = {k: (v.lower() if v else None) for k, v in m.groupdict().items()}
+            try:
+                return TaskInstance(family, g["colour"], direction=g.get("direction"), target=g.get("target"))
+            except ValueError:
+                return None
+    return None
+
+
+# ---------------------------------------------------------------------- success checks
+REACH_RADIUS_M = 0.03
+REACH_MAX_HEIGHT_ABOVE_TOP_M = 0.05
+PUSH_MIN_DISPLACEMENT_M = 0.06
+PUSH_MAX_SIDEWAYS_M = 0.04
+PICK_MIN_HEIGHT_M = 0.08
+STACK_MAX_OFFSET_M = 0.025
+
+
+@dataclass(frozen=True)
+class EpisodeStart:
+    """What success checks compare against: the blocks where the episode began."""
+
+    block_positions: dict[str, np.ndarray]
+
+
+def is_success(task: TaskInstance, view: SceneView, start: EpisodeStart) -> bool:
+    pos, _ = view.block_pose(task.colour)
+    if task.family == "reach":
+        tcp = view.robot_state().ee_pos_m
+        top = pos[2] + BLOCK_HALF_SIZE_M
+        return bool(np.linalg.norm(tcp[:2] - pos[:2]) < REACH_RADIUS_M
+                    and tcp[2] - top < REACH_MAX_HEIGHT_ABOVE_TOP_M)
+    if task.family == "push":
+        u = DIRECTIONS[task.direction]
+        moved = pos[:2] - start.block_positions[task.colour][:2]
+        along = float(moved @ u)
+        sideways = abs(float(moved @ np.array([-u[1], u[0]])))
+        on_table = pos[2] < BLOCK_HALF_SIZE_M + 0.01
+        return along >= PUSH_MIN_DISPLACEMENT_M and sideways <= PUSH_MAX_SIDEWAYS_M and on_table
+    if task.family == "pick":
+        return bool(pos[2] >= PICK_MIN_HEIGHT_M)
+    if task.family == "put":
+        below, _ = view.block_pose(task.target)
+        stacked_height = below[2] + 2 * BLOCK_HALF_SIZE_M
+        released = view.robot_state().gripper_width_m > 2 * BLOCK_HALF_SIZE_M + 0.005
+        return bool(np.linalg.norm(pos[:2] - below[:2]) < STACK_MAX_OFFSET_M
+                    and abs(pos[2] - stacked_height) < 0.012 and released)
+    raise AssertionError(f"no success check for {task.family}")
