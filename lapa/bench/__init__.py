@@ -1,0 +1,62 @@
+"""`lapa bench ...`: benchmarks whose JSON results go into BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# (subcommand, module defining `add_arguments(parser)` and `run(args) -> dict`, help)
+BENCHMARKS: list[tuple[str, str, str]] = [
+    ("sim", "lapa.bench.sim", "simulator speed, scripted-expert success, recording throughput"),
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (results as JSON, see BENCHMARKS.md)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    for name, module_name, help_text in BENCHMARKS:
+        p = bench_sub.add_parser(name, help=help_text)
+        p.add_argument("--json", type=Path, help="write the results to this JSON file")
+        p.set_defaults(func=_runner(module_name), bench_name=name)
+        importlib.import_module(module_name).add_arguments(p)
+
+
+def machine_info() -> dict:
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _runner(module_name: str):
+    def run(args: argparse.Namespace) -> int:
+        results = importlib.import_module(module_name).run(args)
+        results = {"benchmark": args.bench_name, "command": "lapa " + " ".join(sys.argv[1:]),
+                   "machine": machine_info(), **results}
+        text = json.dumps(results, indent=2)
+        print(text)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text + "\n")
+        return 0
+
+    return run
