@@ -1,0 +1,62 @@
+"""The one policy protocol every backend (torch, onnxruntime, tensorrt) implements.
+
+The server, the benchmarks and the ROS side depend only on this; none of them imports a
+training stack. Observations and replies are plain dicts of numpy arrays and strings so they
+travel unchanged over msgpack.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+OBS_IMAGE = "image"  # uint8 (H, W, 3) RGB, scene camera
+OBS_INSTRUCTION = "instruction"  # str
+OBS_STATE = "state"  # optional float32 (8,): EE xyz, EE rpy, gripper width
+REPLY_ACTIONS = "actions"  # float32 (K, 7): a chunk of delta-EE actions, first one to execute now
+REPLY_MODEL_MS = "model_ms"  # float: time spent in the model for this call
+
+
+class PolicyInputError(ValueError):
+    """The observation is malformed (wrong shape, dtype, missing field): the caller's fault."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """`infer(obs) -> {"actions": float32[K, 7], "model_ms": float, ...}` and `reset()`."""
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """image_size [H, W], chunk_size K, action_dim 7, control_hz, model_hash, backend, ..."""
+        ...
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]: ...
+
+    def reset(self) -> None: ...
+
+
+def check_observation(obs: dict[str, Any], image_size: tuple[int, int]) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """Validate an observation dict; returns (image, instruction, state) or raises PolicyInputError."""
+    if not isinstance(obs, dict):
+        raise PolicyInputError(f"observation must be a map, got {type(obs).__name__}")
+    if OBS_IMAGE not in obs:
+        raise PolicyInputError("observation has no 'image'")
+    if OBS_INSTRUCTION not in obs:
+        raise PolicyInputError("observation has no 'instruction'")
+    image = obs[OBS_IMAGE]
+    if not isinstance(image, np.ndarray):
+        raise PolicyInputError(f"'image' must be an array, got {type(image).__name__}")
+    h, w = image_size
+    if image.dtype != np.uint8 or image.shape != (h, w, 3):
+        raise PolicyInputError(f"'image' must be uint8 ({h}, {w}, 3), got {image.dtype} {tuple(image.shape)}")
+    instruction = obs[OBS_INSTRUCTION]
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise PolicyInputError("'instruction' must be a non-empty string")
+    state = obs.get(OBS_STATE)
+    if state is not None:
+        state = np.asarray(state)
+        if state.shape != (8,) or not np.issubdtype(state.dtype, np.floating) or not np.all(np.isfinite(state)):
+            raise PolicyInputError(f"'state' must be 8 finite floats, got {state.dtype} {tuple(state.shape)}")
+        state = state.astype(np.float32)
+    return image, instruction, state
