@@ -2,7 +2,9 @@
 
 Action float32[7]: [dx, dy, dz] metres and [droll, dpitch, dyaw] radians in the robot base frame
 (R_next = R_delta @ R_now), then the gripper target (1.0 open, 0.0 closed).
-State float32[8]: EE xyz (m), EE roll/pitch/yaw (rad), gripper width (m).
+State float32[8]: EE xyz (m), EE roll/pitch/yaw (rad), then the gripper opening as its two finger
+positions (m, each half the width when symmetric; the width is their sum), as LIBERO and
+robosuite report it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 ACTION_DIM = 7
 STATE_DIM = 8
 ACTION_NAMES = ("dx_m", "dy_m", "dz_m", "droll_rad", "dpitch_rad", "dyaw_rad", "gripper")
-STATE_NAMES = ("x_m", "y_m", "z_m", "roll_rad", "pitch_rad", "yaw_rad", "gripper_width_m")
+STATE_NAMES = ("x_m", "y_m", "z_m", "roll_rad", "pitch_rad", "yaw_rad", "finger_left_m", "finger_right_m")
 GRIPPER_OPEN = 1.0
 GRIPPER_CLOSED = 0.0
 
@@ -44,4 +46,12 @@ class RobotState:
 
     def as_vector(self) -> np.ndarray:
         """float32[8] in STATE_NAMES order."""
-        return np.concatenate([self.ee_pos_m, self.ee_rpy_rad, [self.gripper_width_m]]).astype(np.float32)
+        half = self.gripper_width_m / 2
+        return np.concatenate([self.ee_pos_m, self.ee_rpy_rad, [half, half]]).astype(np.float32)
+
+    @classmethod
+    def from_vector(cls, v: np.ndarray) -> RobotState:
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != (STATE_DIM,):
+            raise ValueError(f"state must have shape ({STATE_DIM},), got {v.shape}")
+        return cls(v[:3].copy(), v[3:6].copy(), float(v[6] + v[7]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-
 VISUAL_GROUP = 2  # franky-sim's FR3: detailed visual meshes (~240k triangles)
 COLLISION_GROUP = 3  # its convex collision meshes (~3k triangles)
 ROBOT_SHADE_RGBA = (0.92, 0.92, 0.93, 1.0)  # the FR3's off-white

@@ -74,7 +74,8 @@ FAMILIES: dict[str, TaskFamily] = {
             "put",
             ("put the {colour} block on the {target} block", "stack the {colour} block on the {target} block",
              "place the {colour} block on top of the {target} block"),
-            ("set the {colour} cube onto the {target} cube", "build a tower with the {colour} block on the {target} block"),
+            ("set the {colour} cube onto the {target} cube",
+             "build a tower with the {colour} block on the {target} block"),
             max_steps=100,
         ),
     ]
@@ -111,7 +112,8 @@ class TaskInstance:
         if self.colour not in BLOCK_COLOURS:
             raise ValueError(f"unknown colour {self.colour!r}; known colours: {sorted(BLOCK_COLOURS)}")
         if fam.needs_direction and self.direction not in DIRECTIONS:
-            raise ValueError(f"task {self.family!r} needs a direction from {sorted(DIRECTIONS)}, got {self.direction!r}")
+            raise ValueError(
+                f"task {self.family!r} needs a direction from {sorted(DIRECTIONS)}, got {self.direction!r}")
         if fam.needs_target:
             if self.target not in BLOCK_COLOURS:
                 raise ValueError(f"task {self.family!r} needs a target colour from {sorted(BLOCK_COLOURS)}, "
@@ -148,7 +150,8 @@ class TaskInstance:
         return cls(family, colour)
 
 
-def sample_instance(family: str, rng: np.random.Generator, colours: tuple[str, ...] = tuple(BLOCK_COLOURS)) -> TaskInstance:
+def sample_instance(family: str, rng: np.random.Generator,
+                    colours: tuple[str, ...] = tuple(BLOCK_COLOURS)) -> TaskInstance:
     if family not in FAMILIES:
         raise ValueError(f"unknown task {family!r}; known tasks: {sorted(FAMILIES)}")
     fam = FAMILIES[family]
