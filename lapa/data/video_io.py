@@ -55,6 +55,11 @@ def encoder_available(name: str) -> bool:
     return True
 
 
+def encoder_options(codec: str) -> dict[str, str]:
+    """The FFmpeg options write_video passes to `codec` (keyframe interval, quality)."""
+    return dict(_CODEC_OPTIONS.get(codec, {}))
+
+
 def default_codec(path: str | os.PathLike[str]) -> str:
     """The encoder write_video uses for `path` when none is given (AV1 for mp4, VP9 for webm)."""
     is_webm = Path(path).suffix.lower() == ".webm"
@@ -270,7 +275,7 @@ class VideoWriter:
         try:
             self._container = av.open(str(self._tmp), "w", format=_FORMATS[suffix])
             self._stream = self._container.add_stream(
-                self.codec, rate=self.fps, options=dict(_CODEC_OPTIONS.get(self.codec, {}))
+                self.codec, rate=self.fps, options=encoder_options(self.codec)
             )
             self._stream.width, self._stream.height = self.width, self.height
             self._stream.pix_fmt = PIX_FMT
@@ -311,9 +316,9 @@ class VideoWriter:
             for packet in self._stream.encode():
                 self._container.mux(packet)
             self._container.close()
-            _fsync_file(self._tmp)
+            fsync_file(self._tmp)
             os.replace(self._tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except BaseException:
             self.abort()
             raise
@@ -325,6 +330,10 @@ class VideoWriter:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._stream.encode(None)  # end of stream, so the encoder shuts down quietly
+        except Exception:  # noqa: BLE001 - already failing, only cleaning up
+            pass
         try:
             self._container.close()
         except Exception:  # noqa: BLE001 - already failing, only cleaning up
@@ -387,12 +396,14 @@ def check_frames(frames: object, what: str) -> None:
         raise ValueError(f"{what} is empty (T = 0)")
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush a file's data to disk (before renaming it into place)."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a directory entry (after a rename); best effort, not every filesystem allows it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
