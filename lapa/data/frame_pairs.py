@@ -1,0 +1,209 @@
+"""Frame pairs (x_t, x_{t+H}) from action-free video sets and LeRobot v3 datasets, for LAQ.
+
+The gap H is given in seconds (the paper uses about 0.6 s) and converted with each clip's own
+fps. Training streams shuffled pairs from a few worker processes; each worker decodes a clip
+once and draws several pairs from it. Unreadable clips are skipped with a warning and
+counted, so a corrupt file never ends a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from lapa.data.lerobot_v3 import LeRobotV3Dataset
+from lapa.data.video_folder import VideoFolder
+from lapa.data.video_io import VideoReadError
+from lapa.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    """One video clip: where it comes from and how to read it."""
+
+    source: str  # dataset root
+    kind: str  # "lerobot" | "videos"
+    index: int  # episode index or clip index
+    instruction: str
+
+
+@dataclass
+class Clip:
+    ref: ClipRef
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    fps: float
+    actions: np.ndarray | None  # (T, 7) float32 for LeRobot episodes
+
+
+def is_lerobot_dataset(root: Path) -> bool:
+    return (root / "meta" / "info.json").is_file()
+
+
+class ClipCatalog:
+    """All clips of one or more dataset roots (LeRobot v3 or video folders), readable by ref."""
+
+    def __init__(self, roots: Sequence[str | Path]) -> None:
+        if not roots:
+            raise UserError("no dataset given")
+        self.refs: list[ClipRef] = []
+        self._lerobot: dict[str, LeRobotV3Dataset] = {}
+        self._videos: dict[str, VideoFolder] = {}
+        for root in map(Path, roots):
+            if not root.exists():
+                raise UserError(f"dataset {root} does not exist")
+            key = str(root)
+            if is_lerobot_dataset(root):
+                ds = LeRobotV3Dataset(root)
+                self._lerobot[key] = ds
+                for i in range(ds.num_episodes):
+                    self.refs.append(ClipRef(key, "lerobot", i, ""))
+            else:
+                folder = VideoFolder(root)
+                self._videos[key] = folder
+                for i in range(len(folder)):
+                    self.refs.append(ClipRef(key, "videos", i, folder[i].instruction))
+        if not self.refs:
+            raise UserError(f"no clips found in {', '.join(map(str, roots))}")
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def read(self, ref: ClipRef) -> Clip:
+        """Decode a clip; raises VideoReadError (or DatasetError) when it cannot be read."""
+        if ref.kind == "lerobot":
+            ep = self._lerobot[ref.source].episode(ref.index)
+            return Clip(ClipRef(ref.source, ref.kind, ref.index, ep.task), ep.frames, ep.fps, ep.actions)
+        frames, fps = self._videos[ref.source].read(ref.index)
+        return Clip(ref, frames, fps, None)
+
+
+def gap_frames(gap_s: float, fps: float) -> int:
+    """The frame offset H for a gap in seconds at this clip's fps (at least one frame)."""
+    if gap_s <= 0:
+        raise ValueError(f"the frame gap must be positive, got {gap_s} s")
+    return max(1, int(round(gap_s * fps)))
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8 (area interpolation when shrinking)."""
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+
+
+def pair_indices(num_frames: int, gap: int) -> np.ndarray:
+    """Start indices t with a valid partner t + gap."""
+    return np.arange(max(0, num_frames - gap))
+
+
+class FramePairStream(IterableDataset):
+    """An endless shuffled stream of uint8 frame pairs (2, S, S, 3).
+
+    Each worker visits clips in its own random order, decodes one, and yields
+    `pairs_per_clip` random pairs from it. With `augment`, pairs get the same random resized
+    crop (scale 0.9) and brightness jitter on both frames, so the motion between them is kept.
+    """
+
+    def __init__(self, catalog: ClipCatalog, image_size: int, gap_s: float = 0.6, pairs_per_clip: int = 8,
+                 seed: int = 0, augment: bool = False) -> None:
+        self.catalog = catalog
+        self.image_size = image_size
+        self.gap_s = gap_s
+        self.pairs_per_clip = pairs_per_clip
+        self.seed = seed
+        self.augment = augment
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = np.random.default_rng([self.seed, worker])
+        while True:
+            order = rng.permutation(len(self.catalog))[worker::workers]
+            if len(order) == 0:
+                order = rng.permutation(len(self.catalog))
+            yielded = 0
+            for i in order:
+                ref = self.catalog.refs[int(i)]
+                try:
+                    clip = self.catalog.read(ref)
+                except (VideoReadError, UserError, OSError) as err:
+                    self.skipped += 1
+                    log.warning("skipping unreadable clip %s #%d (%d skipped so far): %s",
+                                ref.source, ref.index, self.skipped, err)
+                    continue
+                gap = gap_frames(self.gap_s, clip.fps)
+                starts = pair_indices(len(clip.frames), gap)
+                if len(starts) == 0:
+                    continue
+                frames = resize_frames(clip.frames, self.image_size)
+                for t in rng.choice(starts, size=min(self.pairs_per_clip, len(starts)), replace=False):
+                    pair = np.stack([frames[t], frames[t + gap]])  # (2, S, S, 3)
+                    yield augment_pair(pair, rng) if self.augment else pair
+                    yielded += 1
+            if yielded == 0:
+                raise UserError("no readable clip is long enough for the requested frame gap")
+
+
+def augment_pair(pair: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Same random resized crop (90% area) and brightness jitter for both frames of a pair."""
+    s = pair.shape[1]
+    c = int(round(s * math.sqrt(0.9)))
+    y, x = rng.integers(0, s - c + 1, size=2)
+    crop = pair[:, y:y + c, x:x + c]
+    out = np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_LINEAR) for f in crop])
+    gain = rng.uniform(0.9, 1.1)
+    return np.clip(out.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def pair_batches(catalog: ClipCatalog, image_size: int, batch_size: int, gap_s: float = 0.6,
+                 workers: int = 2, seed: int = 0, augment: bool = False) -> Iterator[torch.Tensor]:
+    """Endless batches of uint8 frame pairs (B, 2, S, S, 3) from `workers` processes."""
+    stream = FramePairStream(catalog, image_size, gap_s=gap_s, seed=seed, augment=augment)
+    loader = DataLoader(stream, batch_size=batch_size, num_workers=workers,
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    yield from loader
+
+
+@dataclass
+class PairRecord:
+    """One frame pair of a dataset, in order: for labelling and evaluation."""
+
+    ref: ClipRef
+    instruction: str
+    t: int
+    gap: int
+    pair: np.ndarray  # (2, S, S, 3) uint8
+    action_sum: np.ndarray | None  # (7,) sum of actions t..t+gap-1 (LeRobot only)
+
+
+def iter_pairs(catalog: ClipCatalog, image_size: int, gap_s: float = 0.6, stride: int = 1,
+               counter: dict | None = None) -> Iterator[PairRecord]:
+    """Every pair (t, t+H) of every clip in catalog order, with the true motion when known."""
+    for ref in catalog.refs:
+        try:
+            clip = catalog.read(ref)
+        except (VideoReadError, UserError, OSError) as err:
+            if counter is not None:
+                counter["skipped"] = counter.get("skipped", 0) + 1
+            log.warning("skipping unreadable clip %s #%d: %s", ref.source, ref.index, err)
+            continue
+        gap = gap_frames(gap_s, clip.fps)
+        frames = resize_frames(clip.frames, image_size)
+        for t in pair_indices(len(frames), gap)[::stride]:
+            action_sum = None
+            if clip.actions is not None:
+                action_sum = clip.actions[t:t + gap].sum(axis=0).astype(np.float32)
+            yield PairRecord(clip.ref, clip.ref.instruction, int(t), gap,
+                             np.stack([frames[t], frames[t + gap]]), action_sum)
