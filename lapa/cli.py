@@ -14,6 +14,7 @@ from lapa.errors import UserError
 # (command, module that defines `register(subparsers)`)
 SUBSYSTEMS: list[tuple[str, str]] = [
     ("sim", "lapa.sim.cli"),
+    ("laq", "lapa.laq.cli"),
     ("bench", "lapa.bench"),
     ("demo", "lapa.demo"),
 ]

@@ -181,6 +181,7 @@ class PairRecord:
     """One frame pair of a dataset, in order: for labelling and evaluation."""
 
     ref: ClipRef
+    clip_index: int  # position of `ref` in the catalog
     instruction: str
     t: int
     gap: int
@@ -191,7 +192,7 @@ class PairRecord:
 def iter_pairs(catalog: ClipCatalog, image_size: int, gap_s: float = 0.6, stride: int = 1,
                counter: dict | None = None) -> Iterator[PairRecord]:
     """Every pair (t, t+H) of every clip in catalog order, with the true motion when known."""
-    for ref in catalog.refs:
+    for clip_index, ref in enumerate(catalog.refs):
         try:
             clip = catalog.read(ref)
         except (VideoReadError, UserError, OSError) as err:
@@ -205,5 +206,5 @@ def iter_pairs(catalog: ClipCatalog, image_size: int, gap_s: float = 0.6, stride
             action_sum = None
             if clip.actions is not None:
                 action_sum = clip.actions[t:t + gap].sum(axis=0).astype(np.float32)
-            yield PairRecord(clip.ref, clip.ref.instruction, int(t), gap,
+            yield PairRecord(ref, clip_index, clip.ref.instruction, int(t), gap,
                              np.stack([frames[t], frames[t + gap]]), action_sum)
