@@ -29,6 +29,7 @@ setup(
     entry_points={
         "console_scripts": [
             "lapa = lapa.cli:main",
+            "lapa-server = policy_server.app:main",
         ],
     },
 )

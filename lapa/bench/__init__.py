@@ -14,6 +14,7 @@ from pathlib import Path
 # (subcommand, module defining `add_arguments(parser)` and `run(args) -> dict`, help)
 BENCHMARKS: list[tuple[str, str, str]] = [
     ("sim", "lapa.bench.sim", "simulator speed, scripted-expert success, recording throughput"),
+    ("server", "policy_server.bench", "policy server overhead (HTTP, WebSocket) and throughput under concurrency"),
 ]
 
 
