@@ -1,0 +1,133 @@
+"""VLA hyper-parameters: one validated dataclass with a `tiny` (tests, CPU) and a `base` preset.
+
+The same config describes both training stages: `head="latent"` is the latent-pretraining model
+(stage 2, predicts `latent_seq_len` LAQ codes out of `latent_codebook_size`), `head="action"` the
+finetuned policy (stage 3, predicts a chunk of `chunk_size` actions, each of `action_dim` tokens
+out of `num_bins`). `decoder` fixes how the action head decodes (see lapa/policy/model.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from lapa.action import ACTION_DIM
+
+HEADS = ("latent", "action")
+DECODERS = ("parallel", "autoregressive")
+MAX_CHUNK_SIZE = 8
+
+
+@dataclass(frozen=True)
+class VLAConfig:
+    image_size: int = 224  # square RGB input, pixels per side (uint8 (B, H, W, 3) into the model)
+    patch_size: int = 16  # -> (image_size // patch_size)^2 patch tokens
+    dim: int = 384  # trunk width
+    depth: int = 8  # transformer blocks
+    heads: int = 6  # attention heads; dim % heads == 0
+    mlp_ratio: float = 4.0
+    text_dim: int = 384  # instruction embedding width (all-MiniLM-L6-v2)
+    latent_seq_len: int = 4  # LAQ latent tokens per transition
+    latent_codebook_size: int = 8  # LAQ codebook entries
+    chunk_size: int = 4  # K actions predicted per call
+    action_dim: int = ACTION_DIM  # [dx, dy, dz, droll, dpitch, dyaw, gripper]
+    num_bins: int = 256  # tokens per action dimension
+    control_hz: float = 10.0  # rate at which the chunk's actions are meant to be executed
+    head: str = "latent"  # "latent" (stage 2) or "action" (stage 3)
+    decoder: str = "parallel"  # action decoding: "parallel" (one pass) or "autoregressive"
+
+    def __post_init__(self) -> None:
+        positive = ("image_size", "patch_size", "dim", "depth", "heads", "text_dim", "latent_seq_len")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"VLAConfig.{name} must be a positive int, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not isinstance(self.latent_codebook_size, int) or self.latent_codebook_size < 2:
+            raise ValueError(f"latent_codebook_size must be an int >= 2, got {self.latent_codebook_size!r}")
+        if not isinstance(self.chunk_size, int) or not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk_size must be an int in 1..{MAX_CHUNK_SIZE}, got {self.chunk_size!r}")
+        if self.action_dim != ACTION_DIM:
+            raise ValueError(f"action_dim must be {ACTION_DIM} (lapa/action.py), got {self.action_dim!r}")
+        if not isinstance(self.num_bins, int) or not 2 <= self.num_bins <= 4096 or self.num_bins % 2:
+            raise ValueError(f"num_bins must be an even int in 2..4096, got {self.num_bins!r}")
+        if not isinstance(self.control_hz, int | float) or not 0 < self.control_hz <= 1000:
+            raise ValueError(f"control_hz must be in (0, 1000], got {self.control_hz!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size * self.patch_size * 3
+
+    @property
+    def prefix_len(self) -> int:
+        """Tokens before the queries: 1 instruction token + the image patches."""
+        return 1 + self.num_patches
+
+    @property
+    def num_action_tokens(self) -> int:
+        return self.chunk_size * self.action_dim
+
+    @property
+    def num_queries(self) -> int:
+        return self.latent_seq_len if self.head == "latent" else self.num_action_tokens
+
+    # ------------------------------------------------------------------ presets and I/O
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> VLAConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown VLA preset {name!r}; choose from {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def replace(self, **changes: Any) -> VLAConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VLAConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VLAConfig keys: {unknown}")
+        return cls(**data)
+
+    def fake_inputs(self, batch: int = 2, seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random (images uint8 (B, H, W, 3), unit-norm text embeddings float32 (B, text_dim)).
+
+        Random, never zeros: export parity checks on constant inputs hide bugs.
+        """
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        images = torch.randint(0, 256, (batch, self.image_size, self.image_size, 3), dtype=torch.uint8,
+                               generator=gen)
+        text = torch.randn(batch, self.text_dim, generator=gen)
+        text = text / text.norm(dim=-1, keepdim=True)  # like the sentence encoder's output
+        return images, text
+
+
+PRESETS: dict[str, VLAConfig] = {
+    # CPU: 64 patch tokens + 1 instruction token + queries; about 0.9M parameters
+    "tiny": VLAConfig(image_size=64, patch_size=8, dim=128, depth=4, heads=4),
+    # ViT-S-sized trunk on 224x224 images (196 patches); about 15M parameters
+    "base": VLAConfig(image_size=224, patch_size=16, dim=384, depth=8, heads=6),
+}

@@ -1,0 +1,120 @@
+"""The PyTorch backend of the Policy protocol (policy_server/policy.py) over a finetuned VLA checkpoint.
+
+Per call only the image goes through the VLA: the instruction embedding comes from an LRU cache,
+so the text encoder runs once per distinct instruction. `state` in the observation is validated
+but not used (the VLA has no proprio input). The policy keeps no per-episode state: chunks are
+replayed by the caller, so `reset()` has nothing to clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lapa.action import ACTION_NAMES
+from lapa.checkpoint import MODEL_FILE, CheckpointError
+from lapa.policy.checkpoint_io import load_vla
+from lapa.policy.config import DECODERS
+from lapa.policy.text_encoder import TEXT_ENCODER_NAME, InstructionCache, TextEncoder
+from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation
+
+REPLY_BINS = "bins"  # int64 (K, 7): the action tokens the actions were decoded from
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TorchPolicy:
+    """`infer(obs) -> {"actions": float32 (K, 7), "model_ms": float, "bins": int64 (K, 7)}`.
+
+    text_encoder: anything with `encode(list[str]) -> (B, D)` and `embedding_dim` (default: the
+    bundled all-MiniLM-L6-v2). num_threads: torch intra-op threads (process-wide), None = leave.
+    decoder: None = the checkpoint's mode; "autoregressive" also works on a parallel model.
+    """
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        text_encoder: Any | None = None,
+        num_threads: int | None = None,
+        device: str | torch.device = "cpu",
+        decoder: str | None = None,
+        cache_size: int = 256,
+    ) -> None:
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+            torch.set_num_threads(num_threads)
+        checkpoint = Path(checkpoint)
+        self.device = torch.device(device)
+        self.model, self.config, self.tokenizer = load_vla(checkpoint, map_location=self.device)
+        if self.config.head != "action":
+            raise CheckpointError(f"{checkpoint}: a latent-pretraining VLA (no action head); "
+                                  "serve a finetuned checkpoint")
+        self.decoder = decoder or self.config.decoder
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.decoder == "parallel" and self.config.decoder == "autoregressive":
+            raise ValueError(f"{checkpoint}: an autoregressive model cannot decode in parallel")
+        encoder = text_encoder if text_encoder is not None else TextEncoder.load()
+        if encoder.embedding_dim != self.config.text_dim:
+            raise CheckpointError(f"{checkpoint}: the model takes {self.config.text_dim}-d instruction "
+                                  f"embeddings, the text encoder makes {encoder.embedding_dim}-d ones")
+        self.instructions = InstructionCache(encoder, max_size=cache_size)
+        c = self.config
+        self._metadata: dict[str, Any] = {
+            "backend": self.backend,
+            "image_size": [c.image_size, c.image_size],
+            "chunk_size": c.chunk_size,
+            "action_dim": c.action_dim,
+            "action_names": list(ACTION_NAMES),
+            "control_hz": float(c.control_hz),
+            "model_hash": file_sha256(checkpoint / MODEL_FILE),
+            "decoder": self.decoder,
+            "num_bins": c.num_bins,
+            "text_encoder": getattr(encoder, "name", TEXT_ENCODER_NAME),
+            "device": str(self.device),
+            "num_threads": torch.get_num_threads(),
+        }
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self._metadata)
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """Validate (PolicyInputError on a malformed observation), encode, decode one chunk."""
+        image, instruction, _state = check_observation(obs, (self.config.image_size, self.config.image_size))
+        if not image.flags.c_contiguous or not image.flags.writeable:
+            image = image.copy()  # msgpack buffers are read-only; torch wants a writable array
+        start = time.perf_counter()
+        with torch.inference_mode():
+            text = self.instructions.get(instruction).to(self.device).unsqueeze(0)  # (1, text_dim)
+            images = torch.from_numpy(image).to(self.device).unsqueeze(0)  # (1, H, W, 3) uint8
+            bins, actions = self.model.predict_actions(images, text, decoder=self.decoder)  # (1, K, 7) each
+            bins_np = bins[0].cpu().numpy().astype(np.int64)
+            actions_np = actions[0].cpu().numpy().astype(np.float32)
+        model_ms = (time.perf_counter() - start) * 1000.0
+        return {REPLY_ACTIONS: actions_np, REPLY_MODEL_MS: model_ms, REPLY_BINS: bins_np}
+
+    def warmup(self, steps: int = 2) -> None:
+        """Run a few calls on random inputs so the first real call is not the slow one."""
+        images, text = self.config.fake_inputs(1)
+        with torch.inference_mode():
+            for _ in range(steps):
+                self.model.predict_actions(images.to(self.device), text.to(self.device), decoder=self.decoder)
+
+    def reset(self) -> None:
+        """Nothing to clear: the policy is stateless between calls (the instruction cache is kept)."""
