@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from lapa.errors import UserError
@@ -68,11 +68,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-        tensors = load_file(str(path))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({err})") from err
     return tensors, metadata
@@ -104,6 +102,7 @@ def _write_safetensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata
         meta[_TIED_KEY] = json.dumps(tied, sort_keys=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(unique, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; checkpoints are meant to be shared
     os.replace(tmp, path)
 
 
@@ -143,11 +142,12 @@ def save_checkpoint(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _write_safetensors(tmp / MODEL_FILE, model.state_dict(), {"format": "pt"})
         (tmp / CONFIG_FILE).write_text(text)
         if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.replace(directory, old)  # onto an empty directory: allowed
             os.replace(tmp, directory)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -170,7 +170,9 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[
     return config, state
 
 
-def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_state_strict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
     """load_state_dict(strict) with a CheckpointError that names every mismatching tensor."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -203,7 +205,7 @@ class TrainingState:
 
 def capture_rng_state() -> dict[str, Any]:
     """Global torch / numpy / python RNG states in a form `save_training_state` can store."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG is what code seeds
     return {
         "torch": torch.get_rng_state(),
         "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
@@ -218,7 +220,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     if "numpy" in state:
         s = state["numpy"]
         keys = s["keys"].numpy().astype(np.uint32)
-        np.random.set_state((s["name"], keys, s["pos"], s["has_gauss"], s["cached"]))
+        np.random.set_state((s["name"], keys, s["pos"], s["has_gauss"], s["cached"]))  # noqa: NPY002
     if "python" in state:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
@@ -280,7 +282,9 @@ def save_training_state(
     _atomic_write_text(directory / TRAINING_STATE_FILE, json.dumps(doc, indent=1))
 
 
-def load_training_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer | None = None) -> TrainingState:
+def load_training_state(
+    directory: str | os.PathLike, optimizer: torch.optim.Optimizer | None = None
+) -> TrainingState:
     """Read the training state; if `optimizer` is given, load its state (CheckpointError on mismatch)."""
     directory = Path(directory)
     doc = _read_json(directory / TRAINING_STATE_FILE)

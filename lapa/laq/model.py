@@ -36,7 +36,9 @@ from lapa.laq.nsvq import NSVQ
 class Attention(nn.Module):
     """Pre-norm multi-head attention; self-attention, or cross-attention when given a context."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, causal: bool = False, cross: bool = False) -> None:
+    def __init__(
+        self, dim: int, heads: int, dim_head: int, causal: bool = False, cross: bool = False
+    ) -> None:
         super().__init__()
         self.heads, self.dim_head, self.causal = heads, dim_head, causal
         inner = heads * dim_head
@@ -176,7 +178,8 @@ class LAQ(nn.Module):
         c = self.config
         expected = (c.image_size, c.image_size, c.channels)
         if tuple(frames.shape[-3:]) != expected:
-            raise ValueError(f"LAQ expects frames (..., H, W, C) = (..., {expected}), got {tuple(frames.shape)}")
+            raise ValueError(f"LAQ expects frames (..., H, W, C) with (H, W, C) = {expected}, "
+                             f"got {tuple(frames.shape)}")
         dtype = self.to_pixels.weight.dtype
         if frames.dtype == torch.uint8:
             return frames.to(dtype) / 255.0
@@ -259,7 +262,8 @@ class LAQ(nn.Module):
 
         doc, state = load_checkpoint(directory)
         if doc.get("model_type") != "laq" or "laq" not in doc:
-            raise CheckpointError(f"{directory}: not an LAQ checkpoint (model_type={doc.get('model_type')!r})")
+            kind = doc.get("model_type")
+            raise CheckpointError(f"{directory}: not an LAQ checkpoint (model_type={kind!r})")
         try:
             config = LAQConfig.from_dict(doc["laq"])
         except (TypeError, ValueError) as err:

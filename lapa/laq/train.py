@@ -205,7 +205,9 @@ def train_laq(
     metrics_path = out_dir / "metrics.jsonl"
     previous = latest_checkpoint(out_dir)
     if previous is not None and not resume:
-        raise UserError(f"{out_dir} already holds checkpoints ({previous.name}); resume or pick a new out_dir")
+        raise UserError(
+            f"{out_dir} already holds checkpoints ({previous.name}); pass resume=True or pick a new out_dir"
+        )
     ckpt_root.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed)
@@ -249,7 +251,7 @@ def train_laq(
             replaced = 0
             if dead_code_schedule(step):
                 replaced = int(model.nsvq.replace_dead_codes(B).numel())
-            loss = float(out.loss)
+            loss = out.loss.item()
             train_time += time.perf_counter() - t0
             pairs += B
             bar.update(1)
