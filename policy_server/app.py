@@ -95,7 +95,7 @@ class Server:
     def finish(self, transport: str, reply: dict[str, Any], t0: float) -> dict[str, Any]:
         server_s = time.perf_counter() - t0
         reply["server_ms"] = 1e3 * server_s
-        self.metrics.request_seconds.labels(transport).observe(server_s)
+        self.metrics.observe_request(transport, server_s)
         return reply
 
     def encode(self, fn: Callable[[Any], bytes], obj: Any) -> bytes:
@@ -164,6 +164,27 @@ def create_app(service: PolicyService, api_key: str | None = None,
     app = FastAPI(title="lapa policy server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
 
+    # The hot HTTP routes are plain Starlette routes, registered first: no FastAPI dependency
+    # solving and the shortest route match on every request.
+    async def act(request: Request) -> Response:
+        t0 = time.perf_counter()
+        metrics.count_request("http")
+        try:
+            service.check_ready()
+            body = await server.read_body(request)
+            msg, kind = server.decode_body(body, request.headers.get("content-type"))
+            parsed = await service.parse(msg, text_images=kind == "json")
+            metrics.observe_stage("decode", time.perf_counter() - t0)
+            reply = server.finish("http", await service.act(parsed), t0)
+        except Exception as err:  # noqa: BLE001
+            return error_response(server.error("http", err))
+        headers = {"X-Server-Ms": f"{reply['server_ms']:.3f}", "X-Model-Ms": f"{reply['model_ms']:.3f}"}
+        if _wants_json(request, kind):
+            return Response(server.encode(_json_reply, reply), media_type="application/json", headers=headers)
+        return Response(server.encode(codec.packb, reply), media_type=MSGPACK, headers=headers)
+
+    app.add_route("/v1/act", act, methods=["POST"])
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -196,24 +217,6 @@ def create_app(service: PolicyService, api_key: str | None = None,
         except Exception as err:  # noqa: BLE001 - every failure becomes a 4xx/5xx with a message
             return error_response(server.error("http", err))
         return JSONResponse({"status": "reset"})
-
-    @app.post("/v1/act")
-    async def act(request: Request) -> Response:
-        t0 = time.perf_counter()
-        metrics.requests.labels("http").inc()
-        try:
-            service.check_ready()
-            body = await server.read_body(request)
-            msg, kind = server.decode_body(body, request.headers.get("content-type"))
-            parsed = await service.parse(msg, text_images=kind == "json")
-            metrics.observe_stage("decode", time.perf_counter() - t0)
-            reply = server.finish("http", await service.act(parsed), t0)
-        except Exception as err:  # noqa: BLE001
-            return error_response(server.error("http", err))
-        headers = {"X-Server-Ms": f"{reply['server_ms']:.3f}", "X-Model-Ms": f"{reply['model_ms']:.3f}"}
-        if _wants_json(request, kind):
-            return Response(server.encode(_json_reply, reply), media_type="application/json", headers=headers)
-        return Response(server.encode(codec.packb, reply), media_type=MSGPACK, headers=headers)
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
@@ -253,7 +256,7 @@ async def _stream(server: Server, ws: WebSocket) -> None:
         if message["type"] == "websocket.disconnect":
             return
         t0 = time.perf_counter()
-        metrics.requests.labels("websocket").inc()
+        metrics.count_request("websocket")
         data = message.get("bytes")
         if data is None:
             err = server.error("websocket", RequestError(400, "text frames are not accepted: send msgpack binary"))

@@ -68,12 +68,15 @@ def load_backend(name: str, model_dir: str | Path | None, threads: int | None = 
 
 
 def _call(factory: Any, model_dir: str | Path | None, threads: int | None) -> Any:
-    """Pass `threads` only to factories that take it (backends differ in what they accept)."""
+    """Pass the thread count under the name the factory takes (`threads` or `num_threads`), if any."""
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
-    takes_threads = "threads" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if takes_threads:
-        return factory(model_dir, threads=threads)
+    if threads is not None:
+        for name in ("threads", "num_threads"):
+            if name in params:
+                return factory(model_dir, **{name: threads})
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return factory(model_dir, threads=threads)
     return factory(model_dir)

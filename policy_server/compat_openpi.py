@@ -70,7 +70,7 @@ async def _serve(server: Server, ws: WebSocket) -> None:
         if message["type"] == "websocket.disconnect":
             return
         t0 = time.perf_counter()
-        metrics.requests.labels(TRANSPORT).inc()
+        metrics.count_request(TRANSPORT)
         try:
             data = message.get("bytes")
             if data is None:

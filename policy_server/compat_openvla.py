@@ -31,10 +31,9 @@ def register(app: FastAPI, server: Server) -> None:
 
     service, metrics = server.service, server.metrics
 
-    @app.post("/act")
     async def act(request: Request) -> Response:
         t0 = time.perf_counter()
-        metrics.requests.labels(TRANSPORT).inc()
+        metrics.count_request(TRANSPORT)
         try:
             service.check_ready()
             body = await server.read_body(request)
@@ -50,6 +49,8 @@ def register(app: FastAPI, server: Server) -> None:
         return Response(content, media_type="application/json",
                         headers={"X-Server-Ms": f"{reply['server_ms']:.3f}", "X-Model-Ms": f"{reply['model_ms']:.3f}",
                                  "X-Request-Id": str(reply["request_id"])})
+
+    app.add_route("/act", act, methods=["POST"])
 
 
 def decode_payload(body: bytes, limits: codec.Limits) -> tuple[dict, bool]:

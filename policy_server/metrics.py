@@ -38,15 +38,20 @@ class Metrics:
         self.auth_failures = Counter("lapa_server_auth_failures", "Requests refused for a missing or wrong API key",
                                      registry=r)
         self.ready = Gauge("lapa_server_ready", "1 once the model is loaded and warmed up", registry=r)
-        # Touch every label value so each series shows from the first scrape, at zero.
-        for stage in STAGES:
-            self.stage_seconds.labels(stage)
-        for transport in TRANSPORTS:
-            self.requests.labels(transport)
-            self.request_seconds.labels(transport)
+        # Bound children (a `labels()` lookup costs microseconds on every request), which also
+        # makes each series show from the first scrape, at zero.
+        self._stages = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
+        self._requests = {t: self.requests.labels(t) for t in TRANSPORTS}
+        self._request_seconds = {t: self.request_seconds.labels(t) for t in TRANSPORTS}
 
     def observe_stage(self, stage: str, seconds: float) -> None:
-        self.stage_seconds.labels(stage).observe(seconds)
+        self._stages[stage].observe(seconds)
+
+    def count_request(self, transport: str) -> None:
+        self._requests[transport].inc()
+
+    def observe_request(self, transport: str, seconds: float) -> None:
+        self._request_seconds[transport].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -278,7 +278,10 @@ def test_state_and_ids():
     req = parse_request({"image": _image(), "instruction": "x", "state": list(range(8)), "request_id": 7},
                         (224, 224), LIMITS)
     assert req.obs["state"].dtype == np.float32 and req.request_id == 7
-    a = parse_request({"image": _image(), "instruction": "x"}, (224, 224), LIMITS)
-    b = parse_request({"image": _image(seed=1), "instruction": "x"}, (224, 224), LIMITS)
-    c = parse_request({"image": _image(), "instruction": "y"}, (224, 224), LIMITS)
-    assert a.request_id != b.request_id and len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
+    a = parse_request({"image": _image(), "instruction": "x", "request_id": "a"}, (224, 224), LIMITS)
+    b = parse_request({"image": _image(seed=1), "instruction": "x", "request_id": "a"}, (224, 224), LIMITS)
+    c = parse_request({"image": _image(), "instruction": "y", "request_id": "a"}, (224, 224), LIMITS)
+    assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
+    d = parse_request({"image": _image(), "instruction": "x"}, (224, 224), LIMITS)
+    e = parse_request({"image": _image(), "instruction": "x"}, (224, 224), LIMITS)
+    assert d.request_id != e.request_id and not d.client_id  # server-made ids: never deduplicated
