@@ -14,6 +14,7 @@ from pathlib import Path
 # (subcommand, module defining `add_arguments(parser)` and `run(args) -> dict`, help)
 BENCHMARKS: list[tuple[str, str, str]] = [
     ("sim", "lapa.bench.sim", "simulator speed, scripted-expert success, recording throughput"),
+    ("laq", "lapa.bench.laq", "LAQ training throughput (frame pairs/s) and held-out quality of a checkpoint"),
     ("server", "policy_server.bench", "policy server overhead (HTTP, WebSocket) and throughput under concurrency"),
 ]
 
