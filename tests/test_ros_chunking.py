@@ -1,0 +1,108 @@
+"""Chunk execution (lapa_ros/chunking.py): first n actions, temporal ensembling."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from lapa_ros.chunking import ChunkExecutor
+
+
+def chunk(values, k=4):
+    a = np.zeros((k, 7))
+    a[:, 0] = values
+    return a
+
+
+def test_first_n_runs_n_actions_then_asks_again():
+    ex = ChunkExecutor("first_n", n=2)
+    assert ex.next_action() is None and ex.wants_request()
+    ex.add_chunk(chunk([1, 2, 3, 4]), obs_time_s=5.0)
+    assert ex.remaining() == 2 and not ex.wants_request()
+    a = ex.next_action()
+    assert a.action[0] == 1 and a.obs_time_s == 5.0 and a.index == 0 and not ex.wants_request()
+    assert ex.next_action().action[0] == 2 and ex.wants_request()
+    assert ex.next_action() is None  # n used up: nothing until the next chunk
+
+
+def test_first_n_a_new_chunk_replaces_the_old_one():
+    ex = ChunkExecutor("first_n", n=4)
+    ex.add_chunk(chunk([1, 2, 3, 4]), 1.0)
+    ex.next_action()
+    ex.add_chunk(chunk([10, 20, 30, 40]), 2.0)
+    a = ex.next_action()
+    assert a.action[0] == 10 and a.obs_time_s == 2.0
+
+
+def test_first_n_larger_than_the_chunk_stops_at_its_end():
+    ex = ChunkExecutor("first_n", n=8)
+    ex.add_chunk(chunk([1, 2], k=2), 1.0)
+    assert [ex.next_action().action[0] for _ in range(2)] == [1, 2]
+    assert ex.next_action() is None
+
+
+def test_clear_forgets_everything():
+    ex = ChunkExecutor("first_n", n=4)
+    ex.add_chunk(chunk([1, 2, 3, 4]), 1.0)
+    ex.clear()
+    assert ex.next_action() is None and ex.remaining() == 0
+
+
+def test_ensemble_averages_overlapping_predictions_for_the_same_tick():
+    ex = ChunkExecutor("ensemble", ensemble_decay=0.0)
+    ex.add_chunk(chunk([1, 2, 3, 4]), 1.0)  # covers ticks 0..3
+    assert ex.next_action().action[0] == 1  # tick 0: one chunk
+    ex.add_chunk(chunk([10, 20, 30, 40]), 2.0)  # covers ticks 1..4
+    a = ex.next_action()  # tick 1: (2 + 10) / 2
+    assert a.action[0] == pytest.approx(6.0) and a.obs_time_s == 2.0 and ex.wants_request()
+
+
+def test_ensemble_weights_favour_fresh_predictions():
+    ex = ChunkExecutor("ensemble", ensemble_decay=1.0)
+    ex.add_chunk(chunk([0, 0, 0, 0]), 1.0)
+    ex.next_action()
+    ex.next_action()
+    ex.add_chunk(chunk([1, 1, 1, 1]), 2.0)  # tick 2: old chunk has age 2, new age 0
+    w_old, w_new = np.exp(-2.0), 1.0
+    assert ex.next_action().action[0] == pytest.approx(w_new / (w_old + w_new))
+
+
+def test_ensemble_drops_expired_chunks():
+    ex = ChunkExecutor("ensemble")
+    ex.add_chunk(chunk([1, 2], k=2), 1.0)
+    ex.next_action()
+    ex.next_action()
+    assert ex.next_action() is None
+
+
+def test_add_chunk_checks_shape_and_modes_are_validated():
+    ex = ChunkExecutor()
+    with pytest.raises(ValueError):
+        ex.add_chunk(np.zeros((4, 6)), 1.0)
+    with pytest.raises(ValueError):
+        ex.add_chunk(np.zeros(7), 1.0)
+    with pytest.raises(ValueError):
+        ChunkExecutor("replay")
+    with pytest.raises(ValueError):
+        ChunkExecutor(n=0)
+    with pytest.raises(ValueError):
+        ChunkExecutor("ensemble", ensemble_decay=-1.0)
+
+
+def test_concurrent_adds_and_takes_are_safe():
+    ex = ChunkExecutor("ensemble")
+    stop = threading.Event()
+
+    def producer():
+        while not stop.is_set():
+            ex.add_chunk(np.ones((4, 7)), 1.0)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    try:
+        for _ in range(2000):
+            a = ex.next_action()
+            assert a is None or np.allclose(a.action, 1.0)
+    finally:
+        stop.set()
+        t.join()
