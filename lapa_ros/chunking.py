@@ -2,16 +2,17 @@
 
 Two ways to execute a chunk (the `chunk_mode` parameter of the policy node):
 
-- `first_n`: execute the first n actions of the newest chunk, one per tick, then ask for a new
-  chunk (the node asks as soon as the last one is taken, so a reply arriving within one period
-  leaves no gap). n = 1 is plain closed-loop control; a larger n queries the model less often.
+- `first_n`: execute the first n actions of the newest chunk, one per tick; a tick the newest
+  chunk does not cover asks for a new one. n = 1 is plain closed-loop control (one model call
+  per tick); a larger n calls the model less often and reacts later.
 - `ensemble`: temporal ensembling (ACT): ask every tick; the action for a tick is the weighted
-  mean of what every chunk still covering that tick predicted for it, with weight
-  exp(-decay * (ticks since that chunk arrived)), so fresher predictions count more
+  mean of what every chunk covering that tick predicted for it, with weight
+  exp(-decay * (ticks since that chunk's request)), so fresher predictions count more
   (ACT's own exp(-m i) with i = 0 the oldest favours older ones; with decay = 0 both are the
-  plain mean). It smooths the motion at the price of one model call per tick.
+  plain mean). Smoother motion, one model call per tick.
 
-Ticks are counted by `next_action()` calls; a chunk added between two ticks starts at the next.
+A chunk is requested at a tick and starts at that tick (its action 0 is executed as soon as the
+reply arrives); a reply that arrives late simply skips the actions of ticks already gone.
 Thread-safe: the inference thread adds chunks while the control thread takes actions.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 from lapa.action import ACTION_DIM
 
 CHUNK_MODES = ("first_n", "ensemble")
+MAX_LIVE_CHUNKS = 16
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,6 @@ class ChunkExecutor:
         self.mode, self.n, self.decay = mode, n, float(ensemble_decay)
         self._lock = threading.Lock()
         self._chunks: list[_Chunk] = []
-        self._tick = 0
         self._next_id = 0
 
     def clear(self) -> None:
@@ -63,53 +64,45 @@ class ChunkExecutor:
         with self._lock:
             self._chunks.clear()
 
-    def add_chunk(self, actions, obs_time_s: float) -> int:
-        """Add a (K, 7) chunk predicted from an observation taken at obs_time_s; returns its id."""
+    def add_chunk(self, actions, obs_time_s: float, start_tick: int) -> int:
+        """Add a (K, 7) chunk requested at start_tick from an image taken at obs_time_s; returns its id."""
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != ACTION_DIM or a.shape[0] < 1:
             raise ValueError(f"a chunk must have shape (K, {ACTION_DIM}) with K >= 1, got {a.shape}")
         with self._lock:
-            chunk = _Chunk(a, float(obs_time_s), self._tick, self._next_id)
+            chunk = _Chunk(a, float(obs_time_s), int(start_tick), self._next_id)
             self._next_id += 1
             if self.mode == "first_n":
-                self._chunks = [chunk]
+                if not self._chunks or chunk.start_tick >= self._chunks[0].start_tick:
+                    self._chunks = [chunk]
             else:
                 self._chunks.append(chunk)
+                del self._chunks[:-MAX_LIVE_CHUNKS]  # one request per tick never needs more
             return chunk.chunk_id
 
-    def next_action(self) -> TickAction | None:
-        """The action for this tick (None: nothing to execute) and advance the tick."""
+    def _span(self, c: _Chunk) -> int:
+        return min(self.n, len(c.actions)) if self.mode == "first_n" else len(c.actions)
+
+    def action_for(self, tick: int) -> TickAction | None:
+        """The action for this tick, or None when no chunk covers it."""
         with self._lock:
-            t = self._tick
-            self._tick += 1
-            if self.mode == "first_n":
-                if not self._chunks:
-                    return None
-                c = self._chunks[0]
-                i = t - c.start_tick
-                if i >= min(self.n, len(c.actions)):
-                    self._chunks.clear()
-                    return None
-                return TickAction(c.actions[i].copy(), c.obs_time_s, c.chunk_id, i)
-            self._chunks = [c for c in self._chunks if t - c.start_tick < len(c.actions)]
-            if not self._chunks:
+            self._chunks = [c for c in self._chunks if tick - c.start_tick < self._span(c)]
+            live = [c for c in self._chunks if tick >= c.start_tick]
+            if not live:
                 return None
-            ages = np.array([t - c.start_tick for c in self._chunks])  # ticks since each chunk arrived
+            newest = max(live, key=lambda c: (c.start_tick, c.chunk_id))
+            if self.mode == "first_n":
+                i = tick - newest.start_tick
+                return TickAction(newest.actions[i].copy(), newest.obs_time_s, newest.chunk_id, i)
+            ages = np.array([tick - c.start_tick for c in live])  # ticks since each chunk's request
             weights = np.exp(-self.decay * ages)
-            stacked = np.stack([c.actions[t - c.start_tick] for c in self._chunks])  # (C, 7)
+            stacked = np.stack([c.actions[tick - c.start_tick] for c in live])  # (C, 7)
             mean = (weights[:, None] * stacked).sum(0) / weights.sum()
-            newest = max(self._chunks, key=lambda c: c.start_tick)
-            return TickAction(mean, newest.obs_time_s, newest.chunk_id, t - newest.start_tick)
+            return TickAction(mean, newest.obs_time_s, newest.chunk_id, tick - newest.start_tick)
 
-    def remaining(self) -> int:
-        """Actions left for the coming ticks from the newest chunk (what `first_n` would still run)."""
+    def needs_request(self, tick: int) -> bool:
+        """Whether this tick asks the model for a new chunk."""
+        if self.mode == "ensemble":
+            return True
         with self._lock:
-            if not self._chunks:
-                return 0
-            c = self._chunks[-1]
-            limit = min(self.n, len(c.actions)) if self.mode == "first_n" else len(c.actions)
-            return max(0, limit - (self._tick - c.start_tick))
-
-    def wants_request(self) -> bool:
-        """Whether the node should ask for a new chunk now (after taking this tick's action)."""
-        return self.mode == "ensemble" or self.remaining() == 0
+            return not any(0 <= tick - c.start_tick < self._span(c) for c in self._chunks)
