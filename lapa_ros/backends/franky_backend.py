@@ -1,0 +1,217 @@
+"""A Franka through `franky`: a real FR3/Panda at `robot_ip`, or franky-sim on a 127.x address.
+
+Motion type: each 7-D delta becomes one asynchronous `CartesianVelocityMotion` (twist = delta /
+period, held for one period, ramped down unless the next action preempts it). This reuses the
+conclusion and the measurements of `lapa.sim.franky_driver` (its module docstring has the table):
+in franky-sim, relative `CartesianMotion`s stop and go at every step (about 1000 m/s3 of jerk while
+cruising at 10 Hz, speed ripple 0.4-0.7), velocity motions cruise smoothly (14 m/s3, no ripple),
+and applying each delta from where the arm is never winds up in closed loop. It is also franky's
+maintainers' advice for streaming small increments. The connection and the stop are franky_driver's
+too (`connect_franky` with its timeout, `_halt`'s jerk-limited `CartesianVelocityStopMotion`).
+
+Panda (FER) users: `franky-control` from PyPI bundles libfranka 0.21, which talks only to the
+Franka Research 3. A Panda needs a franky build against libfranka 0.9.2 (< 0.10), published with
+each franky release (same Python API); install that wheel instead of `franky-control` and nothing
+here changes. A real robot also needs a PREEMPT_RT kernel (`realtime_config` is set to Ignore here
+so that franky-sim runs on ordinary machines: on a real robot pass `realtime=True`).
+
+Threads: `apply`, `stop`, `check` are called from the node's control thread only; `state()` may be
+called from any thread (it reads franky's last robot state).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from lapa.action import RobotState, gripper_is_open, validate_action
+from lapa.geometry import matrix_to_rpy, rotation_error, rpy_to_matrix
+from lapa.sim.franky_driver import (
+    GRASP_EPSILON_OUTER_M,
+    GRASP_FORCE_N,
+    GRIPPER_SPEED_M_S,
+    MAX_ANGULAR_SPEED_RAD_S,
+    MAX_LINEAR_SPEED_M_S,
+    _franky_errors,
+    _halt,
+    connect_franky,
+)
+from lapa.sim.scene import HOME_GRIPPER_WIDTH_M, HOME_JOINT_POS_RAD
+from lapa_ros.backends.base import BackendError
+
+logger = logging.getLogger(__name__)
+
+HOME_TIMEOUT_S = 30.0
+GRIPPER_POLL_S = 0.05  # gripper width is read in a helper thread at this period (its read blocks)
+
+
+def velocity_for(action: np.ndarray, period_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(linear m/s, angular rad/s) in the base frame that cover the delta in one period, capped."""
+    v = action[:3] / period_s
+    w = rotation_error(rpy_to_matrix(action[3:6]), np.eye(3)) / period_s  # base-frame axis-angle rate
+    v = v * min(1.0, MAX_LINEAR_SPEED_M_S / max(float(np.linalg.norm(v)), 1e-12))
+    w = w * min(1.0, MAX_ANGULAR_SPEED_RAD_S / max(float(np.linalg.norm(w)), 1e-12))
+    return v, w
+
+
+class FrankyBackend:
+    name = "franky"
+
+    def __init__(self, robot_ip: str, control_hz: float, connect_timeout_s: float = 10.0,
+                 relative_dynamics_factor: float = 0.5, realtime: bool = False) -> None:
+        if not 0 < control_hz <= 1000:
+            raise ValueError(f"control_hz must be in (0, 1000], got {control_hz}")
+        self.robot_ip = robot_ip
+        self.period_s = 1.0 / control_hz
+        self.connect_timeout_s = connect_timeout_s
+        self.relative_dynamics_factor = relative_dynamics_factor
+        self.realtime = realtime
+        self.robot = None
+        self.gripper = None
+        self._gripper_future = None
+        self._gripper_open: bool | None = None  # last command sent
+        self._gripper_wanted = True
+        self._width_m = HOME_GRIPPER_WIDTH_M
+        self._poll_stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifetime
+    def connect(self) -> None:
+        if self.realtime:
+            raise NotImplementedError("realtime=True: construct franky.Robot with RealtimeConfig.Enforce "
+                                      "on a PREEMPT_RT machine (connect_franky ignores the RT check)")
+        try:
+            self.robot, self.gripper = connect_franky(self.robot_ip, self.connect_timeout_s,
+                                                      self.relative_dynamics_factor)
+        except (TimeoutError, ConnectionError) as e:
+            raise BackendError(str(e)) from e
+        self._width_m = float(self.gripper.width)
+        self._gripper_open = self._width_m > HOME_GRIPPER_WIDTH_M / 2
+        self._gripper_wanted = self._gripper_open
+        self._poll_stop.clear()
+        self._poller = threading.Thread(target=self._poll_gripper, name="franky-gripper-width", daemon=True)
+        self._poller.start()
+
+    def close(self) -> None:
+        self._poll_stop.set()
+        if self._poller is not None:
+            self._poller.join(2.0)
+            self._poller = None
+        robot, self.robot = self.robot, None
+        if robot is not None:
+            try:
+                _halt(robot)
+            except Exception as e:  # noqa: BLE001 - closing anyway
+                logger.warning("stopping the robot on close: %s", e)
+        future, self._gripper_future = self._gripper_future, None
+        if future is not None:
+            future.wait(5.0)
+        self.gripper = None
+        del robot  # disconnects
+
+    def _poll_gripper(self) -> None:
+        while not self._poll_stop.wait(GRIPPER_POLL_S):
+            gripper = self.gripper
+            if gripper is None:
+                return
+            try:
+                self._width_m = float(gripper.width)
+            except Exception as e:  # noqa: BLE001 - reported through state staleness, retried
+                logger.debug("reading the gripper width: %s", e)
+
+    # ------------------------------------------------------------------ state
+    def _robot(self):
+        if self.robot is None:
+            raise BackendError("not connected to the robot")
+        return self.robot
+
+    def state(self) -> RobotState:
+        pose = np.asarray(self._robot().current_cartesian_state.pose.end_effector_pose.matrix)
+        return RobotState(pose[:3, 3].copy(), matrix_to_rpy(pose[:3, :3]), self._width_m)
+
+    def check(self) -> None:
+        """Raise the error the last asynchronous motion or gripper command ended with, if any."""
+        robot = self._robot()
+        try:
+            robot.poll_motion()  # re-raises what join_motion() would
+        except _franky_errors() as e:
+            raise BackendError(f"franky motion failed: {type(e).__name__}: {e}") from e
+        self._service_gripper()
+
+    # ------------------------------------------------------------------ motion
+    def apply(self, action) -> None:
+        import franky
+
+        a = validate_action(action)
+        robot = self._robot()
+        v, w = velocity_for(a, self.period_s)
+        motion = franky.CartesianVelocityMotion(franky.Twist(v, w), duration=franky.Duration(
+            round(self.period_s * 1000)))  # milliseconds
+        try:
+            robot.move(motion, asynchronous=True)  # preempts the previous step's motion seamlessly
+        except _franky_errors() as e:
+            raise BackendError(f"franky velocity motion failed: {type(e).__name__}: {e}") from e
+        self._gripper_wanted = gripper_is_open(a[6])
+        self._service_gripper()
+
+    def hold(self) -> None:
+        self._service_gripper()
+
+    def stop(self) -> None:
+        robot = self._robot()
+        try:
+            _halt(robot)
+        except _franky_errors() as e:
+            raise BackendError(f"franky stop failed: {type(e).__name__}: {e}") from e
+
+    def recover(self) -> None:
+        robot = self._robot()
+        try:
+            _halt(robot)
+        except _franky_errors() as e:
+            logger.info("motion ended with: %s", e)
+        if robot.has_errors:
+            robot.recover_from_errors()
+
+    def home(self) -> None:
+        import franky
+
+        robot = self._robot()
+        self.recover()
+        self._gripper_wanted = True
+        deadline = time.monotonic() + HOME_TIMEOUT_S
+        while self._gripper_future is not None or self._gripper_open is not True:
+            self._service_gripper()
+            if time.monotonic() > deadline:
+                raise BackendError("the gripper did not open in time")
+            time.sleep(0.02)
+        try:
+            robot.move(franky.JointMotion(franky.JointState(np.array(HOME_JOINT_POS_RAD))), asynchronous=True)
+            if not robot.join_motion(HOME_TIMEOUT_S):
+                raise BackendError(f"the move home did not finish within {HOME_TIMEOUT_S:g} s")
+        except _franky_errors() as e:
+            raise BackendError(f"franky move home failed: {type(e).__name__}: {e}") from e
+
+    def _service_gripper(self) -> None:
+        """Send the wanted open/closed command once the previous one has finished (never two at once)."""
+        if self.gripper is None:
+            return
+        if self._gripper_future is not None:
+            if not self._gripper_future.wait(0):
+                return
+            future, self._gripper_future = self._gripper_future, None
+            try:
+                future.get()
+            except _franky_errors() as e:
+                raise BackendError(f"franky gripper command failed: {type(e).__name__}: {e}") from e
+        if self._gripper_wanted == self._gripper_open:
+            return
+        if self._gripper_wanted:
+            self._gripper_future = self.gripper.move_async(HOME_GRIPPER_WIDTH_M, GRIPPER_SPEED_M_S)
+        else:
+            self._gripper_future = self.gripper.grasp_async(0.0, GRIPPER_SPEED_M_S, GRASP_FORCE_N,
+                                                            epsilon_inner=0.005, epsilon_outer=GRASP_EPSILON_OUTER_M)
+        self._gripper_open = self._gripper_wanted

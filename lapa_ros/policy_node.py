@@ -1,0 +1,551 @@
+"""`lapa_policy`: camera + instruction -> policy server -> safety filter -> robot, at control rate.
+
+Topics (defaults; the names are parameters):
+  in   /camera/image_raw             sensor_msgs/Image            newest kept, older ones dropped
+  in   /camera/image_raw/compressed  sensor_msgs/CompressedImage  JPEG/PNG, passed to the server as is
+  in   /lapa/instruction             std_msgs/String              a task; "stop"/"cancel" stops
+  in   /lapa_sim/robot_ip            std_msgs/String (latched)    franky-sim's address when robot_ip == "sim"
+  out  /lapa/action                  geometry_msgs/TwistStamped   executed step as a twist: delta / period
+                                                                  (m/s, rad/s, frame `base`)
+  out  /lapa/gripper                 std_msgs/Float32             executed gripper target (1 open, 0 closed)
+  out  /lapa/latency_ms              std_msgs/Float32             camera-to-command latency of each command
+  out  /lapa/status                  std_msgs/String              JSON: state, reason, rates, latencies, pose
+  out  <image_topic>                 sensor_msgs/Image            only with robot_backend=sim (its camera)
+Services (std_srvs/Trigger):
+  /lapa/start            clear a latched fault (emergency stop, error) and run; starts from the current pose
+  /lapa/stop             stop moving (decelerate, hold); a new instruction or /lapa/start resumes
+  /lapa/emergency_stop   stop now and latch: nothing moves until /lapa/start
+  /lapa/home             stop, then move to the home pose with the gripper open (blocking, seconds)
+
+Threads: the ROS executor (MultiThreadedExecutor) runs sensor callbacks, the control timer and the
+services in separate callback groups; the network runs in `InferenceWorker`'s thread. A tick asks
+for a chunk when the current one is used up; the reply's first action is executed as soon as it
+arrives (so the command follows the image by the model's latency, not by a whole period), later
+actions of a chunk on later ticks. Every executed action went through `SafetyFilter`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from lapa_ros.backends import BACKENDS, BackendError
+from lapa_ros.chunking import CHUNK_MODES, ChunkExecutor, TickAction
+from lapa_ros.inference import Frame, FrameBuffer, InferenceWorker, Request, Result
+from lapa_ros.safety import FAULT, HOLD, SafetyFilter, SafetyLimits
+
+NODE_NAME = "lapa_policy"
+STOP_WORDS = frozenset({"stop", "stop the robot", "cancel", "halt"})
+SIM_ROBOT_IP = "sim"  # robot_ip value: take the address lapa_sim announces
+ROBOT_IP_TOPIC = "/lapa_sim/robot_ip"
+STATS_WINDOW = 2000
+
+# name: (default, description). Types follow the defaults.
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "server_url": ("ws://127.0.0.1:8000", "policy server URL: ws://host:port (WebSocket) or http://host:port"),
+    "api_key": ("", "policy server API key (empty: $LAPA_API_KEY, or none)"),
+    "server_timeout_s": (0.5, "a request without a reply after this long fails; the robot stops"),
+    "control_hz": (0.0, "control rate in Hz; 0 = the model's control_hz from the server's metadata"),
+    "image_topic": ("/camera/image_raw", "sensor_msgs/Image input (rgb8, bgr8, rgba8, bgra8, mono8)"),
+    "compressed_image_topic": ("", "sensor_msgs/CompressedImage input (JPEG/PNG); empty: <image_topic>/compressed"),
+    "instruction_topic": ("/lapa/instruction", "std_msgs/String task instructions"),
+    "robot_backend": ("franky", "franky (a Franka or franky-sim through franky) | sim (in-process fast simulator)"),
+    "robot_ip": (SIM_ROBOT_IP, "the Franka's address; 'sim' = the address lapa_sim announces on /lapa_sim/robot_ip"),
+    "connect_timeout_s": (10.0, "give up connecting to the robot after this long"),
+    "relative_dynamics_factor": (0.5, "franky's velocity/acceleration/jerk scaling in (0, 1]"),
+    "max_step_translation_m": (0.03, "largest translation of one control step (metres)"),
+    "max_step_rotation_rad": (0.2, "largest rotation of one control step (radians, axis-angle)"),
+    "workspace_min_m": ([0.25, -0.35, 0.005], "workspace box lower corner x, y, z in the base frame (metres)"),
+    "workspace_max_m": ([0.80, 0.35, 0.45], "workspace box upper corner x, y, z in the base frame (metres)"),
+    "gripper_close_below": (0.3, "gripper hysteresis: close when the command falls below this"),
+    "gripper_open_above": (0.7, "gripper hysteresis: open when the command rises above this"),
+    "max_image_age_s": (0.5, "stale-image timeout: older camera input stops the robot"),
+    "max_action_age_s": (0.6, "an action computed from an image older than this is not executed"),
+    "max_server_age_s": (1.0, "no sign of life from the server for this long stops the robot"),
+    "chunk_mode": ("first_n", "how a chunk is executed: first_n | ensemble (temporal ensembling)"),
+    "chunk_n": (1, "first_n: actions executed from each chunk before asking again (1 = every tick)"),
+    "ensemble_decay": (0.5, "ensemble: weight exp(-decay * ticks since the prediction)"),
+    "image_sync_s": (0.02, "a tick waits for a camera frame at most this much older than the tick"),
+    "max_image_wait_s": (0.05, "... but no longer than this after the tick (then takes the newest)"),
+    "autostart": (True, "a new instruction starts the loop (an emergency stop still needs /lapa/start)"),
+    "status_hz": (2.0, "rate of /lapa/status"),
+    "frame_id": ("base", "frame of /lapa/action"),
+    "sim_image_size": (64, "robot_backend=sim: camera image side in pixels"),
+    "sim_seed": (0, "robot_backend=sim: block placement seed (also used by /lapa/home)"),
+    "sim_publish_camera": (True, "robot_backend=sim: publish the simulator's camera on image_topic"),
+    "stats_file": ("", "if set, write raw timing samples (JSON) here on shutdown"),
+}
+
+
+def percentile_ms(values, q: float) -> float | None:
+    return float(np.percentile(np.asarray(values), q)) if len(values) else None
+
+
+class PolicyNode:
+    """Holds the rclpy node; `spin()` runs it on a MultiThreadedExecutor until shutdown."""
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        from geometry_msgs.msg import TwistStamped
+        from rcl_interfaces.msg import ParameterDescriptor
+        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+        from rclpy.node import Node
+        from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+        from std_msgs.msg import Float32, String
+        from std_srvs.srv import Trigger
+
+        self._msgs = {"TwistStamped": TwistStamped, "Float32": Float32, "String": String, "Image": Image}
+        self.node = node = Node(NODE_NAME)
+        for name, (default, description) in PARAMETERS.items():
+            node.declare_parameter(name, default, ParameterDescriptor(description=description))
+        p = {name: node.get_parameter(name).value for name in PARAMETERS}
+        self.params = p
+        self.log = node.get_logger()
+        if p["robot_backend"] not in BACKENDS:
+            raise ValueError(f"robot_backend must be one of {BACKENDS}, got {p['robot_backend']!r}")
+        if p["chunk_mode"] not in CHUNK_MODES:
+            raise ValueError(f"chunk_mode must be one of {CHUNK_MODES}, got {p['chunk_mode']!r}")
+        self.safety = SafetyFilter(SafetyLimits(
+            max_step_translation_m=p["max_step_translation_m"], max_step_rotation_rad=p["max_step_rotation_rad"],
+            workspace_min_m=tuple(p["workspace_min_m"]), workspace_max_m=tuple(p["workspace_max_m"]),
+            gripper_close_below=p["gripper_close_below"], gripper_open_above=p["gripper_open_above"],
+            max_image_age_s=p["max_image_age_s"], max_action_age_s=p["max_action_age_s"],
+            max_server_age_s=p["max_server_age_s"]))
+        self.executor_chunks = ChunkExecutor(p["chunk_mode"], int(p["chunk_n"]), float(p["ensemble_decay"]))
+
+        # State shared between the executor's threads and the inference thread, under _lock.
+        self._lock = threading.RLock()
+        self.state_name = "starting"
+        self.reason = "connecting to the policy server and the robot"
+        self.instruction = ""
+        self.running = False
+        self.homing = False
+        self._moving = False
+        self._tick = 0
+        self._tick_mono_s = 0.0
+        self._tick_done = True
+        self._not_before_mono_s = 0.0
+        self._robot_state = None
+        self._robot_ip: str | None = None if p["robot_ip"] == SIM_ROBOT_IP else p["robot_ip"]
+        self.backend = None
+        self.control_hz: float | None = p["control_hz"] or None
+        self._ready = threading.Event()
+        self._closing = False
+        self._stats = {
+            "tick_mono_s": deque(maxlen=STATS_WINDOW), "latency_ms": deque(maxlen=STATS_WINDOW),
+            "model_ms": deque(maxlen=STATS_WINDOW), "round_trip_ms": deque(maxlen=STATS_WINDOW),
+            "command_mono_s": deque(maxlen=STATS_WINDOW)}
+        self.counts = {"commands": 0, "holds": 0, "faults": 0, "clamped": 0, "images": 0, "replies": 0}
+
+        # ROS interfaces
+        sensors = MutuallyExclusiveCallbackGroup()
+        control = MutuallyExclusiveCallbackGroup()
+        services = MutuallyExclusiveCallbackGroup()
+        self.frames = FrameBuffer()
+        node.create_subscription(Image, p["image_topic"], self._on_image, qos_profile_sensor_data,
+                                 callback_group=sensors)
+        compressed = p["compressed_image_topic"] or p["image_topic"].rstrip("/") + "/compressed"
+        node.create_subscription(CompressedImage, compressed, self._on_compressed, qos_profile_sensor_data,
+                                 callback_group=sensors)
+        node.create_subscription(String, p["instruction_topic"], self._on_instruction, 10, callback_group=sensors)
+        if self._robot_ip is None and p["robot_backend"] == "franky":
+            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            node.create_subscription(String, ROBOT_IP_TOPIC, self._on_robot_ip, latched, callback_group=sensors)
+        self.pub_action = node.create_publisher(TwistStamped, "/lapa/action", 10)
+        self.pub_gripper = node.create_publisher(Float32, "/lapa/gripper", 10)
+        self.pub_latency = node.create_publisher(Float32, "/lapa/latency_ms", 10)
+        self.pub_status = node.create_publisher(String, "/lapa/status", 10)
+        self.pub_camera = (node.create_publisher(Image, p["image_topic"], qos_profile_sensor_data)
+                           if p["robot_backend"] == "sim" and p["sim_publish_camera"] else None)
+        node.create_service(Trigger, "/lapa/start", self._srv_start, callback_group=services)
+        node.create_service(Trigger, "/lapa/stop", self._srv_stop, callback_group=services)
+        node.create_service(Trigger, "/lapa/emergency_stop", self._srv_estop, callback_group=services)
+        node.create_service(Trigger, "/lapa/home", self._srv_home, callback_group=services)
+        self._control_group = control
+        self.control_timer = None
+        self._setup_timer = node.create_timer(0.05, self._maybe_start_control, callback_group=control)
+        node.create_timer(1.0 / max(0.1, p["status_hz"]), self._publish_status, callback_group=services)
+
+        api_key = p["api_key"] or os.environ.get("LAPA_API_KEY") or None
+        self.worker = InferenceWorker(p["server_url"], self.frames, self._on_result, self._on_server_error,
+                                      api_key=api_key, timeout_s=p["server_timeout_s"],
+                                      image_sync_s=p["image_sync_s"], max_image_wait_s=p["max_image_wait_s"]).start()
+        self._setup_thread = threading.Thread(target=self._setup, name="lapa-setup", daemon=True)
+        self._setup_thread.start()
+
+    # ------------------------------------------------------------------ setup (its own thread)
+    def _setup(self) -> None:
+        """Wait for the control rate (parameter or server metadata) and the robot address; connect."""
+        p = self.params
+        while self.control_hz is None and not self._closing:
+            meta = self.worker.metadata
+            if meta and meta.get("control_hz"):
+                self.control_hz = float(meta["control_hz"])
+                break
+            self._set_state("starting", f"waiting for the policy server at {p['server_url']}")
+            time.sleep(0.05)
+        while p["robot_backend"] == "franky" and self._robot_ip is None and not self._closing:
+            self._set_state("starting", f"waiting for lapa_sim to announce the robot address on {ROBOT_IP_TOPIC}")
+            time.sleep(0.05)
+        if self._closing:
+            return
+        try:
+            if p["robot_backend"] == "franky":
+                from lapa_ros.backends.franky_backend import FrankyBackend
+
+                self._set_state("starting", f"connecting to the robot at {self._robot_ip}")
+                backend = FrankyBackend(self._robot_ip, self.control_hz, p["connect_timeout_s"],
+                                        p["relative_dynamics_factor"])
+            else:
+                from lapa_ros.backends.sim_backend import SimBackend
+
+                backend = SimBackend(self.control_hz, int(p["sim_image_size"]), int(p["sim_seed"]),
+                                     on_image=self._publish_sim_image if self.pub_camera else None)
+            backend.connect()
+        except Exception as e:  # noqa: BLE001 - reported on /lapa/status, never a crash loop
+            self._fault(f"robot backend {p['robot_backend']} failed to connect: {e}")
+            self.log.error(self.reason)
+            return
+        self.backend = backend
+        self._robot_state = backend.state()
+        self.safety.release(gripper_open=self._robot_state.gripper_width_m > 0.04)
+        self._set_state("idle", "ready: waiting for an instruction")
+        self.log.info(f"robot backend {backend.name} connected; control at {self.control_hz:g} Hz")
+        self._ready.set()
+
+    def _maybe_start_control(self) -> None:
+        """Runs in the executor: create the control timer once setup has finished."""
+        if not self._ready.is_set() or self.control_timer is not None:
+            return
+        self._setup_timer.cancel()
+        self.control_timer = self.node.create_timer(1.0 / self.control_hz, self._on_tick,
+                                                    callback_group=self._control_group)
+
+    def _on_robot_ip(self, msg) -> None:
+        if self._robot_ip is None and msg.data:
+            self._robot_ip = msg.data
+            self.log.info(f"robot address from lapa_sim: {msg.data}")
+
+    # ------------------------------------------------------------------ inputs
+    def _on_image(self, msg) -> None:
+        from lapa_ros.images import image_to_rgb, stamp_seconds
+
+        try:
+            image = image_to_rgb(msg)
+        except ValueError as e:
+            self.log.warning(f"dropping an image: {e}", throttle_duration_sec=5.0)
+            return
+        self._put_frame(image, stamp_seconds(msg.header))
+
+    def _on_compressed(self, msg) -> None:
+        from lapa_ros.images import compressed_format_ok, stamp_seconds
+
+        if not compressed_format_ok(msg.format):
+            self.log.warning(f"dropping a {msg.format!r} CompressedImage: JPEG or PNG only",
+                             throttle_duration_sec=5.0)
+            return
+        self._put_frame(bytes(msg.data), stamp_seconds(msg.header))
+
+    def _put_frame(self, image, stamp_s: float) -> None:
+        now_wall = time.time()
+        capture = stamp_s if stamp_s > 0 else now_wall
+        self.frames.put(Frame(image, capture, time.monotonic()))
+        self.counts["images"] += 1
+
+    def _on_instruction(self, msg) -> None:
+        text = " ".join(msg.data.strip().split())
+        if not text:
+            return
+        if text.lower().strip(".!") in STOP_WORDS:
+            self.log.info(f"instruction {text!r}: stopping")
+            self._stop("stopped by instruction")
+            return
+        with self._lock:
+            self.instruction = text
+            self.executor_chunks.clear()
+            self._not_before_mono_s = time.monotonic()
+            started = self.params["autostart"] and self.safety.fault is None and self.backend is not None
+            if started:
+                self.running = True
+                self._set_state("running", f"executing {text!r}")
+        self.log.info(f"instruction {text!r}" + ("" if started else " (not started: see /lapa/status)"))
+
+    # ------------------------------------------------------------------ the control tick
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        self._stats["tick_mono_s"].append(now)
+        backend = self.backend
+        if backend is None or self.homing:
+            return
+        with self._lock:
+            previous_done = self._tick_done
+            self._tick += 1
+            tick = self._tick
+            self._tick_mono_s = now
+            self._tick_done = False
+            try:
+                backend.check()
+                self._robot_state = backend.state()
+            except BackendError as e:
+                self._fault(f"robot error: {e}")
+                return
+            if not self.running or self.safety.fault is not None or not self.instruction:
+                self._halt_if_moving()
+                backend.hold()
+                return
+            stale = self.safety.check_freshness(now, self._newest_image_time(), now, self.worker.server_time_s)
+            if stale is not None:
+                self._hold(self._explain(stale))
+                return
+            ta = self.executor_chunks.action_for(tick)
+            if ta is not None:
+                self._execute(ta, now)
+            elif not previous_done:
+                backend.hold()  # no command last tick either: the sim backend steps (and renders) anyway
+            if self.executor_chunks.needs_request(tick):
+                state = self._robot_state.as_vector()
+                self.worker.request(Request(tick, now, self.instruction, state, self._not_before_mono_s))
+
+    def _on_result(self, result: Result) -> None:
+        """Inference thread: a reply. Its first action runs now if its tick is still the current one."""
+        self.counts["replies"] += 1
+        self._stats["model_ms"].append(result.reply.model_ms)
+        self._stats["round_trip_ms"].append(result.reply.round_trip_ms)
+        try:
+            self.executor_chunks.add_chunk(result.reply.actions, result.frame.receipt_mono_s, result.request.tick)
+        except ValueError as e:
+            with self._lock:
+                self._fault(f"invalid reply from the policy server: {e}")
+            return
+        with self._lock:
+            if not self.running or self._tick != result.request.tick or self._tick_done:
+                return  # too late for its tick: its later actions serve the next ticks
+            ta = self.executor_chunks.action_for(self._tick)
+            if ta is not None:
+                self._execute(ta, time.monotonic(), result.frame.capture_time_s)
+
+    def _execute(self, ta: TickAction, now: float, capture_time_s: float | None = None) -> None:
+        """Under _lock: safety filter, then the robot. Marks the tick done."""
+        self._tick_done = True
+        verdict = self.safety.filter(ta.action, self._robot_state, now, self._newest_image_time(), ta.obs_time_s,
+                                     self.worker.server_time_s)
+        if verdict.kind == FAULT:
+            self._fault(verdict.reason)
+            return
+        if verdict.kind == HOLD:
+            self._hold(self._explain(verdict.reason))
+            return
+        try:
+            self.backend.apply(verdict.action)
+        except BackendError as e:
+            self._fault(f"robot error: {e}")
+            return
+        self._moving = True
+        self.counts["commands"] += 1
+        self.counts["clamped"] += bool(verdict.clamped)
+        if self.state_name != "running":
+            self._set_state("running", f"executing {self.instruction!r}")
+        self._stats["command_mono_s"].append(now)
+        latency_ms = None
+        if capture_time_s is not None:
+            latency_ms = 1e3 * (time.time() - capture_time_s)
+            self._stats["latency_ms"].append(latency_ms)
+        self._publish_action(verdict.action, latency_ms)
+
+    # ------------------------------------------------------------------ stopping
+    def _halt_if_moving(self) -> None:
+        if self._moving and self.backend is not None:
+            self._moving = False
+            try:
+                self.backend.stop()
+            except BackendError as e:
+                self._fault(f"robot error while stopping: {e}")
+
+    def _hold(self, reason: str) -> None:
+        """Stale input: stop (without latching) and forget queued chunks; resumes when inputs are fresh."""
+        self.counts["holds"] += 1
+        self.executor_chunks.clear()
+        self._halt_if_moving()
+        if self.backend is not None:
+            self.backend.hold()
+        if self.state_name != "holding" or self.reason != reason:
+            self.log.warning(f"holding: {reason}", throttle_duration_sec=2.0)
+        self._set_state("holding", reason)
+
+    def _fault(self, reason: str) -> None:
+        with self._lock:
+            self.counts["faults"] += 1
+            self.safety.latch(reason)
+            self.running = False
+            self.executor_chunks.clear()
+            self._halt_if_moving()
+            self._set_state("fault", self.safety.fault or reason)
+        self.log.error(f"stopped: {reason}", throttle_duration_sec=2.0)
+
+    def _stop(self, reason: str) -> None:
+        with self._lock:
+            self.running = False
+            self.executor_chunks.clear()
+            self._halt_if_moving()
+            if self.safety.fault is None:
+                self._set_state("stopped", reason)
+
+    def _on_server_error(self, message: str, fatal: bool) -> None:
+        if fatal:
+            self._fault(message)
+
+    def _explain(self, reason: str) -> str:
+        if reason.startswith("no server") and self.worker.last_error:
+            return self.worker.last_error
+        return reason
+
+    def _newest_image_time(self) -> float | None:
+        frame = self.frames.newest()
+        if frame is None or frame.receipt_mono_s <= self._not_before_mono_s:
+            return None
+        return frame.receipt_mono_s
+
+    def _set_state(self, name: str, reason: str) -> None:
+        self.state_name, self.reason = name, reason
+
+    # ------------------------------------------------------------------ services
+    def _srv_start(self, _req, resp):
+        if self.backend is None:
+            resp.success, resp.message = False, f"not ready: {self.reason}"
+            return resp
+        with self._lock:
+            was = self.safety.fault
+            try:
+                self.backend.recover()
+                self._robot_state = self.backend.state()
+            except BackendError as e:
+                resp.success, resp.message = False, f"robot did not recover: {e}"
+                return resp
+            self.safety.release(gripper_open=self._robot_state.gripper_width_m > 0.04)
+            self.executor_chunks.clear()
+            self._not_before_mono_s = time.monotonic()  # only images taken from now on drive the arm
+            self.running = True
+            self._set_state("running" if self.instruction else "idle",
+                            f"executing {self.instruction!r}" if self.instruction else "waiting for an instruction")
+        resp.success = True
+        resp.message = f"started (cleared: {was})" if was else "started"
+        self.log.info(resp.message)
+        return resp
+
+    def _srv_stop(self, _req, resp):
+        self._stop("stopped by /lapa/stop")
+        resp.success, resp.message = True, "stopped"
+        return resp
+
+    def _srv_estop(self, _req, resp):
+        self._fault("emergency stop (/lapa/emergency_stop): call /lapa/start to resume")
+        resp.success, resp.message = True, "emergency stop latched"
+        return resp
+
+    def _srv_home(self, _req, resp):
+        if self.backend is None:
+            resp.success, resp.message = False, f"not ready: {self.reason}"
+            return resp
+        self._stop("moving home")
+        self.homing = True
+        try:
+            self.backend.home()
+            self._robot_state = self.backend.state()
+            resp.success, resp.message = True, "at home"
+            self._set_state("idle" if self.safety.fault is None else "fault",
+                            "at home: waiting for an instruction" if self.safety.fault is None else self.reason)
+        except BackendError as e:
+            self._fault(f"move home failed: {e}")
+            resp.success, resp.message = False, str(e)
+        finally:
+            self.homing = False
+        return resp
+
+    # ------------------------------------------------------------------ outputs
+    def _publish_action(self, action: np.ndarray, latency_ms: float | None) -> None:
+        from lapa.geometry import rotation_error, rpy_to_matrix
+        from lapa_ros.images import set_stamp
+
+        msg = self._msgs["TwistStamped"]()
+        set_stamp(msg.header, time.time())
+        msg.header.frame_id = self.params["frame_id"]
+        v = action[:3] * self.control_hz
+        w = rotation_error(rpy_to_matrix(action[3:6]), np.eye(3)) * self.control_hz
+        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(x) for x in v)
+        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(x) for x in w)
+        self.pub_action.publish(msg)
+        self.pub_gripper.publish(self._msgs["Float32"](data=float(action[6])))
+        if latency_ms is not None:
+            self.pub_latency.publish(self._msgs["Float32"](data=float(latency_ms)))
+
+    def _publish_sim_image(self, image: np.ndarray, stamp_s: float) -> None:
+        from lapa_ros.images import rgb_to_image
+
+        self.pub_camera.publish(rgb_to_image(image, stamp_s, "scene_camera"))
+
+    def status(self) -> dict:
+        ticks = np.diff(np.asarray(self._stats["tick_mono_s"])) * 1e3
+        recent = ticks[-200:]
+        period_ms = 1e3 / self.control_hz if self.control_hz else None
+        state = self._robot_state
+        meta = self.worker.metadata or {}
+        return {
+            "state": self.state_name, "reason": self.reason, "instruction": self.instruction,
+            "running": self.running, "fault": self.safety.fault, "backend": self.params["robot_backend"],
+            "robot_ip": self._robot_ip, "control_hz": self.control_hz,
+            "achieved_hz": float(1e3 / recent.mean()) if len(recent) else None,
+            "jitter_p99_ms": (float(np.percentile(np.abs(recent - period_ms), 99))
+                              if len(recent) and period_ms else None),
+            "latency_p50_ms": percentile_ms(list(self._stats["latency_ms"])[-200:], 50),
+            "latency_p99_ms": percentile_ms(list(self._stats["latency_ms"])[-200:], 99),
+            "model_p50_ms": percentile_ms(list(self._stats["model_ms"])[-200:], 50),
+            "server": {"url": self.params["server_url"], "connected": self.worker.connected,
+                       "model_hash": meta.get("model_hash"), "backend": meta.get("backend"),
+                       "error": self.worker.last_error},
+            "ee_pos_m": state.ee_pos_m.round(4).tolist() if state is not None else None,
+            "gripper_width_m": round(state.gripper_width_m, 4) if state is not None else None,
+            "tick": self._tick, "counts": dict(self.counts),
+        }
+
+    def _publish_status(self) -> None:
+        self.pub_status.publish(self._msgs["String"](data=json.dumps(self.status())))
+
+    def write_stats(self, path: str) -> None:
+        data = {k: list(v) for k, v in self._stats.items()}
+        data.update(control_hz=self.control_hz, counts=self.counts, status=self.status())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data))
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        self._closing = True
+        if self.params["stats_file"]:
+            try:
+                self.write_stats(self.params["stats_file"])
+            except OSError as e:
+                self.log.warning(f"could not write {self.params['stats_file']}: {e}")
+        self.worker.close()
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            try:
+                backend.close()
+            except Exception as e:  # noqa: BLE001 - shutting down anyway
+                self.log.warning(f"closing the robot backend: {e}")
+        self.node.destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lapa_ros.ros_main import run_node
+
+    return run_node(PolicyNode, argv, threads=4)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

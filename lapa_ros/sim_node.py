@@ -1,0 +1,243 @@
+"""`lapa_sim`: franky-sim with the tabletop scene, its camera, episode resets and task success.
+
+Starts franky-sim's libfranka server on a free 127.x.y.z address (through
+`lapa.sim.franky_driver`'s server link, without a client of its own: the policy node's franky
+backend is *the* client, exactly as with a real robot) and announces the address on
+`/lapa_sim/robot_ip` (latched). Then:
+
+  out  <image_topic> (/camera/image_raw)  sensor_msgs/Image     the scene camera at camera_hz (rgb8)
+  out  /lapa_sim/robot_ip                 std_msgs/String       latched: where the policy node connects
+  out  /lapa_sim/task_status              std_msgs/String       JSON: instruction, task, success, episode,
+                                                                seed, sim time, real-time factor
+  out  /lapa_sim/success                  std_msgs/Bool         success of the current instruction
+  out  /lapa_sim/scene                    std_msgs/String       JSON: block poses, TCP pose, gripper width
+                                                                (privileged state: the scripted expert's input)
+  in   <instruction_topic>                std_msgs/String       the task to score (parse_instruction)
+  srv  /lapa_sim/reset                    std_srvs/Trigger      blocks to the placement of parameter `seed`
+                                                                (set it first with set_parameters); the arm
+                                                                is moved by /lapa/home on the policy node
+
+Rendering runs in its own thread (MuJoCo's GL context belongs to one thread) from a snapshot of
+the physics state, so it never holds up the 1 kHz simulation for long.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+
+import numpy as np
+
+from lapa.action import RobotState
+from lapa.geometry import matrix_to_rpy, quat_wxyz_to_matrix
+from lapa.sim.scene import ROBOT_PREFIX, SceneConfig, block_joint_name, sample_block_poses
+from lapa.sim.tasks import EpisodeStart, is_success, parse_instruction
+
+NODE_NAME = "lapa_sim"
+SETTLE_S = 0.3
+
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "image_topic": ("/camera/image_raw", "where the scene camera is published"),
+    "instruction_topic": ("/lapa/instruction", "instructions to score"),
+    "image_size": (128, "scene camera image side in pixels"),
+    "camera_hz": (30.0, "scene camera rate"),
+    "seed": (0, "block placement of the next /lapa_sim/reset (and of the start)"),
+    "status_hz": (10.0, "rate of /lapa_sim/task_status, /lapa_sim/success and /lapa_sim/scene"),
+}
+
+
+class SimView:
+    """`SceneView` (lapa.sim.tasks) over one physics snapshot."""
+
+    def __init__(self, model, data, tcp_site: int, finger_qpos: np.ndarray, block_qpos: dict[str, int]) -> None:
+        self.model, self.data = model, data
+        self._tcp, self._fingers, self._blocks = tcp_site, finger_qpos, block_qpos
+
+    def robot_state(self) -> RobotState:
+        R = self.data.site_xmat[self._tcp].reshape(3, 3)
+        return RobotState(self.data.site_xpos[self._tcp].copy(), matrix_to_rpy(R),
+                          float(np.sum(self.data.qpos[self._fingers])))
+
+    def block_pose(self, colour: str) -> tuple[np.ndarray, np.ndarray]:
+        adr = self._blocks[colour]
+        return self.data.qpos[adr:adr + 3].copy(), quat_wxyz_to_matrix(self.data.qpos[adr + 3:adr + 7])
+
+    def scene_dict(self) -> dict:
+        s = self.robot_state()
+        return {"tcp_pos_m": s.ee_pos_m.tolist(), "tcp_rpy_rad": s.ee_rpy_rad.tolist(),
+                "gripper_width_m": s.gripper_width_m,
+                "blocks": {c: self.data.qpos[a:a + 7].tolist() for c, a in self._blocks.items()}}
+
+
+class SimNode:
+    def __init__(self, args: list[str] | None = None) -> None:
+        from rcl_interfaces.msg import ParameterDescriptor
+        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+        from rclpy.node import Node
+        from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Bool, String
+        from std_srvs.srv import Trigger
+
+        from lapa.sim.franky_driver import _SimLink
+
+        logging.getLogger("franky_sim").setLevel(logging.WARNING)  # it logs every protocol message
+
+        self.node = node = Node(NODE_NAME)
+        for name, (default, description) in PARAMETERS.items():
+            node.declare_parameter(name, default, ParameterDescriptor(description=description))
+        p = self.params = {name: node.get_parameter(name).value for name in PARAMETERS}
+        self.log = node.get_logger()
+        self._String, self._Bool = String, Bool
+        self.config = SceneConfig(image_size=int(p["image_size"]))
+        t0 = time.monotonic()
+        self.link = _SimLink(self.config)
+        m = self.link.model
+        self._tcp_site = m.site("tcp").id
+        self._finger_qpos = np.array([m.jnt_qposadr[m.joint(f"{ROBOT_PREFIX}finger_joint{i}").id] for i in (1, 2)])
+        joints = {c: m.joint(block_joint_name(c)).id for c in self.config.colours}
+        self._block_qpos = {c: int(m.jnt_qposadr[j]) for c, j in joints.items()}
+        self._block_dof = {c: int(m.jnt_dofadr[j]) for c, j in joints.items()}
+        self._lock = threading.Lock()
+        self.task = None
+        self.instruction = ""
+        self.start: EpisodeStart | None = None
+        self.episode = 0
+        self.seed = int(p["seed"])
+        self._rtf = (time.monotonic(), self.link.time_s, 1.0)
+        self._place_blocks(self.seed)
+        self.log.info(f"franky-sim serving the FR3 at {self.link.hostname} (started in "
+                      f"{time.monotonic() - t0:.1f} s)")
+
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pub_ip = node.create_publisher(String, "/lapa_sim/robot_ip", latched)
+        self.pub_ip.publish(String(data=self.link.hostname))
+        self.pub_image = node.create_publisher(Image, p["image_topic"], qos_profile_sensor_data)
+        self.pub_status = node.create_publisher(String, "/lapa_sim/task_status", 10)
+        self.pub_success = node.create_publisher(Bool, "/lapa_sim/success", 10)
+        self.pub_scene = node.create_publisher(String, "/lapa_sim/scene", 10)
+        group = MutuallyExclusiveCallbackGroup()
+        node.create_subscription(String, p["instruction_topic"], self._on_instruction, 10, callback_group=group)
+        node.create_service(Trigger, "/lapa_sim/reset", self._srv_reset, callback_group=group)
+        node.create_timer(1.0 / max(0.1, p["status_hz"]), self._publish_status, callback_group=group)
+        self._closing = threading.Event()
+        self.frames_published = 0
+        self._camera = threading.Thread(target=self._camera_loop, name="lapa-sim-camera", daemon=True)
+        self._camera.start()
+
+    # ------------------------------------------------------------------ scene
+    def _place_blocks(self, seed: int) -> None:
+        poses = sample_block_poses(self.config, np.random.default_rng(seed))
+
+        def place(data) -> None:
+            for colour, (pos, yaw) in poses.items():
+                adr, dof = self._block_qpos[colour], self._block_dof[colour]
+                data.qpos[adr:adr + 3] = pos
+                data.qpos[adr + 3:adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+                data.qvel[dof:dof + 6] = 0.0
+
+        self.link.call(place)
+        self.link.wait_until(self.link.time_s + SETTLE_S)
+        with self._lock:
+            self.seed = seed
+            self.episode += 1
+            self.start = EpisodeStart({c: p for c, p in self._view().block_pose_all().items()})
+
+    def _view(self) -> _ViewWithAll:
+        data = self.link.observe()
+        return _ViewWithAll(self.link.model, data, self._tcp_site, self._finger_qpos, self._block_qpos)
+
+    # ------------------------------------------------------------------ camera thread
+    def _camera_loop(self) -> None:
+        from lapa.sim.rendering import SceneRenderer
+        from lapa_ros.images import rgb_to_image
+
+        renderer = SceneRenderer(self.link.model, self.config)
+        period = 1.0 / max(0.1, float(self.params["camera_hz"]))
+        next_t = time.monotonic()
+        try:
+            while not self._closing.is_set():
+                stamp = time.time()
+                image = renderer.render(self.link.observe(camera_ready=True), "scene")
+                self.pub_image.publish(rgb_to_image(image, stamp, "scene_camera"))
+                self.frames_published += 1
+                next_t += period
+                delay = next_t - time.monotonic()
+                if delay < -period:  # fell behind (a busy machine): restart the schedule
+                    next_t = time.monotonic()
+                self._closing.wait(max(0.0, delay))
+        except Exception as e:  # noqa: BLE001 - the node reports it; the image goes stale and the robot stops
+            if self.node.context.ok() and not self._closing.is_set():
+                self.log.error(f"scene camera stopped: {e}")
+        finally:
+            renderer.close()
+
+    # ------------------------------------------------------------------ ROS callbacks
+    def _on_instruction(self, msg) -> None:
+        text = msg.data.strip()
+        task = parse_instruction(text)
+        with self._lock:
+            self.instruction = text
+            self.task = task
+        view = self._view()
+        with self._lock:
+            self.start = EpisodeStart(view.block_pose_all())
+        if task is None:
+            self.log.info(f"instruction {text!r} names no task of the suite: not scored")
+
+    def _srv_reset(self, _req, resp):
+        seed = int(self.node.get_parameter("seed").value)
+        try:
+            self._place_blocks(seed)
+        except Exception as e:  # noqa: BLE001 - answered, not raised
+            resp.success, resp.message = False, f"reset failed: {e}"
+            return resp
+        with self._lock:
+            self.task, self.instruction = None, ""
+        resp.success = True
+        resp.message = json.dumps({"seed": seed, "episode": self.episode})
+        return resp
+
+    def _publish_status(self) -> None:
+        view = self._view()
+        with self._lock:
+            task, start, instruction = self.task, self.start, self.instruction
+        success = bool(task is not None and start is not None and is_success(task, view, start))
+        now, sim_t = time.monotonic(), self.link.time_s
+        t0, s0, rtf = self._rtf
+        if now - t0 > 1.0:
+            rtf = (sim_t - s0) / (now - t0)
+            self._rtf = (now, sim_t, rtf)
+        status = {"instruction": instruction, "task": task.name if task else None, "success": success,
+                  "episode": self.episode, "seed": self.seed, "sim_time_s": round(sim_t, 3),
+                  "realtime_factor": round(rtf, 3), "frames": self.frames_published,
+                  "robot_ip": self.link.hostname}
+        self.pub_status.publish(self._String(data=json.dumps(status)))
+        self.pub_success.publish(self._Bool(data=success))
+        scene = view.scene_dict()
+        scene.update(episode=self.episode, seed=self.seed, sim_time_s=sim_t)
+        self.pub_scene.publish(self._String(data=json.dumps(scene)))
+
+    def close(self) -> None:
+        self._closing.set()
+        self._camera.join(5.0)
+        self.link.close()
+        self.node.destroy_node()
+
+
+class _ViewWithAll(SimView):
+    def block_pose_all(self) -> dict[str, np.ndarray]:
+        return {c: self.block_pose(c)[0] for c in self._blocks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lapa_ros.ros_main import run_node
+
+    return run_node(SimNode, argv, threads=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
