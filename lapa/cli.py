@@ -17,6 +17,8 @@ SUBSYSTEMS: list[tuple[str, str]] = [
     ("laq", "lapa.laq.cli"),
     ("bench", "lapa.bench"),
     ("demo", "lapa.demo"),
+    ("say", "lapa.say"),
+    ("bringup", "lapa_ros.bringup"),
 ]
 
 

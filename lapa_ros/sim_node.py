@@ -42,6 +42,7 @@ SETTLE_S = 0.3
 PARAMETERS: dict[str, tuple[object, str]] = {
     "image_topic": ("/camera/image_raw", "where the scene camera is published"),
     "instruction_topic": ("/lapa/instruction", "instructions to score"),
+    "publish_camera": (True, "render and publish the scene camera (false: another camera node publishes)"),
     "image_size": (128, "scene camera image side in pixels"),
     "camera_hz": (30.0, "scene camera rate"),
     "seed": (0, "block placement of the next /lapa_sim/reset (and of the start)"),
@@ -126,7 +127,8 @@ class SimNode:
         self._closing = threading.Event()
         self.frames_published = 0
         self._camera = threading.Thread(target=self._camera_loop, name="lapa-sim-camera", daemon=True)
-        self._camera.start()
+        if p["publish_camera"]:
+            self._camera.start()
 
     # ------------------------------------------------------------------ scene
     def _place_blocks(self, seed: int) -> None:
@@ -223,7 +225,8 @@ class SimNode:
 
     def close(self) -> None:
         self._closing.set()
-        self._camera.join(5.0)
+        if self._camera.is_alive():
+            self._camera.join(5.0)
         self.link.close()
         self.node.destroy_node()
 

@@ -1,0 +1,169 @@
+"""Which processes `franka.launch.py` starts, with which parameters: one plain function.
+
+`ros2 launch lapa_ros franka.launch.py` and `lapa bringup` both call `plan(arguments)`; the
+launch file turns the result into launch_ros `Node`s and `ExecuteProcess`es, `lapa bringup`
+into subprocesses (lapa_ros/bringup.py). Arguments are strings, as launch arguments are.
+
+    sim:=true (default)   lapa_sim (franky-sim + scene camera) ; lapa_policy (franky -> lapa_sim's address)
+    sim:=false            lapa_camera (camera:=0 | URL | file) ; lapa_policy (franky -> robot_ip)
+    start_server:=true    lapa-server --model <model> (loopback address of server_url)
+    speech:=true          lapa_speech (pocketsphinx; wav_files:=a.wav,b.wav to replay files)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "lapa_tiny"
+EXPERT_MODEL = "expert"  # model:=expert serves the scripted expert (simulation only)
+PACKAGE = "lapa_ros"
+
+# name: (default, description)
+LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "robot_ip": ("", "the Franka's address (sim:=false); with sim:=true the policy node uses franky-sim's"),
+    "sim": ("true", "true: franky-sim with the tabletop scene and its camera instead of a robot"),
+    "server_url": ("ws://127.0.0.1:8000", "policy server URL (ws:// or http://)"),
+    "start_server": ("true", "start a policy server on server_url's port (false: use a running one)"),
+    "model": ("", "checkpoint/export directory the started server loads (default: models/lapa_tiny; "
+                  "'expert' serves the scripted expert, simulation only)"),
+    "server_backend": ("torch", "torch | onnxruntime: the started server's backend"),
+    "server_threads": ("1", "intra-op threads of the started server's model"),
+    "camera": ("sim", "sim (lapa_sim's scene camera), a device index, a stream URL, a video file, or none"),
+    "speech": ("false", "start lapa_speech (spoken instructions, pocketsphinx)"),
+    "wav_files": ("", "lapa_speech: comma-separated WAV files to recognise instead of the microphone"),
+    "control_hz": ("0", "control rate; 0 = the model's control_hz (server metadata)"),
+    "params_file": ("", "a YAML parameter file for every node (e.g. config/lapa_ros.yaml)"),
+}
+
+
+class LaunchPlanError(ValueError):
+    """Launch arguments that do not make a working system."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str  # ROS node name
+    executable: str  # console script installed under lib/lapa_ros (colcon)
+    module: str  # python -m entry (lapa bringup)
+    parameters: dict[str, object] = field(default_factory=dict)
+    params_files: tuple[str, ...] = ()
+    package: str = PACKAGE
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    name: str
+    executable: str  # console script
+    module: str  # python -m entry
+    arguments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    processes: tuple[ProcessSpec, ...]
+    nodes: tuple[NodeSpec, ...]
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        lines = []
+        for p in self.processes:
+            lines.append(f"process {p.name}: {p.executable} {' '.join(p.arguments)}")
+        for n in self.nodes:
+            params = ", ".join(f"{k}={v!r}" for k, v in n.parameters.items())
+            files = f" [params: {', '.join(n.params_files)}]" if n.params_files else ""
+            lines.append(f"node {n.name} ({n.package}/{n.executable}): {params}{files}")
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def parse_bool(value: str, name: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise LaunchPlanError(f"{name}:={value!r} is not true or false")
+
+
+def default_arguments() -> dict[str, str]:
+    return {name: default for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+
+
+def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
+    args = default_arguments()
+    unknown = sorted(set(arguments or {}) - set(args))
+    if unknown:
+        raise LaunchPlanError(f"unknown launch argument(s) {unknown}; known: {sorted(args)}")
+    args.update({k: str(v) for k, v in (arguments or {}).items()})
+    sim = parse_bool(args["sim"], "sim")
+    start_server = parse_bool(args["start_server"], "start_server")
+    speech = parse_bool(args["speech"], "speech")
+    try:
+        control_hz = float(args["control_hz"])
+    except ValueError:
+        raise LaunchPlanError(f"control_hz:={args['control_hz']!r} is not a number") from None
+    if control_hz < 0:
+        raise LaunchPlanError("control_hz must be >= 0")
+    camera = args["camera"].strip()
+    robot_ip = args["robot_ip"].strip()
+    params_files = (args["params_file"],) if args["params_file"] else ()
+    notes: list[str] = []
+    if not sim and not robot_ip:
+        raise LaunchPlanError("sim:=false needs robot_ip:=<the Franka's address>")
+    if not sim and camera == "sim":
+        raise LaunchPlanError("camera:=sim needs sim:=true; give a device index, URL or video file")
+
+    processes: list[ProcessSpec] = []
+    if start_server:
+        processes.append(_server(args, sim, notes))
+
+    nodes: list[NodeSpec] = []
+    if sim:
+        nodes.append(NodeSpec("lapa_sim", "lapa_sim_node", "lapa_ros.sim_node", {
+            "image_topic": "/camera/image_raw", "instruction_topic": "/lapa/instruction",
+            "publish_camera": camera == "sim"}, params_files))
+        if robot_ip:
+            notes.append(f"sim:=true: robot_ip:={robot_ip} is ignored, the policy node drives franky-sim")
+    if camera not in ("sim", "none", ""):
+        nodes.append(NodeSpec("lapa_camera", "lapa_camera_node", "lapa_ros.camera_node", {
+            "source": camera, "image_topic": "/camera/image_raw"}, params_files))
+    nodes.append(NodeSpec("lapa_policy", "lapa_policy_node", "lapa_ros.policy_node", {
+        "server_url": args["server_url"], "robot_backend": "franky",
+        "robot_ip": "sim" if sim else robot_ip, "control_hz": control_hz,
+        "image_topic": "/camera/image_raw", "instruction_topic": "/lapa/instruction"}, params_files))
+    if speech:
+        wavs = [w.strip() for w in args["wav_files"].split(",") if w.strip()]
+        speech_params: dict[str, object] = {"instruction_topic": "/lapa/instruction"}
+        if wavs:
+            speech_params["wav_files"] = wavs
+        nodes.append(NodeSpec("lapa_speech", "lapa_speech_node", "lapa_ros.speech_node", speech_params, params_files))
+    return LaunchPlan(tuple(processes), tuple(nodes), tuple(notes))
+
+
+def _server(args: dict[str, str], sim: bool, notes: list[str]) -> ProcessSpec:
+    url = urlsplit(args["server_url"] if "://" in args["server_url"] else "ws://" + args["server_url"])
+    host = url.hostname or "127.0.0.1"
+    port = url.port or 8000
+    model = args["model"].strip()
+    if not model:
+        if DEFAULT_MODEL_DIR.joinpath("config.json").is_file():
+            model = str(DEFAULT_MODEL_DIR)
+        elif sim:
+            model = EXPERT_MODEL
+            notes.append(f"no trained model at {DEFAULT_MODEL_DIR}: serving the scripted expert instead "
+                         "(simulation only); pass model:=DIR to serve a checkpoint")
+        else:
+            raise LaunchPlanError(f"no model: {DEFAULT_MODEL_DIR} does not exist; pass model:=DIR")
+    if model == EXPERT_MODEL:
+        if not sim:
+            raise LaunchPlanError("model:=expert reads the simulator's state: it needs sim:=true")
+        backend_args = ("--backend", "lapa_ros.expert_policy:make_policy")
+    else:
+        if args["server_backend"] not in ("torch", "onnxruntime", "tensorrt"):
+            raise LaunchPlanError(f"server_backend:={args['server_backend']!r}: torch, onnxruntime or tensorrt")
+        backend_args = ("--model", model, "--backend", args["server_backend"])
+    return ProcessSpec("lapa_server", "lapa-server", "policy_server.app",
+                       (*backend_args, "--host", host, "--port", str(port), "--threads", args["server_threads"]))
