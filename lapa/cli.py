@@ -19,6 +19,9 @@ SUBSYSTEMS: list[tuple[str, str]] = [
     ("demo", "lapa.demo"),
     ("say", "lapa.say"),
     ("bringup", "lapa_ros.bringup"),
+    ("train", "lapa.policy.cli"),
+    ("eval", "lapa.eval.cli"),
+    ("experiment", "lapa.experiment"),
 ]
 
 

@@ -1,0 +1,54 @@
+"""`lapa eval`: closed-loop success rates of a finetuned VLA in the fast simulator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from lapa.eval.closed_loop import EVAL_SEED_BASE, EXECUTE_MODES
+
+    ev = sub.add_parser("eval", help="closed-loop success rate of a VLA checkpoint, per task, with 95% intervals")
+    ev.add_argument("--ckpt", type=Path, required=True, help="VLA checkpoint or training run directory")
+    ev.add_argument("--suite", default="default", help="task suite (default: %(default)s)")
+    ev.add_argument("--episodes", type=int, default=10, help="episodes per task family (default: %(default)s)")
+    ev.add_argument("--json", type=Path, help="write the results here")
+    ev.add_argument("--videos", type=Path, help="write mp4s of the first episodes of each task here")
+    ev.add_argument("--max-videos", type=int, default=2, help="videos per task family (default: %(default)s)")
+    ev.add_argument("--held-out", action="store_true",
+                    help="unseen instructions: held-out paraphrases instead of the training templates")
+    ev.add_argument("--execute", choices=EXECUTE_MODES, default="first",
+                    help="run the first action of each chunk (default) or the whole chunk open loop")
+    ev.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE, help="first evaluation seed")
+    ev.add_argument("--render-size", type=int, help="camera size (default: the training dataset's)")
+    ev.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    ev.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from lapa.eval.closed_loop import evaluate_checkpoint
+
+    torch.set_num_threads(args.threads)
+    result = evaluate_checkpoint(args.ckpt, args.suite, args.episodes, held_out=args.held_out,
+                                 execute=args.execute, seed_base=args.seed_base, videos=args.videos,
+                                 max_videos_per_task=args.max_videos, render_size=args.render_size)
+    result = {"command": _command(args), **result}
+    summary = {k: v for k, v in result.items() if k != "episodes"}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The equivalent command line (from the parsed options, whoever called main)."""
+    parts = ["lapa eval", f"--ckpt {args.ckpt}", f"--suite {args.suite}", f"--episodes {args.episodes}",
+             f"--execute {args.execute}", f"--seed-base {args.seed_base}"]
+    parts += [f"--{k.replace('_', '-')} {v}" for k, v in (("json", args.json), ("videos", args.videos),
+                                                        ("render_size", args.render_size)) if v is not None]
+    return " ".join(parts + (["--held-out"] if args.held_out else []))

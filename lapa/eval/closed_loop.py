@@ -1,0 +1,255 @@
+"""Closed-loop evaluation of a policy on the simulated tabletop: success rates with Wilson intervals.
+
+Each task family of a suite gets `episodes` fixed seeds, `EVAL_SEED_BASE + family_index *
+FAMILY_SEED_STRIDE + i`, far from the seeds the recorder uses for training data (base + index,
+plus 1_000_003 per retry), and checked against the seeds recorded in the training datasets when
+their metadata is at hand. The same seeds serve seen instructions (training templates) and unseen
+ones (held-out paraphrases): the scene and task are identical, only the wording changes.
+
+The scene is rendered at the training dataset's image size and resized to the model's input with
+the same function the training data went through. A policy replies with a chunk of K actions;
+`execute="first"` runs the first action and asks again at the next step (default), `"chunk"`
+replays the whole chunk open loop before asking again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from lapa.errors import UserError
+from lapa.sim.env import Observation
+
+EVAL_SEED_BASE = 50_000_000
+FAMILY_SEED_STRIDE = 100_000
+EXECUTE_MODES = ("first", "chunk")
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (0, 1 for n = 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be within 0..{n}, got {successes}")
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends despite float round-off
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def eval_seeds(family_index: int, episodes: int, base: int = EVAL_SEED_BASE) -> list[int]:
+    return [base + family_index * FAMILY_SEED_STRIDE + i for i in range(episodes)]
+
+
+# ----------------------------------------------------------------------------- policy adapter
+
+
+class ChunkExecutor:
+    """Observation -> one action, over a policy replying with chunks (`infer(obs)["actions"]` (K, 7)).
+
+    `image_size` (model input side): observations rendered at another size are resized first.
+    """
+
+    def __init__(self, policy: Any, execute: str = "first", image_size: int | None = None) -> None:
+        if execute not in EXECUTE_MODES:
+            raise ValueError(f"execute must be one of {EXECUTE_MODES}, got {execute!r}")
+        self.policy = policy
+        self.execute = execute
+        self.image_size = image_size
+        self._queue: list[np.ndarray] = []
+        self.calls = 0
+        self.model_ms = 0.0
+
+    def reset(self) -> None:
+        self._queue.clear()
+        self.policy.reset()
+
+    def __call__(self, obs: Observation) -> np.ndarray:
+        if not self._queue:
+            image = obs.image
+            if self.image_size is not None and image.shape[0] != self.image_size:
+                from lapa.data.frame_pairs import resize_frames
+
+                image = resize_frames(image[None], self.image_size)[0]
+            reply = self.policy.infer({"image": image, "instruction": obs.instruction})
+            self.calls += 1
+            self.model_ms += float(reply.get("model_ms", 0.0))
+            actions = np.asarray(reply["actions"], np.float32)  # (K, 7)
+            self._queue = [actions[0]] if self.execute == "first" else list(actions)
+        return self._queue.pop(0)
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+
+@dataclass
+class EpisodeOutcome:
+    family: str
+    seed: int
+    task: str
+    instruction: str
+    success: bool
+    steps: int
+
+
+def summarize(outcomes: list[EpisodeOutcome], families: tuple[str, ...]) -> dict[str, Any]:
+    """Per family and overall: successes, episodes, success_rate, ci95 [lo, hi], mean_steps."""
+
+    def block(rows: list[EpisodeOutcome]) -> dict[str, Any]:
+        k, n = sum(r.success for r in rows), len(rows)
+        lo, hi = wilson_interval(k, n)
+        return {"successes": k, "episodes": n, "success_rate": k / n if n else 0.0, "ci95": [lo, hi],
+                "mean_steps": float(np.mean([r.steps for r in rows])) if rows else 0.0}
+
+    return {"tasks": {f: block([o for o in outcomes if o.family == f]) for f in families},
+            "overall": block(outcomes)}
+
+
+def evaluate_policy(policy: Callable[[Observation], np.ndarray], suite: str, episodes: int, *,
+                    held_out: bool = False, render_size: int = 64, seed_base: int = EVAL_SEED_BASE,
+                    videos: str | os.PathLike | None = None, max_videos_per_task: int = 2,
+                    progress: bool = True, reset: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Roll out `episodes` seeded episodes per task family of `suite` with `policy`."""
+    from lapa.data.video_io import write_video
+    from lapa.sim.env import TabletopEnv, episode_task, run_episode
+    from lapa.sim.fast_driver import FastDriver
+    from lapa.sim.scene import SceneConfig
+    from lapa.sim.tasks import get_suite
+
+    try:
+        families = get_suite(suite)
+    except KeyError as err:
+        raise UserError(str(err.args[0])) from err
+    if episodes < 1:
+        raise UserError(f"--episodes must be at least 1, got {episodes}")
+    video_dir = Path(videos) if videos is not None else None
+    if video_dir is not None:
+        video_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: list[EpisodeOutcome] = []
+    t0 = time.perf_counter()
+    total_steps = 0
+    with FastDriver(SceneConfig(image_size=render_size)) as driver:
+        env = TabletopEnv(driver)
+        bar = tqdm(total=episodes * len(families), desc=f"eval {'unseen' if held_out else 'seen'}", unit="ep",
+                   disable=not progress)
+        for fi, family in enumerate(families):
+            for i, seed in enumerate(eval_seeds(fi, episodes, seed_base)):
+                task, instruction = episode_task(family, seed, held_out=held_out)
+                if reset is not None:
+                    reset()
+                record = video_dir is not None and i < max_videos_per_task
+                result = run_episode(env, task, seed, policy=policy, instruction=instruction, record=record)
+                outcomes.append(EpisodeOutcome(family, seed, task.name, instruction, bool(result.success),
+                                               int(result.steps)))
+                total_steps += result.steps
+                if record and result.frames is not None:
+                    tag = "success" if result.success else "failure"
+                    write_video(video_dir / f"{family}_{seed}_{tag}.mp4", result.frames, fps=10)
+                bar.update(1)
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return {
+        "suite": suite, "instructions": "unseen" if held_out else "seen", "episodes_per_task": episodes,
+        "seed_base": seed_base, "render_size": render_size, **summarize(outcomes, families),
+        "episodes": [asdict(o) for o in outcomes], "seconds": seconds,
+        "steps_per_s": total_steps / max(seconds, 1e-9),
+    }
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _provenance(ckpt: Path) -> dict[str, Any]:
+    doc = json.loads((ckpt / "config.json").read_text())
+    prov = doc.get("provenance")
+    return prov if isinstance(prov, dict) else {}
+
+
+def training_datasets(ckpt: str | os.PathLike, depth: int = 8) -> list[str]:
+    """Datasets a checkpoint was trained on, following its `init` chain (as far as it is on disk)."""
+    out: list[str] = []
+    path: Path | None = Path(ckpt)
+    while path is not None and depth > 0 and (path / "config.json").is_file():
+        prov = _provenance(path)
+        out += [d for d in prov.get("datasets", []) if d not in out]
+        init = prov.get("init")
+        path = Path(init) if isinstance(init, str) and init != "scratch" else None
+        depth -= 1
+    return out
+
+
+def recorded_seeds(root: str | os.PathLike) -> set[int]:
+    """Episode seeds a simulator recording wrote into its metadata (empty if unknown)."""
+    meta = Path(root) / "meta" / "lapa_recording.json"
+    if not meta.is_file():
+        return set()
+    doc = json.loads(meta.read_text())
+    return {int(e["seed"]) for e in doc.get("episodes_meta", []) if "seed" in e}
+
+
+def dataset_image_size(root: str | os.PathLike) -> int | None:
+    """Frame side of a recorded dataset (LeRobot info.json, or the recorder's metadata)."""
+    root = Path(root)
+    info = root / "meta" / "info.json"
+    if info.is_file():
+        for feature in json.loads(info.read_text()).get("features", {}).values():
+            if feature.get("dtype") == "video":
+                return int(feature["shape"][0])
+    rec = root / "recording.json"
+    if rec.is_file():
+        return int(json.loads(rec.read_text()).get("image_size", 0)) or None
+    return None
+
+
+def check_disjoint_seeds(ckpt: str | os.PathLike, suite_size: int, episodes: int, seed_base: int) -> None:
+    """UserError if an evaluation seed is among the seeds of the checkpoint's training recordings."""
+    used: set[int] = set()
+    for root in training_datasets(ckpt):
+        used |= recorded_seeds(root)
+    ours = {s for fi in range(suite_size) for s in eval_seeds(fi, episodes, seed_base)}
+    overlap = sorted(used & ours)
+    if overlap:
+        raise UserError(f"evaluation seeds {overlap[:5]} were used to record training data; pick another --seed-base")
+
+
+def evaluate_checkpoint(ckpt: str | os.PathLike, suite: str = "default", episodes: int = 10, *,
+                        held_out: bool = False, execute: str = "first", seed_base: int = EVAL_SEED_BASE,
+                        videos: str | os.PathLike | None = None, max_videos_per_task: int = 2,
+                        text_encoder: Any | None = None, render_size: int | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Evaluate a finetuned VLA checkpoint (or training run directory) through TorchPolicy."""
+    from lapa.policy.torch_policy import TorchPolicy
+    from lapa.policy.train import load_text_encoder, resolve_vla_checkpoint
+    from lapa.sim.tasks import get_suite
+
+    path = resolve_vla_checkpoint(ckpt)
+    try:
+        families = get_suite(suite)
+    except KeyError as err:
+        raise UserError(str(err.args[0])) from err
+    check_disjoint_seeds(path, len(families), episodes, seed_base)
+    policy = TorchPolicy(path, text_encoder=load_text_encoder(text_encoder))
+    model_size = policy.config.image_size
+    if render_size is None:
+        sizes = [s for s in map(dataset_image_size, training_datasets(path)) if s]
+        render_size = sizes[0] if sizes else model_size
+    executor = ChunkExecutor(policy, execute=execute, image_size=model_size)
+    result = evaluate_policy(executor, suite, episodes, held_out=held_out, render_size=render_size,
+                             seed_base=seed_base, videos=videos, max_videos_per_task=max_videos_per_task,
+                             progress=progress, reset=executor.reset)
+    return {"checkpoint": str(path), "execute": execute, "chunk_size": policy.config.chunk_size,
+            "model_image_size": model_size, "policy_calls": executor.calls,
+            "mean_model_ms": executor.model_ms / max(executor.calls, 1), **result}

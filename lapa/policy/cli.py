@@ -1,0 +1,112 @@
+"""`lapa train ...`: stage 2 (latent pretraining), stage 3 (finetuning) and the two baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train the VLA: latent pretraining, finetuning, ActionVLA and VPT baselines")
+    train_sub = train.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND", required=True)
+
+    p = train_sub.add_parser("pretrain", help="stage 2: predict LAQ latent actions (a label file from lapa laq label)")
+    p.add_argument("--labels", type=Path, required=True, help="latent label file (.parquet)")
+    _common(p, steps=2000)
+    p.set_defaults(func=_pretrain)
+
+    f = train_sub.add_parser("finetune", help="stage 3: action finetuning on robot episodes")
+    f.add_argument("--init", required=True, help="'scratch', or a pretrained checkpoint / training run directory")
+    f.add_argument("--data", nargs="+", required=True, help="LeRobot v3 datasets with actions")
+    _common(f, steps=1000)
+    f.set_defaults(func=_finetune)
+
+    a = train_sub.add_parser("action-pretrain", help="the ActionVLA baseline: pretraining on true actions")
+    a.add_argument("--data", nargs="+", required=True, help="LeRobot v3 datasets with actions")
+    _common(a, steps=2000)
+    a.set_defaults(func=_action_pretrain)
+
+    v = train_sub.add_parser("vpt", help="the VPT baseline: IDM on labelled episodes, pseudo-labels, pretraining")
+    v.add_argument("--labelled", nargs="+", required=True, help="LeRobot v3 datasets with actions (IDM training)")
+    v.add_argument("--videos", nargs="+", required=True,
+                   help="action-free pretraining videos (video sets or LeRobot datasets; actions are ignored)")
+    v.add_argument("--idm-steps", type=int, default=1000)
+    v.add_argument("--idm-batch-size", type=int, default=64)
+    _common(v, steps=2000)
+    v.set_defaults(func=_vpt)
+
+
+def _common(p: argparse.ArgumentParser, steps: int) -> None:
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics.jsonl, loss.png)")
+    p.add_argument("--steps", type=int, default=steps, help="global step to train to (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4, help="constant AdamW learning rate")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "base"), help="model size (from scratch)")
+    p.add_argument("--image-size", type=int, help="override the preset's image size (from scratch)")
+    p.add_argument("--chunk-size", type=int, help="actions per prediction (default: the preset's / init's)")
+    p.add_argument("--num-bins", type=int, help="action bins per dimension (default: the preset's / init's)")
+    p.add_argument("--decoder", choices=("parallel", "autoregressive"), help="action decoder")
+    p.add_argument("--augment", action="store_true", help="random resized crop 0.9 + brightness/contrast jitter")
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+
+
+def _options(args: argparse.Namespace):
+    from lapa.policy.train import TrainOptions
+
+    return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+                        ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads)
+
+
+def _config(args: argparse.Namespace):
+    from lapa.policy.config import VLAConfig
+
+    changes = {k: v for k, v in (("image_size", args.image_size), ("chunk_size", args.chunk_size),
+                                 ("num_bins", args.num_bins), ("decoder", args.decoder)) if v is not None}
+    return VLAConfig.preset(args.preset, **changes)
+
+
+def _print(result: Any, **extra: Any) -> int:
+    from dataclasses import asdict
+
+    doc = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
+    print(json.dumps({**doc, **extra}, indent=2))
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from lapa.policy.train import pretrain_latent
+
+    return _print(pretrain_latent(args.labels, args.out, config=_config(args), opts=_options(args),
+                                  resume=args.resume))
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from lapa.policy.train import finetune_actions
+
+    return _print(finetune_actions(args.init, args.data, args.out, config=_config(args), chunk_size=args.chunk_size,
+                                   num_bins=args.num_bins, decoder=args.decoder, opts=_options(args),
+                                   resume=args.resume))
+
+
+def _action_pretrain(args: argparse.Namespace) -> int:
+    from lapa.policy.train import pretrain_actions
+
+    return _print(pretrain_actions(args.data, args.out, config=_config(args), opts=_options(args),
+                                   resume=args.resume))
+
+
+def _vpt(args: argparse.Namespace) -> int:
+    from lapa.policy.train import load_text_encoder
+    from lapa.policy.vpt import run_vpt
+
+    config = _config(args)
+    result = run_vpt(args.labelled, args.videos, args.out, config=config, opts=_options(args),
+                     idm_steps=args.idm_steps, idm_batch_size=args.idm_batch_size, resume=args.resume,
+                     encoder=load_text_encoder())
+    return _print(result)

@@ -1,0 +1,315 @@
+"""In-memory training sets for the VLA: latent pretraining, action (pre)training, finetuning.
+
+Every set decodes its frames once, at the model's image size (64x64 RGB is 12 KiB a frame, so
+tens of thousands of frames fit easily), embeds each distinct instruction once with the text
+encoder, and then draws batches with a numpy Generator the caller seeds per step, so a resumed
+run draws exactly the batches the uninterrupted run would have drawn.
+
+- `LatentSet`  (stage 2, LAPA):  image x_t, instruction, the LAQ codes of (x_t, x_{t+H}).
+- `ActionSet`  (stage 3 and the ActionVLA / VPT pretraining): image x_t, instruction, the action
+  chunk a_t .. a_{t+K-1}, padded past the episode end with the last action and masked out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from lapa.action import ACTION_DIM
+from lapa.data.frame_pairs import ClipCatalog, resize_frames
+from lapa.errors import UserError
+from lapa.laq.labels import read_labels
+from lapa.policy.action_tokenizer import ActionTokenizer
+
+log = logging.getLogger(__name__)
+
+PSEUDO_FORMAT = "lapa-pseudo-actions/1"
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, S, S, 3) uint8, or float in [0, 1] after augmentation
+    text: torch.Tensor  # (B, D) float32 instruction embeddings
+    codes: torch.Tensor | None = None  # (B, L) int64 latent targets
+    bins: torch.Tensor | None = None  # (B, K, 7) int64 action tokens
+    mask: torch.Tensor | None = None  # (B, K) bool: False past the episode end
+    actions: torch.Tensor | None = None  # (B, K, 7) float32 true chunk (for error metrics)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+class InstructionTable:
+    """Distinct instructions -> row of a (U, D) embedding matrix, encoded in one pass."""
+
+    def __init__(self, instructions: Sequence[str], encoder: Any) -> None:
+        self.texts = sorted(set(instructions))
+        if not self.texts:
+            raise UserError("no instructions to embed")
+        if any(not t.strip() for t in self.texts):
+            raise UserError("empty instruction in the training data (every clip needs a caption)")
+        self.index = {t: i for i, t in enumerate(self.texts)}
+        self.embeddings = encoder.encode(self.texts).float()  # (U, D)
+
+    def ids(self, instructions: Sequence[str]) -> np.ndarray:
+        return np.array([self.index[t] for t in instructions], dtype=np.int64)  # (N,)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+
+@dataclass
+class ClipFrames:
+    """Frames of many clips concatenated: clip c owns rows offsets[c] .. offsets[c+1]-1."""
+
+    frames: np.ndarray  # (F, S, S, 3) uint8
+    offsets: np.ndarray  # (C + 1,) int64
+    instructions: list[str]  # (C,)
+    keys: list[tuple[str, int]]  # (C,) (dataset root, clip index in ClipCatalog([root]).refs)
+    actions: list[np.ndarray | None]  # (C,) (T_c, 7) float32 when the source has actions
+
+    def length(self, c: int) -> int:
+        return int(self.offsets[c + 1] - self.offsets[c])
+
+
+def load_clips(keys: Sequence[tuple[str, int]], image_size: int, progress: bool = False) -> ClipFrames:
+    """Decode the given (root, clip index) clips once, resized to image_size. Order is kept."""
+    from tqdm import tqdm
+
+    catalogs: dict[str, ClipCatalog] = {}
+    frames, lengths, instructions, actions = [], [], [], []
+    for root, index in tqdm(keys, desc="decoding clips", unit="clip", disable=not progress):
+        if root not in catalogs:
+            catalogs[root] = ClipCatalog([root])
+        refs = catalogs[root].refs
+        if not 0 <= index < len(refs):
+            raise UserError(f"{root} has {len(refs)} clips; clip {index} does not exist")
+        clip = catalogs[root].read(refs[index])
+        frames.append(resize_frames(clip.frames, image_size))
+        lengths.append(len(clip.frames))
+        instructions.append(clip.ref.instruction)
+        actions.append(None if clip.actions is None else np.asarray(clip.actions, np.float32))
+    if not frames:
+        raise UserError("no clips to load")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return ClipFrames(np.concatenate(frames), offsets, instructions, list(keys), actions)
+
+
+def all_clip_keys(roots: Sequence[str | os.PathLike]) -> list[tuple[str, int]]:
+    """(root, index) of every clip of these datasets (LeRobot v3 or video folders)."""
+    keys = []
+    for root in roots:
+        keys += [(str(root), i) for i in range(len(ClipCatalog([root]).refs))]
+    return keys
+
+
+def augment_images(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Light augmentation as the LAPA/OpenVLA finetuning recipe: random resized crop + colour jitter.
+
+    uint8 (B, S, S, 3) -> float (B, S, S, 3) in [0, 1]. The crop keeps between 90% and 100% of
+    the area (square, random position) and is resized back; brightness and contrast are scaled
+    by factors in [0.8, 1.2]. The full frame (scale 1) lies inside the training distribution, so
+    inference uses the uncropped image and the serving path needs no matching centre crop.
+    """
+    B = images.shape[0]
+    x = images.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
+    scale = np.sqrt(rng.uniform(0.9, 1.0, B))  # side fraction kept, (B,)
+    shift = (1.0 - scale) * rng.uniform(-1.0, 1.0, (2, B))  # crop centre offset in [-1, 1] coords
+    theta = np.zeros((B, 2, 3), np.float32)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, 0, 2], theta[:, 1, 2] = shift[0], shift[1]
+    grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)  # (B, S, S, 2)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    brightness = torch.from_numpy(rng.uniform(0.8, 1.2, (B, 1, 1, 1)).astype(np.float32))
+    contrast = torch.from_numpy(rng.uniform(0.8, 1.2, (B, 1, 1, 1)).astype(np.float32))
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    x = ((x - mean) * contrast + mean) * brightness
+    return x.clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()  # (B, S, S, 3)
+
+
+# ----------------------------------------------------------------------------- latent pretraining
+
+
+class LatentSet:
+    """LAPA stage 2 samples from a label file: (x_t at the VLA size, instruction, LAQ codes)."""
+
+    def __init__(self, labels_path: str | os.PathLike, image_size: int, encoder: Any,
+                 progress: bool = False) -> None:
+        labels = read_labels(labels_path)
+        self.meta = labels.meta
+        self.path = Path(labels_path)
+        keys = list(dict.fromkeys(zip(labels.sources.tolist(), labels.clip_index.tolist(), strict=True)))
+        self.clips = load_clips(keys, image_size, progress=progress)
+        clip_of = {k: c for c, k in enumerate(keys)}
+        rows_clip = np.array([clip_of[k] for k in zip(labels.sources.tolist(), labels.clip_index.tolist(),
+                                                       strict=True)], dtype=np.int64)  # (N,)
+        lengths = np.diff(self.clips.offsets)[rows_clip]  # (N,)
+        if np.any(labels.frame_index + labels.gap >= lengths) or np.any(labels.frame_index < 0):
+            raise UserError(f"{labels_path}: frame indices beyond their clips (labels from another dataset?)")
+        self.frame_rows = self.clips.offsets[rows_clip] + labels.frame_index  # (N,) row into clips.frames
+        self.table = InstructionTable(labels.instructions.tolist(), encoder)
+        self.text_ids = self.table.ids(labels.instructions.tolist())  # (N,)
+        self.codes = torch.from_numpy(labels.codes.astype(np.int64))  # (N, L)
+        self.latent_seq_len = int(self.codes.shape[1])
+        self.codebook_size = int(labels.meta["codebook_size"])
+        self.sources = sorted({k[0] for k in keys})
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def sample(self, rng: np.random.Generator, batch_size: int, augment: bool = False) -> Batch:
+        idx = rng.integers(0, len(self), batch_size)  # (B,)
+        images = torch.from_numpy(self.clips.frames[self.frame_rows[idx]])  # (B, S, S, 3) uint8
+        if augment:
+            images = augment_images(images, rng)
+        return Batch(images, self.table.embeddings[self.text_ids[idx]], codes=self.codes[idx])
+
+
+# ----------------------------------------------------------------------------- action chunks
+
+
+class ActionSet:
+    """Every step t of every episode: (x_t, instruction, actions t..t+K-1 with a validity mask).
+
+    `bins` are filled by `set_tokenizer` (fit it on `all_actions()` for the stage's data).
+    """
+
+    def __init__(self, clips: ClipFrames, actions: Sequence[np.ndarray], chunk_size: int, encoder: Any) -> None:
+        if len(actions) != len(clips.instructions):
+            raise ValueError(f"{len(actions)} action arrays for {len(clips.instructions)} clips")
+        self.clips = clips
+        self.chunk_size = chunk_size
+        K = chunk_size
+        rows, chunks, masks = [], [], []
+        for c, acts in enumerate(actions):
+            T = clips.length(c)
+            acts = np.asarray(acts, np.float32)
+            if acts.shape != (T, ACTION_DIM):
+                raise UserError(f"clip {clips.keys[c]}: actions {acts.shape} do not match its {T} frames")
+            if not np.all(np.isfinite(acts)):
+                raise UserError(f"clip {clips.keys[c]}: non-finite actions")
+            padded = np.concatenate([acts, np.repeat(acts[-1:], K - 1, axis=0)])  # (T + K - 1, 7)
+            window = np.lib.stride_tricks.sliding_window_view(padded, (K, ACTION_DIM))[:, 0]  # (T, K, 7)
+            chunks.append(window.copy())
+            masks.append(np.arange(T)[:, None] + np.arange(K)[None, :] < T)  # (T, K)
+            rows.append(clips.offsets[c] + np.arange(T))
+        self.frame_rows = np.concatenate(rows)  # (N,)
+        self.chunks = np.concatenate(chunks).astype(np.float32)  # (N, K, 7)
+        self.masks = torch.from_numpy(np.concatenate(masks))  # (N, K) bool
+        self.actions = [np.asarray(a, np.float32) for a in actions]
+        clip_ids = np.repeat(np.arange(len(actions)), np.diff(clips.offsets))  # (N,)
+        self.table = InstructionTable(clips.instructions, encoder)
+        self.text_ids = self.table.ids(clips.instructions)[clip_ids]  # (N,)
+        self.bins: torch.Tensor | None = None
+        self.tokenizer: ActionTokenizer | None = None
+
+    # -- constructors
+    @classmethod
+    def from_lerobot(cls, roots: Sequence[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
+                     progress: bool = False) -> ActionSet:
+        """Episodes with their recorded actions (LeRobot v3 datasets)."""
+        clips = load_clips(all_clip_keys(roots), image_size, progress=progress)
+        missing = [k for k, a in zip(clips.keys, clips.actions, strict=True) if a is None]
+        if missing:
+            raise UserError(f"{missing[0][0]} has no actions: a LeRobot dataset with actions is needed")
+        return cls(clips, clips.actions, chunk_size, encoder)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_pseudo_labels(cls, path: str | os.PathLike, image_size: int, chunk_size: int, encoder: Any,
+                           progress: bool = False) -> ActionSet:
+        """Clips with actions inferred by an inverse dynamics model (VPT), see `write_pseudo_actions`."""
+        keys, actions = read_pseudo_actions(path)
+        clips = load_clips(keys, image_size, progress=progress)
+        return cls(clips, actions, chunk_size, encoder)
+
+    # -- tokens
+    def all_actions(self) -> np.ndarray:
+        return np.concatenate(self.actions)  # (N, 7)
+
+    def set_tokenizer(self, tokenizer: ActionTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.bins = torch.from_numpy(tokenizer.encode(self.chunks))  # (N, K, 7)
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted({k[0] for k in self.clips.keys})
+
+    def __len__(self) -> int:
+        return len(self.frame_rows)
+
+    def sample(self, rng: np.random.Generator, batch_size: int, augment: bool = False) -> Batch:
+        if self.bins is None:
+            raise RuntimeError("call set_tokenizer(tokenizer) before sampling action batches")
+        idx = rng.integers(0, len(self), batch_size)  # (B,)
+        images = torch.from_numpy(self.clips.frames[self.frame_rows[idx]])  # (B, S, S, 3) uint8
+        if augment:
+            images = augment_images(images, rng)
+        return Batch(images, self.table.embeddings[self.text_ids[idx]], bins=self.bins[idx],
+                     mask=self.masks[idx], actions=torch.from_numpy(self.chunks[idx]))
+
+
+# ----------------------------------------------------------------------------- pseudo-action files
+
+
+def write_pseudo_actions(path: str | os.PathLike, keys: Sequence[tuple[str, int]], actions: Sequence[np.ndarray],
+                         meta: dict[str, Any]) -> Path:
+    """A parquet table, one row per frame: source, clip_index, frame_index, action[7]."""
+    src, clip, frame, flat = [], [], [], []
+    for (root, index), acts in zip(keys, actions, strict=True):
+        T = len(acts)
+        src += [root] * T
+        clip += [index] * T
+        frame += list(range(T))
+        flat.append(np.asarray(acts, np.float32).reshape(-1))
+    table = pa.table({
+        "source": pa.array(src, pa.string()),
+        "clip_index": pa.array(clip, pa.int64()),
+        "frame_index": pa.array(frame, pa.int64()),
+        "action": pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(flat), pa.float32()), ACTION_DIM),
+    }).replace_schema_metadata({"lapa": json.dumps({"format": PSEUDO_FORMAT, **meta})})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_pseudo_actions(path: str | os.PathLike) -> tuple[list[tuple[str, int]], list[np.ndarray]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pseudo-action file {path} does not exist")
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(b"lapa", b"{}"))
+    if meta.get("format") != PSEUDO_FORMAT:
+        raise UserError(f"{path} is not a pseudo-action file (format {meta.get('format')!r})")
+    src = table.column("source").to_pylist()
+    clip = table.column("clip_index").to_numpy()
+    frame = table.column("frame_index").to_numpy()
+    acts = np.asarray(table.column("action").combine_chunks().flatten()).reshape(-1, ACTION_DIM)
+    keys: list[tuple[str, int]] = []
+    out: list[np.ndarray] = []
+    start = 0
+    for i in range(1, len(src) + 1):
+        if i == len(src) or (src[i], clip[i]) != (src[start], clip[start]):
+            if not np.array_equal(frame[start:i], np.arange(i - start)):
+                raise UserError(f"{path}: clip {src[start]} #{clip[start]} has gaps in its frame indices")
+            keys.append((src[start], int(clip[start])))
+            out.append(acts[start:i].astype(np.float32))
+            start = i
+    return keys, out

@@ -1,0 +1,405 @@
+"""Stages 2 and 3: one VLA training loop for latent pretraining, action pretraining and finetuning.
+
+- `pretrain_latent`   (LAPA stage 2): predict the LAQ codes of (x_t, x_{t+H}) from x_t + instruction.
+- `pretrain_actions`  (the ActionVLA baseline, and VPT on pseudo-labels): the action head on
+                       (true or inferred) actions of the pretraining episodes.
+- `finetune_actions`  (stage 3): from "scratch", a latent checkpoint (latent head dropped, a fresh
+                       action head added) or an action checkpoint (trunk kept; see below).
+
+The loop follows lapa/laq/train.py: AdamW at a constant learning rate (as the reference), grad
+clipping, tqdm progress, `metrics.jsonl` + `loss.png`, checkpoints under `checkpoints/step_N/`
+(save_vla + optimizer + step) with a `LATEST` pointer, and `resume=True` continuing exactly: the
+batch of step s is drawn from `default_rng([seed, s])`, so no data-loader state needs saving.
+
+Finetuning an action-pretrained checkpoint: the trunk is kept and the tokenizer is re-fitted on
+the finetuning actions. If chunk size, bin count and decoder match, the pretrained action head is
+kept too (its bins are quantiles of the same action distribution, so token i keeps nearly the same
+meaning: a better start than a random head); otherwise a fresh head replaces it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import lapa
+from lapa.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    load_state_strict,
+    load_training_state,
+    restore_rng_state,
+    save_training_state,
+)
+from lapa.errors import UserError
+from lapa.laq.train import _truncate_metrics, latest_checkpoint, read_metrics
+from lapa.policy.action_tokenizer import ActionTokenizer
+from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
+from lapa.policy.config import VLAConfig
+from lapa.policy.datasets import ActionSet, Batch, LatentSet
+from lapa.policy.model import VLA, action_loss, latent_loss
+
+log = logging.getLogger(__name__)
+
+TRAINING_STATE_FILE = "training_state.json"
+SCRATCH = "scratch"
+
+
+@dataclass
+class TrainOptions:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-4  # constant; the reference's 2e-5 is for a 7B model, far too slow for a 1M one
+    weight_decay: float = 0.01  # on matrices only (not norms, biases)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    augment: bool = False  # random resized crop + brightness/contrast (datasets.augment_images)
+    ckpt_every: int = 500
+    log_every: int = 25
+    keep_last: int = 2
+    seed: int = 0
+    threads: int | None = None  # torch intra-op threads; None leaves the process setting
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1:
+            raise ValueError("steps >= 0 and batch_size, ckpt_every, log_every, keep_last >= 1 are required")
+        if not self.lr > 0 or self.grad_clip <= 0:
+            raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
+
+
+@dataclass
+class VLATrainResult:
+    checkpoint: Path | None  # newest checkpoint directory
+    steps: int  # global step reached
+    start_step: int  # step this call started from (> 0 after a resume)
+    final_loss: float  # mean loss of the last log window (nan if nothing ran)
+    samples_per_s: float
+    seconds: float
+    metrics_path: Path
+
+
+class TrainingSet(Protocol):
+    sources: list[str]
+
+    def __len__(self) -> int: ...
+    def sample(self, rng: np.random.Generator, batch_size: int, augment: bool = False) -> Batch: ...
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def resolve_vla_checkpoint(path: str | os.PathLike) -> Path:
+    """A VLA checkpoint directory, or a training run directory (its newest checkpoint)."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    latest = latest_checkpoint(path) if path.is_dir() else None
+    if latest is None:
+        raise UserError(f"{path} is neither a VLA checkpoint (config.json + model.safetensors) nor a training run")
+    return latest
+
+
+def run_step(out_dir: str | os.PathLike) -> int:
+    """Global step of the newest complete checkpoint of a training run (0 if none)."""
+    latest = latest_checkpoint(out_dir)
+    if latest is None:
+        return 0
+    return int(json.loads((latest / TRAINING_STATE_FILE).read_text())["step"])
+
+
+def _save(root: Path, step: int, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer,
+          provenance: dict[str, Any], keep_last: int) -> Path:
+    directory = root / f"step_{step:08d}"
+    save_vla(directory, model, tokenizer=tokenizer, extra={"step": step, "provenance": provenance})
+    save_training_state(directory, optimizer, step, capture_rng_state())
+    tmp = root / ".LATEST.tmp"
+    tmp.write_text(directory.name)
+    os.replace(tmp, root / "LATEST")  # only now is it the checkpoint to resume from
+    for old in sorted(root.glob("step_*"))[:-keep_last]:
+        if old != directory:
+            shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def _resume(directory: Path, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer) -> int:
+    """Load model, optimizer, RNG from a run's checkpoint after checking it is the same setup."""
+    _, saved_config, saved_tok = read_vla_config(directory)
+    if saved_config != model.config:
+        diff = {k: (v, getattr(model.config, k)) for k, v in saved_config.to_dict().items()
+                if getattr(model.config, k) != v}
+        raise CheckpointError(f"{directory}: checkpoint config differs from the requested one "
+                              f"(key: (checkpoint, requested)) {diff}")
+    if (saved_tok is None) != (tokenizer is None) or (tokenizer is not None and saved_tok != tokenizer):
+        raise CheckpointError(f"{directory}: the action tokenizer fitted on this data differs from the "
+                              "checkpoint's (did the training data change?)")
+    _, state = load_checkpoint(directory)
+    load_state_strict(model, state, source=str(directory))
+    ts = load_training_state(directory, optimizer)
+    if ts.rng_state is not None:
+        restore_rng_state(ts.rng_state)
+    return ts.step
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def compute_loss(model: VLA, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of the head on the batch, plus token accuracy (and action errors for actions)."""
+    if batch.codes is not None:
+        logits = model(batch.images, batch.text)  # (B, L, C)
+        loss = latent_loss(logits, batch.codes)
+        acc = (logits.argmax(-1) == batch.codes).float().mean()
+        return loss, {"accuracy": float(acc)}
+    assert batch.bins is not None and batch.mask is not None
+    prev = batch.bins if model.config.decoder == "autoregressive" else None  # teacher forcing
+    logits = model(batch.images, batch.text, prev)  # (B, K, 7, nb)
+    loss = action_loss(logits, batch.bins, batch.mask)
+    with torch.no_grad():
+        pred = logits.argmax(-1)  # (B, K, 7)
+        m = batch.mask.unsqueeze(-1).expand_as(pred)  # (B, K, 7)
+        stats = {"accuracy": float(((pred == batch.bins) & m).sum() / m.sum().clamp(min=1))}
+        if batch.actions is not None and model.action_head is not None:
+            decoded = model.action_head.decode(pred)  # (B, K, 7)
+            valid = batch.mask.float()  # (B, K)
+            err = (decoded[..., :3] - batch.actions[..., :3]).abs().mean(-1)  # (B, K) metres
+            stats["translation_mae_mm"] = float((err * valid).sum() / valid.sum().clamp(min=1) * 1000.0)
+            grip = ((decoded[..., 6] >= 0.5) == (batch.actions[..., 6] >= 0.5)).float()  # (B, K)
+            stats["gripper_accuracy"] = float((grip * valid).sum() / valid.sum().clamp(min=1))
+    return loss, stats
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _optimizer(model: VLA, opts: TrainOptions) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opts.lr, betas=opts.betas)
+
+
+def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, out_dir: str | os.PathLike,
+              opts: TrainOptions, *, resume: bool = False, provenance: dict[str, Any] | None = None,
+              desc: str = "VLA") -> VLATrainResult:
+    """Train `model` on `data` until global step `opts.steps`; see the module docstring."""
+    if model.config.head == "action" and tokenizer is None:
+        raise ValueError("an action-head model trains with its fitted ActionTokenizer")
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    metrics_path = out_dir / "metrics.jsonl"
+    previous = latest_checkpoint(out_dir)
+    if previous is not None and not resume:
+        raise UserError(f"{out_dir} already holds checkpoints ({previous.name}); pass --resume or pick a new --out")
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+
+    optimizer = _optimizer(model, opts)
+    start = 0
+    if resume and previous is not None:
+        start = _resume(previous, model, tokenizer, optimizer)
+        log.info("resuming %s from %s (step %d)", desc, previous, start)
+    _truncate_metrics(metrics_path, start)
+    provenance = {
+        **(provenance or {}), "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+        "train_samples": len(data), "lapa_version": lapa.__version__, "torch_version": torch.__version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+    window: dict[str, Any] = {"n": 0, "samples": 0, "t0": time.perf_counter(), "sums": {}}
+    step, last_loss, train_time, samples, grad_norm = start, math.nan, 0.0, 0, math.nan
+    ckpt_dir: Path | None = previous if resume else None
+    bar = tqdm(total=opts.steps, initial=start, disable=not opts.progress, desc=desc, unit="step", dynamic_ncols=True)
+    wall0 = time.perf_counter()
+    model.train()
+    try:
+        while step < opts.steps:
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([opts.seed, step])  # the batch of a step never depends on history
+            batch = data.sample(rng, opts.batch_size, augment=opts.augment)
+            loss, stats = compute_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip))
+            optimizer.step()
+            step += 1
+            train_time += time.perf_counter() - t0
+            samples += len(batch)
+            bar.update(1)
+            window["n"] += 1
+            window["samples"] += len(batch)
+            for k, v in {"loss": loss.item(), **stats}.items():
+                window["sums"][k] = window["sums"].get(k, 0.0) + v
+            if step % opts.log_every == 0 or step == opts.steps:
+                last_loss = _log_window(metrics_path, window, step, grad_norm, opts.lr)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            if step % opts.ckpt_every == 0 or step == opts.steps:
+                if window["n"]:
+                    last_loss = _log_window(metrics_path, window, step, grad_norm, opts.lr)
+                ckpt_dir = _save(ckpt_root, step, model, tokenizer, optimizer, provenance, opts.keep_last)
+                plot_metrics(metrics_path, out_dir, title=desc)
+    finally:
+        bar.close()
+    model.eval()
+    return VLATrainResult(
+        checkpoint=ckpt_dir, steps=step, start_step=start, final_loss=last_loss,
+        samples_per_s=samples / train_time if train_time > 0 else 0.0,
+        seconds=time.perf_counter() - wall0, metrics_path=metrics_path,
+    )
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _log_window(path: Path, window: dict[str, Any], step: int, grad_norm: float, lr: float) -> float:
+    now = time.perf_counter()
+    n = max(window["n"], 1)
+    means = {k: _json_float(v / n) for k, v in window["sums"].items()}
+    row = {"step": step, **means, "grad_norm": _json_float(grad_norm), "lr": lr,
+           "samples_per_s": window["samples"] / max(now - window["t0"], 1e-9)}
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    window.update(n=0, samples=0, t0=now, sums={})
+    return means.get("loss") or math.nan
+
+
+def plot_metrics(metrics_path: str | os.PathLike, out_dir: str | os.PathLike, title: str = "VLA") -> Path | None:
+    """loss.png: training loss and token accuracy against step (matplotlib Agg, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(metrics_path)
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(steps, [r.get("loss") or math.nan for r in rows])
+    ax1.set(xlabel="step", ylabel="cross-entropy", yscale="log", title=f"{title}: training loss")
+    ax1.grid(alpha=0.3)
+    ax2.plot(steps, [r.get("accuracy") or math.nan for r in rows], label="token accuracy")
+    if any("gripper_accuracy" in r for r in rows):
+        ax2.plot(steps, [r.get("gripper_accuracy", math.nan) for r in rows], label="gripper accuracy")
+    ax2.set(xlabel="step", ylabel="accuracy", ylim=(0, 1), title="training accuracy")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out_dir) / "loss.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
+# ----------------------------------------------------------------------------- the three stages
+
+
+def load_text_encoder(encoder: Any | None = None) -> Any:
+    if encoder is not None:
+        return encoder
+    from lapa.policy.text_encoder import TextEncoder
+
+    return TextEncoder.load()
+
+
+def _base_config(config: VLAConfig | None, preset: str, encoder: Any, **changes: Any) -> VLAConfig:
+    config = config if config is not None else VLAConfig.preset(preset)
+    return config.replace(text_dim=encoder.embedding_dim, **changes)
+
+
+def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, config: VLAConfig | None = None,
+                    preset: str = "tiny", opts: TrainOptions | None = None, resume: bool = False,
+                    encoder: Any | None = None) -> VLATrainResult:
+    """LAPA stage 2 on a label file (lapa laq label): latent head, cross-entropy on the LAQ codes."""
+    opts = opts or TrainOptions()
+    encoder = load_text_encoder(encoder)
+    base = config if config is not None else VLAConfig.preset(preset)
+    data = LatentSet(labels, base.image_size, encoder, progress=opts.progress)
+    config = _base_config(base, preset, encoder, head="latent", latent_seq_len=data.latent_seq_len,
+                          latent_codebook_size=data.codebook_size)
+    torch.manual_seed(opts.seed)
+    model = VLA(config)
+    provenance = {"stage": "latent_pretrain", "init": SCRATCH, "labels": str(labels), "datasets": data.sources,
+                  "laq_checkpoint": data.meta.get("laq_checkpoint"), "gap_s": data.meta.get("gap_s")}
+    return train_vla(model, None, data, out_dir, opts, resume=resume, provenance=provenance, desc="latent pretrain")
+
+
+def _action_data(data: ActionSet | list[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
+                 progress: bool) -> ActionSet:
+    if isinstance(data, ActionSet):
+        if data.chunk_size != chunk_size or data.clips.frames.shape[1] != image_size:
+            raise ValueError(f"the action set has chunk {data.chunk_size} and image size {data.clips.frames.shape[1]}, "
+                             f"the model {chunk_size} and {image_size}")
+        return data
+    return ActionSet.from_lerobot(data, image_size, chunk_size, encoder, progress=progress)
+
+
+def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike, *,
+                     config: VLAConfig | None = None, preset: str = "tiny", opts: TrainOptions | None = None,
+                     resume: bool = False, encoder: Any | None = None, stage: str = "action_pretrain",
+                     extra_provenance: dict[str, Any] | None = None) -> VLATrainResult:
+    """The ActionVLA baseline (true actions of the pretraining episodes) or VPT (an ActionSet of pseudo-labels)."""
+    opts = opts or TrainOptions()
+    encoder = load_text_encoder(encoder)
+    config = _base_config(config, preset, encoder, head="action")
+    data = _action_data(data, config.image_size, config.chunk_size, encoder, opts.progress)
+    tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=config.num_bins)
+    data.set_tokenizer(tokenizer)
+    torch.manual_seed(opts.seed)
+    model = VLA(config, tokenizer)
+    provenance = {"stage": stage, "init": SCRATCH, "datasets": data.sources, **(extra_provenance or {})}
+    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc=stage)
+
+
+def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike,
+                     *, config: VLAConfig | None = None, preset: str = "tiny", chunk_size: int | None = None,
+                     num_bins: int | None = None, decoder: str | None = None, opts: TrainOptions | None = None,
+                     resume: bool = False, encoder: Any | None = None) -> VLATrainResult:
+    """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
+
+    `config`/`preset` only matter from scratch; chunk_size, num_bins, decoder default to the
+    init checkpoint's (or the config's) values.
+    """
+    opts = opts or TrainOptions()
+    encoder = load_text_encoder(encoder)
+    torch.manual_seed(opts.seed)
+    if str(init) == SCRATCH:
+        base = _base_config(config, preset, encoder)
+        init_label, model, head_choice = SCRATCH, None, "new"
+    else:
+        ckpt = resolve_vla_checkpoint(init)
+        model, base, _ = load_vla(ckpt)
+        if base.text_dim != encoder.embedding_dim:
+            raise CheckpointError(f"{ckpt}: the model takes {base.text_dim}-d instruction embeddings, "
+                                  f"the text encoder makes {encoder.embedding_dim}-d ones")
+        init_label = str(ckpt)
+    chunk_size = chunk_size or base.chunk_size
+    num_bins = num_bins or base.num_bins
+    decoder = decoder or base.decoder
+    data = _action_data(data, base.image_size, chunk_size, encoder, opts.progress)
+    tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=num_bins)
+    data.set_tokenizer(tokenizer)
+    if model is None:
+        model = VLA(base.replace(head="action", chunk_size=chunk_size, num_bins=num_bins, decoder=decoder), tokenizer)
+    elif base.head == "action" and (base.chunk_size, base.num_bins, base.decoder) == (chunk_size, num_bins, decoder):
+        model.set_action_tokenizer(tokenizer)  # keep the pretrained action head, re-fitted bins
+        head_choice = "kept (re-fitted bins)"
+    else:
+        model.replace_head_for_actions(tokenizer, chunk_size=chunk_size, decoder=decoder)
+        head_choice = "new (latent head dropped)" if base.head == "latent" else "new (shape changed)"
+    provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources}
+    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune")

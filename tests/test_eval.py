@@ -1,0 +1,174 @@
+"""Closed-loop evaluation: Wilson intervals, the chunk executor, seeds, and a real run on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lapa.cli import main as lapa_main
+from lapa.errors import UserError
+from lapa.eval.closed_loop import (
+    EVAL_SEED_BASE,
+    ChunkExecutor,
+    check_disjoint_seeds,
+    eval_seeds,
+    evaluate_checkpoint,
+    wilson_interval,
+)
+from lapa.policy.action_tokenizer import ActionTokenizer
+from lapa.policy.checkpoint_io import save_vla
+from lapa.policy.config import VLAConfig
+from lapa.policy.model import VLA
+from lapa.sim.env import Observation
+from lapa.sim.tasks import FAMILIES
+
+
+class FakeEncoder:
+    embedding_dim = 384
+    name = "fake"
+
+    def encode(self, texts):
+        rows = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).normal(size=384)
+            rows.append(v / np.linalg.norm(v))
+        return torch.tensor(np.array(rows), dtype=torch.float32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random tiny action model on 32x32 images (it will fail its tasks: that is fine here)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.01, (300, 7))
+    a[:, 6] = rng.random(300) < 0.5
+    tok = ActionTokenizer.fit_new(a, num_bins=16)
+    torch.manual_seed(0)
+    config = VLAConfig.preset("tiny", image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=2, num_bins=16)
+    model = VLA(config).replace_head_for_actions(tok)
+    path = tmp_path_factory.mktemp("eval") / "policy"
+    save_vla(path, model.eval(), tokenizer=tok, extra={"provenance": {"stage": "finetune", "init": "scratch",
+                                                                       "datasets": []}})
+    return path
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+@pytest.mark.parametrize("k,n,lo,hi", [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0),
+                                       (1, 20, 0.0089, 0.2361), (30, 40, 0.5981, 0.8582)])
+def test_wilson_interval_matches_reference_values(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+    p = k / n
+    assert got[0] <= p <= got[1]
+
+
+def test_wilson_interval_edge_cases():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+    narrow, wide = wilson_interval(50, 100), wilson_interval(5, 10)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+# ----------------------------------------------------------------------------- executor and seeds
+
+
+class ChunkPolicy:
+    def __init__(self, k: int = 3):
+        self.k, self.calls, self.resets = k, 0, 0
+
+    def infer(self, obs):
+        assert obs["image"].shape == (16, 16, 3)
+        self.calls += 1
+        actions = np.zeros((self.k, 7), np.float32)
+        actions[:, 0] = np.arange(self.k) + 10 * self.calls
+        return {"actions": actions, "model_ms": 1.0}
+
+    def reset(self):
+        self.resets += 1
+
+
+def _obs(size=32):
+    return Observation(np.zeros((size, size, 3), np.uint8), np.zeros(8, np.float32), "reach the red block")
+
+
+def test_executor_runs_first_action_or_whole_chunk_and_resizes():
+    first = ChunkExecutor(ChunkPolicy(), "first", image_size=16)
+    assert [first(_obs())[0] for _ in range(3)] == [10, 20, 30]
+    chunk = ChunkExecutor(ChunkPolicy(), "chunk", image_size=16)
+    assert [chunk(_obs())[0] for _ in range(5)] == [10, 11, 12, 20, 21]
+    chunk.reset()
+    assert chunk(_obs())[0] == 30 and chunk.policy.resets == 1, "reset drops the rest of the chunk"
+    with pytest.raises(ValueError):
+        ChunkExecutor(ChunkPolicy(), "all")
+
+
+def test_eval_seeds_are_fixed_and_far_from_training_seeds():
+    seeds = [s for f in range(4) for s in eval_seeds(f, 50)]
+    assert len(set(seeds)) == 200 and min(seeds) == EVAL_SEED_BASE
+    assert eval_seeds(1, 3) == eval_seeds(1, 3)
+
+
+def test_overlapping_training_seeds_are_refused(tmp_path, checkpoint):
+    import shutil
+
+    data = tmp_path / "data"
+    (data / "meta").mkdir(parents=True)
+    (data / "meta" / "lapa_recording.json").write_text(json.dumps({"episodes_meta": [{"seed": EVAL_SEED_BASE + 1}]}))
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    doc = json.loads((ckpt / "config.json").read_text())
+    doc["provenance"]["datasets"] = [str(data)]
+    (ckpt / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="seeds"):
+        check_disjoint_seeds(ckpt, 1, 5, EVAL_SEED_BASE)
+    check_disjoint_seeds(ckpt, 1, 5, EVAL_SEED_BASE + 1000)
+
+
+# ----------------------------------------------------------------------------- real rollouts
+
+
+def test_eval_runs_one_episode_per_task_and_reports(checkpoint, tmp_path):
+    result = evaluate_checkpoint(checkpoint, "default", 1, text_encoder=FakeEncoder(), videos=tmp_path / "videos",
+                                 max_videos_per_task=1, progress=False)
+    assert {"checkpoint", "suite", "instructions", "tasks", "overall", "episodes", "seconds", "execute",
+            "chunk_size", "render_size", "seed_base"} <= set(result)
+    assert result["instructions"] == "seen" and result["render_size"] == 32
+    assert set(result["tasks"]) == {"reach", "push", "pick", "put"}
+    for family, block in result["tasks"].items():
+        assert block["episodes"] == 1 and 0 <= block["success_rate"] <= 1
+        lo, hi = block["ci95"]
+        assert 0 <= lo <= block["success_rate"] <= hi <= 1
+        assert block["mean_steps"] <= FAMILIES[family].max_steps
+    assert result["overall"]["episodes"] == 4 and len(result["episodes"]) == 4
+    templates = {f: [t.split("{")[0] for t in FAMILIES[f].train_templates] for f in FAMILIES}
+    assert all(any(e["instruction"].startswith(p) for p in templates[e["family"]]) for e in result["episodes"])
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
+
+
+def test_cli_eval_held_out_writes_json(checkpoint, tmp_path, monkeypatch):
+    import lapa.policy.train as train
+
+    monkeypatch.setattr(train, "load_text_encoder", lambda encoder=None: encoder or FakeEncoder())
+    out = tmp_path / "eval.json"
+    assert lapa_main(["eval", "--ckpt", str(checkpoint), "--suite", "reach", "--episodes", "1", "--json", str(out),
+                      "--held-out", "--execute", "chunk"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["instructions"] == "unseen" and doc["execute"] == "chunk" and doc["command"].startswith("lapa eval")
+    held_out = [t.split("{")[0] for t in FAMILIES["reach"].held_out_templates]
+    assert any(doc["episodes"][0]["instruction"].startswith(p) for p in held_out)
+    assert doc["policy_calls"] <= FAMILIES["reach"].max_steps // 2 + 1, "chunk mode asks once per chunk"

@@ -1,0 +1,114 @@
+"""The comparison experiment: table, plot and the bar on fake numbers; the whole pipeline on a minuscule config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lapa.errors import UserError
+from lapa.eval.closed_loop import summarize
+from lapa.experiment import (
+    CONDITIONS,
+    METHODS,
+    STAGES,
+    Experiment,
+    ExperimentConfig,
+    gap_recovered,
+    parse_overrides,
+    render_markdown,
+    summarize_methods,
+    write_report,
+)
+
+
+class FakeEncoder:
+    embedding_dim = 384
+    name = "fake"
+
+    def encode(self, texts):
+        rows = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).normal(size=384)
+            rows.append(v / np.linalg.norm(v))
+        return torch.tensor(np.array(rows), dtype=torch.float32)
+
+
+def _fake_eval(successes: dict[str, int], n: int = 10) -> dict:
+    from lapa.eval.closed_loop import EpisodeOutcome
+
+    outcomes = [EpisodeOutcome(f, i, f, "x", i < k, 5) for f, k in successes.items() for i in range(n)]
+    return {"suite": "default", "episodes_per_task": n, "seed_base": 1, "execute": "first",
+            **summarize(outcomes, tuple(successes))}
+
+
+def _fake_evals(rates: dict[str, tuple[int, int]]) -> dict:
+    return {m: {c: _fake_eval({"reach": rates[m][i], "push": rates[m][i] // 2}) for i, c in enumerate(CONDITIONS)}
+            for m in METHODS}
+
+
+def test_gap_recovered():
+    assert gap_recovered(0.2, 0.6, 0.7) == pytest.approx(0.8)
+    assert gap_recovered(0.5, 0.6, 0.5) is None
+
+
+def test_bar_and_report_on_fake_numbers(tmp_path):
+    evals = _fake_evals({"scratch": (2, 2), "lapa": (8, 6), "actionvla": (9, 7), "vpt": (5, 4)})
+    doc = {"command": "lapa experiment run --out x", **summarize_methods(evals), "timings_s": {"record": 12.0}}
+    bar = doc["bar"]
+    assert bar["gap_recovered_seen"] == pytest.approx((12 - 3) / (13 - 3))  # reach k + push k // 2 of 20
+    assert bar["lapa_beats_vpt_unseen"] and bar["lapa_beats_scratch_unseen"] and bar["met"]
+    paths = write_report(doc, tmp_path / "results")
+    assert [p.name for p in paths] == ["results.md", "results.json", "success.png"]
+    md = (tmp_path / "results" / "results.md").read_text()
+    for m in METHODS:
+        assert f"| `{m}` |" in md
+    assert "90%" in md and "Bar met overall: **yes**" in md and "record 12" in md
+    assert json.loads((tmp_path / "results" / "results.json").read_text())["methods"]["lapa"]["seen"]["overall"][
+        "successes"] == 12
+    assert (tmp_path / "results" / "success.png").stat().st_size > 1000
+
+    worse = summarize_methods(_fake_evals({"scratch": (2, 2), "lapa": (3, 2), "actionvla": (9, 7), "vpt": (5, 4)}))
+    assert not worse["bar"]["met"] and not worse["bar"]["lapa_beats_vpt_unseen"]
+    assert "not met" in render_markdown(worse)
+
+
+def test_overrides_are_typed_and_checked():
+    got = parse_overrides(["pretrain_steps=10", "lr=0.001", "augment=true", "codebook_size=16", "suite=reach"])
+    assert got == {"pretrain_steps": 10, "lr": 0.001, "augment": True, "codebook_size": 16, "suite": "reach"}
+    with pytest.raises(UserError):
+        parse_overrides(["nope=1"])
+    with pytest.raises(UserError):
+        ExperimentConfig.preset("huge")
+
+
+def test_stages_need_their_inputs(tmp_path):
+    exp = Experiment(ExperimentConfig.preset("smoke"), tmp_path / "run", tmp_path / "results")
+    with pytest.raises(UserError, match="record"):
+        exp.run(["laq"])
+    with pytest.raises(UserError, match="unknown stage"):
+        exp.run(["bogus"])
+
+
+@pytest.mark.slow
+def test_minuscule_experiment_runs_every_stage_then_skips_them(tmp_path, capsys):
+    run, results = tmp_path / "run", tmp_path / "results"
+    exp = Experiment(ExperimentConfig.preset("smoke"), run, results, encoder=FakeEncoder(), command="test")
+    ran = exp.run()
+    assert ran == {s: "ran" for s in STAGES}
+    out = capsys.readouterr().out
+    assert all(f"[{s}] took" in out for s in STAGES)
+    timings = json.loads((run / "timings.json").read_text())
+    assert set(timings) == set(STAGES) - {"report"}
+    doc = json.loads((results / "results.json").read_text())
+    assert set(doc["methods"]) == set(METHODS) and doc["command"] == "test"
+    assert (results / "success.png").is_file() and (results / "results.md").is_file()
+
+    (run / "eval" / "vpt_unseen.json").unlink()
+    again = Experiment(ExperimentConfig.preset("smoke"), run, results, encoder=FakeEncoder(), command="test").run()
+    assert [s for s, how in again.items() if how == "ran"] == ["eval", "report"]
+    assert (run / "eval" / "vpt_unseen.json").is_file()
