@@ -12,6 +12,7 @@ no task, or a request before any scene arrived (the server's warm-up), gets a ho
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 import time
@@ -53,6 +54,7 @@ class ExpertPolicy:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, name="expert-scene", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # the server never calls close(); a live rclpy thread at exit aborts
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -105,7 +107,8 @@ class ExpertPolicy:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(2.0)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
 
 
 def make_policy(model_dir: str | None = None, threads: int | None = None) -> ExpertPolicy:

@@ -72,7 +72,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "chunk_mode": ("first_n", "how a chunk is executed: first_n | ensemble (temporal ensembling)"),
     "chunk_n": (1, "first_n: actions executed from each chunk before asking again (1 = every tick)"),
     "ensemble_decay": (0.5, "ensemble: weight exp(-decay * ticks since the prediction)"),
-    "image_sync_s": (0.02, "a tick waits for a camera frame at most this much older than the tick"),
+    "image_sync_s": (0.01, "a tick waits for a camera frame received at most this long before it"),
     "max_image_wait_s": (0.05, "... but no longer than this after the tick (then takes the newest)"),
     "autostart": (True, "a new instruction starts the loop (an emergency stop still needs /lapa/start)"),
     "status_hz": (2.0, "rate of /lapa/status"),

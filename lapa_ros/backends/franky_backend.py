@@ -45,7 +45,8 @@ from lapa_ros.backends.base import BackendError
 logger = logging.getLogger(__name__)
 
 HOME_TIMEOUT_S = 30.0
-GRIPPER_POLL_S = 0.05  # gripper width is read in a helper thread at this period (its read blocks)
+GRIPPER_POLL_S = 0.05  # the gripper width is read at this period (by the state thread)
+MAX_STATE_AGE_S = 0.5  # an older robot state is an error: the loop stops
 
 
 def velocity_for(action: np.ndarray, period_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +76,7 @@ class FrankyBackend:
         self._gripper_open: bool | None = None  # last command sent
         self._gripper_wanted = True
         self._width_m = HOME_GRIPPER_WIDTH_M
+        self._state: tuple[RobotState, float] | None = None  # (state, monotonic time read)
         self._poll_stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -92,8 +94,13 @@ class FrankyBackend:
         self._gripper_open = self._width_m > HOME_GRIPPER_WIDTH_M / 2
         self._gripper_wanted = self._gripper_open
         self._poll_stop.clear()
-        self._poller = threading.Thread(target=self._poll_gripper, name="franky-gripper-width", daemon=True)
+        self._poller = threading.Thread(target=self._poll_state, name="franky-state", daemon=True)
         self._poller.start()
+        deadline = time.monotonic() + self.connect_timeout_s
+        while self._state is None:
+            if time.monotonic() > deadline:
+                raise BackendError(f"connected to {self.robot_ip} but no robot state arrived")
+            time.sleep(0.01)
 
     def close(self) -> None:
         self._poll_stop.set()
@@ -112,15 +119,24 @@ class FrankyBackend:
         self.gripper = None
         del robot  # disconnects
 
-    def _poll_gripper(self) -> None:
-        while not self._poll_stop.wait(GRIPPER_POLL_S):
-            gripper = self.gripper
-            if gripper is None:
+    def _poll_state(self) -> None:
+        """Read the robot state continuously: a read waits for libfranka's next state packet (about
+        1 ms on a robot, 5-50 ms from a loaded franky-sim), which the control tick must not wait for."""
+        last_width = 0.0
+        while not self._poll_stop.is_set():
+            robot, gripper = self.robot, self.gripper
+            if robot is None:
                 return
             try:
-                self._width_m = float(gripper.width)
-            except Exception as e:  # noqa: BLE001 - reported through state staleness, retried
-                logger.debug("reading the gripper width: %s", e)
+                pose = np.asarray(robot.current_cartesian_state.pose.end_effector_pose.matrix)
+                now = time.monotonic()
+                if gripper is not None and now - last_width >= GRIPPER_POLL_S:
+                    self._width_m = float(gripper.width)
+                    last_width = now
+                self._state = (RobotState(pose[:3, 3].copy(), matrix_to_rpy(pose[:3, :3]), self._width_m), now)
+            except Exception as e:  # noqa: BLE001 - state() reports staleness; retried
+                logger.debug("reading the robot state: %s", e)
+                self._poll_stop.wait(0.01)
 
     # ------------------------------------------------------------------ state
     def _robot(self):
@@ -129,8 +145,14 @@ class FrankyBackend:
         return self.robot
 
     def state(self) -> RobotState:
-        pose = np.asarray(self._robot().current_cartesian_state.pose.end_effector_pose.matrix)
-        return RobotState(pose[:3, 3].copy(), matrix_to_rpy(pose[:3, :3]), self._width_m)
+        """The newest measured state (read by a helper thread); BackendError if it stopped coming."""
+        self._robot()
+        if self._state is None:
+            raise BackendError("no robot state received yet")
+        state, t = self._state
+        if time.monotonic() - t > MAX_STATE_AGE_S:
+            raise BackendError(f"no robot state for {time.monotonic() - t:.2f} s: is the robot connection alive?")
+        return state
 
     def check(self) -> None:
         """Raise the error the last asynchronous motion or gripper command ended with, if any."""
@@ -161,11 +183,22 @@ class FrankyBackend:
         self._service_gripper()
 
     def stop(self) -> None:
+        """Preempt the running velocity motion with franky's jerk-limited stop; returns at once.
+
+        (Waiting for the arm to come to rest would hold the control thread for ~0.2 s; the stop's
+        outcome surfaces through check() like any motion's.)
+        """
+        import franky
+
         robot = self._robot()
         try:
-            _halt(robot)
-        except _franky_errors() as e:
-            raise BackendError(f"franky stop failed: {type(e).__name__}: {e}") from e
+            if robot.is_in_control:
+                robot.move(franky.CartesianVelocityStopMotion(), asynchronous=True)
+        except _franky_errors():
+            try:
+                robot.stop()  # not a velocity motion running: libfranka's own stop
+            except _franky_errors() as e:
+                raise BackendError(f"franky stop failed: {type(e).__name__}: {e}") from e
 
     def recover(self) -> None:
         robot = self._robot()
@@ -190,8 +223,14 @@ class FrankyBackend:
             time.sleep(0.02)
         try:
             robot.move(franky.JointMotion(franky.JointState(np.array(HOME_JOINT_POS_RAD))), asynchronous=True)
-            if not robot.join_motion(HOME_TIMEOUT_S):
-                raise BackendError(f"the move home did not finish within {HOME_TIMEOUT_S:g} s")
+            # Poll rather than join_motion(): a join holds the GIL for the whole motion, which would
+            # stall the node's other threads (control timer, status) for seconds.
+            while robot.is_in_control:
+                if time.monotonic() > deadline:
+                    _halt(robot)
+                    raise BackendError(f"the move home did not finish within {HOME_TIMEOUT_S:g} s")
+                time.sleep(0.01)
+            robot.join_motion(1.0)  # finished: returns at once, raising the motion's error if any
         except _franky_errors() as e:
             raise BackendError(f"franky move home failed: {type(e).__name__}: {e}") from e
 
