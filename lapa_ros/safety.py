@@ -180,7 +180,7 @@ class SafetyFilter:
     def _gripper(self, command: float) -> float:
         lim = self.limits
         if self._gripper_open is None:
-            self._gripper_open = command >= 0.5
+            self._gripper_open = bool(command >= 0.5)
         elif self._gripper_open and command < lim.gripper_close_below:
             self._gripper_open = False
         elif not self._gripper_open and command > lim.gripper_open_above:

@@ -44,7 +44,7 @@ from lapa_ros.backends.base import BackendError
 
 logger = logging.getLogger(__name__)
 
-HOME_TIMEOUT_S = 30.0
+HOME_TIMEOUT_S = 60.0  # franky-sim on a loaded machine runs at 0.2-0.9x real time
 GRIPPER_POLL_S = 0.05  # the gripper width is read at this period (by the state thread)
 MAX_STATE_AGE_S = 0.5  # an older robot state is an error: the loop stops
 
@@ -91,7 +91,7 @@ class FrankyBackend:
         except (TimeoutError, ConnectionError) as e:
             raise BackendError(str(e)) from e
         self._width_m = float(self.gripper.width)
-        self._gripper_open = self._width_m > HOME_GRIPPER_WIDTH_M / 2
+        self._gripper_open = bool(self._width_m > HOME_GRIPPER_WIDTH_M / 2)
         self._gripper_wanted = self._gripper_open
         self._poll_stop.clear()
         self._poller = threading.Thread(target=self._poll_state, name="franky-state", daemon=True)
@@ -176,7 +176,7 @@ class FrankyBackend:
             robot.move(motion, asynchronous=True)  # preempts the previous step's motion seamlessly
         except _franky_errors() as e:
             raise BackendError(f"franky velocity motion failed: {type(e).__name__}: {e}") from e
-        self._gripper_wanted = gripper_is_open(a[6])
+        self._gripper_wanted = bool(gripper_is_open(a[6]))
         self._service_gripper()
 
     def hold(self) -> None:
@@ -216,7 +216,7 @@ class FrankyBackend:
         self.recover()
         self._gripper_wanted = True
         deadline = time.monotonic() + HOME_TIMEOUT_S
-        while self._gripper_future is not None or self._gripper_open is not True:
+        while self._gripper_future is not None or not self._gripper_open:
             self._service_gripper()
             if time.monotonic() > deadline:
                 raise BackendError("the gripper did not open in time")
