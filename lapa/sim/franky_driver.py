@@ -46,8 +46,9 @@ What franky-sim does that the driver works around:
   load 9, 0.1% of steps without a fresh command and lone-step errors back to their idle values;
   at load 17, 2%. (It reaches into franky-sim's private UDP socket; without it, stock behaviour.)
 - A franky call that blocks while holding the GIL starves the simulator thread (Python): a gripper
-  command issued while another is in flight deadlocks the process. Gripper commands are issued
-  only once the previous one has finished. Fingers move at most 0.05 m/s per finger there.
+  command issued while another is in flight deadlocks the process (`Gripper.stop` too). Gripper
+  commands are issued only once the previous one has finished, so a reset right after closing
+  waits for the close (fingers move at most 0.05 m/s each there: ~0.9 s of sim time per stroke).
 - Rendering (`mujoco.Renderer`) holds the GIL, so the simulator thread pauses while a frame is
   drawn (10-30 ms at 128x128; the very first frame up to 1.5 s, so the driver draws it at start-up:
   libfranka aborts a motion after 1 s without state).
@@ -481,15 +482,16 @@ class FrankyDriver:
 
     # ------------------------------------------------------------------ episode control
     def reset(self, seed: int) -> None:
-        """Stop, open the gripper, move home with a joint motion, re-place the blocks, settle."""
+        """Stop, move home with a joint motion while the gripper opens, re-place the blocks, settle."""
         import franky
 
         self.stop()
         self._gripper_wanted = True
-        self._wait_gripper()  # open first, so a held block drops before the arm moves
+        self._service_gripper()  # opens now, or once a command still in flight has finished
         try:
             home = franky.JointState(np.array(HOME_JOINT_POS_RAD))
             self.robot.move(franky.JointMotion(home), asynchronous=True)
+            self._wait_gripper()
             if not self.robot.join_motion(RESET_MOTION_TIMEOUT_S):
                 raise RuntimeError(f"the move home did not finish within {RESET_MOTION_TIMEOUT_S:g} s")
         except _franky_errors() as e:
