@@ -92,7 +92,8 @@ MAX_LINEAR_SPEED_M_S = 1.0  # a larger delta per period is scaled down to these 
 MAX_ANGULAR_SPEED_RAD_S = 2.0
 SETTLE_S = 0.3  # simulated time for the blocks to come to rest after reset
 RESET_MOTION_TIMEOUT_S = 30.0  # wall clock, for the joint motion home
-GRIPPER_TIMEOUT_S = 10.0  # wall clock, for one gripper command to finish
+GRIPPER_TIMEOUT_S = 3.0  # simulated time for one gripper command (a full stroke takes ~0.9 s)
+GRIPPER_WALL_TIMEOUT_S = 120.0  # wall clock: only a stalled simulator takes this long
 SIM_STALL_TIMEOUT_S = 5.0  # wall clock without simulated time advancing -> the server is dead
 LOCKSTEP_REPLY_TIMEOUT_S = 0.01  # longest a physics step waits for the client's command
 
@@ -471,13 +472,15 @@ class FrankyDriver:
         self._gripper_open = self._gripper_wanted
 
     def _wait_gripper(self, timeout_s: float = GRIPPER_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
+        """Wait for the gripper, timed in simulated seconds: a loaded machine slows the sim down."""
+        sim_deadline = self.sim_time_s + timeout_s
+        wall_deadline = time.monotonic() + GRIPPER_WALL_TIMEOUT_S
         while True:
             self._service_gripper()
             if self._session.gripper_future is None and self._gripper_open == self._gripper_wanted:
                 return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the gripper did not finish within {timeout_s:g} s")
+            if self.sim_time_s > sim_deadline or time.monotonic() > wall_deadline:
+                raise RuntimeError(f"the gripper did not finish within {timeout_s:g} s of simulated time")
             self._session.gripper_future.wait(0.05)
 
     # ------------------------------------------------------------------ episode control
