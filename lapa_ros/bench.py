@@ -1,13 +1,166 @@
-"""`lapa bench loop`: the ROS control loop's numbers (filled in below)."""
+"""`lapa bench loop`: the ROS control loop's numbers, measured on the real processes.
+
+For each control rate (default 10 and 30 Hz): the policy server with the default model, lapa_sim
+(franky-sim, scene camera at 30 Hz) and lapa_policy (franky backend) run an instruction for
+`--duration` seconds; lapa_policy's own samples give
+  - control period jitter: |interval between control ticks - period|, p50/p99/max;
+  - camera-to-command latency: wall time from the camera frame's capture (its header stamp, taken
+    before rendering) to the franky command computed from it, p50/p90/p99, and a histogram PNG.
+Then (`--episodes N`, 0 to skip) the demo's episodes, N per task of the suite, give success rates.
+
+The default model is `models/lapa_tiny` when present. Without it, latency is measured with a
+random-weight VLA of the same `tiny` preset (same architecture, same cost per call) and success
+with the scripted expert; the JSON says which.
+"""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lapa_ros.launch_plan import DEFAULT_MODEL_DIR, EXPERT_MODEL
+from lapa_ros.session import LoopSession, SessionConfig, summarize_stats
+
+BENCH_INSTRUCTION = "pick up the red block"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of control per rate")
+    parser.add_argument("--rates", default="10,30", help="control rates in Hz, comma-separated (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=20.0,
+                        help="seconds of control per rate (default: %(default)s)")
+    parser.add_argument("--episodes", type=int, default=10,
+                        help="success: episodes per task of the suite (0 skips; default: %(default)s)")
+    parser.add_argument("--suite", default="default", help="task suite for the success episodes")
+    parser.add_argument("--model", help="checkpoint for the latency runs (default: models/lapa_tiny, else a "
+                                        "random-weight tiny VLA)")
+    parser.add_argument("--camera-hz", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=Path("out/bench_loop"), help="logs and the histogram PNG")
+
+
+def random_tiny_checkpoint(directory: Path, control_hz: float = 10.0) -> Path:
+    """A VLA of the `tiny` preset with random weights: the cost of the default model, not its skill."""
+    import torch
+
+    from lapa.policy.action_tokenizer import ActionTokenizer
+    from lapa.policy.checkpoint_io import save_vla
+    from lapa.policy.config import VLAConfig
+    from lapa.policy.model import VLA
+
+    rng = np.random.default_rng(0)
+    actions = rng.normal(0, 0.005, (1000, 7))
+    actions[:, 6] = rng.random(1000) < 0.5
+    tokenizer = ActionTokenizer.fit_new(actions)
+    torch.manual_seed(0)
+    model = VLA(VLAConfig.preset("tiny", control_hz=control_hz)).replace_head_for_actions(tokenizer)
+    save_vla(directory, model.eval(), model.config, tokenizer)
+    return directory
+
+
+def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camera_hz: float) -> tuple[dict, list]:
+    session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=rate_hz, camera_hz=camera_hz,
+                                        record_every=10 ** 9))
+    try:
+        session.start()
+        session.call("/lapa/home", timeout_s=60.0)
+        session.call("/lapa/start")
+        session.say(BENCH_INSTRUCTION)
+        time.sleep(duration_s)
+        session.call("/lapa/stop")
+        rtf = (session.sim_status or {}).get("realtime_factor")
+    finally:
+        session.close()
+    stats = session.policy_stats()
+    if not stats:
+        raise RuntimeError(f"lapa_policy wrote no statistics; see {out / 'logs'}")
+    summary = summarize_stats(stats, rate_hz)
+    summary["franky_sim_realtime_factor"] = rtf
+    summary["startup_s"] = round(session.startup_s or 0.0, 1)
+    return summary, list(stats.get("latency_ms", []))
+
+
+def measure_success(model: str, episodes: int, suite: str, out: Path) -> dict:
+    from lapa.sim.env import episode_task
+    from lapa.sim.tasks import get_suite
+
+    session = LoopSession(SessionConfig(out_dir=out, model=model, record_every=10 ** 9))
+    per_task: dict[str, list[bool]] = {}
+    try:
+        session.start()
+        for family in get_suite(suite):
+            for i in range(episodes):
+                seed = 1000 + i
+                _, instruction = episode_task(family, seed)
+                r = session.run_episode(instruction, seed)
+                per_task.setdefault(family, []).append(r.success)
+                print(f"[bench loop] {family} {i + 1}/{episodes}: {instruction!r} "
+                      f"{'ok' if r.success else 'FAIL'} ({r.duration_s:.1f} s)", flush=True)
+    finally:
+        session.close()
+    return {family: {"episodes": len(v), "success_rate": float(np.mean(v))} for family, v in per_task.items()}
+
+
+def save_histogram(path: Path, latencies: dict[str, list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    top = max((np.percentile(v, 99.5) for v in latencies.values() if v), default=100.0)
+    bins = np.linspace(0, max(10.0, float(top)), 60)
+    for label, values in latencies.items():
+        if values:
+            ax.hist(np.clip(values, 0, bins[-1]), bins=bins, alpha=0.6,
+                    label=f"{label}: p50 {np.percentile(values, 50):.1f} ms, p99 {np.percentile(values, 99):.1f} ms")
+    ax.set_xlabel("camera-to-command latency (ms)")
+    ax.set_ylabel("commands")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> dict:
-    raise NotImplementedError
+    rates = [float(r) for r in str(args.rates).split(",") if r.strip()]
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    trained = (DEFAULT_MODEL_DIR / "config.json").is_file()
+    with tempfile.TemporaryDirectory(prefix="lapa-bench-loop-") as tmp:
+        if args.model:
+            model, model_note = args.model, f"checkpoint {args.model}"
+        elif trained:
+            model, model_note = str(DEFAULT_MODEL_DIR), f"the default model {DEFAULT_MODEL_DIR}"
+        else:
+            model = str(random_tiny_checkpoint(Path(tmp) / "tiny"))
+            model_note = (f"random-weight VLA of the tiny preset ({DEFAULT_MODEL_DIR} not found): "
+                          "the default model's architecture and cost, not its skill")
+        per_rate, latencies = {}, {}
+        for rate in rates:
+            print(f"[bench loop] {rate:g} Hz for {args.duration:g} s ...", flush=True)
+            summary, lat = measure_rate(model, rate, args.duration, out / f"rate_{rate:g}hz", args.camera_hz)
+            per_rate[f"{rate:g}"] = summary
+            latencies[f"{rate:g} Hz"] = lat
+            print(f"[bench loop]   {summary}", flush=True)
+    histogram = out / "latency_hist.png"
+    save_histogram(histogram, latencies)
+    first = per_rate[f"{rates[0]:g}"]
+    results = {
+        "latency_model": model_note,
+        "rates": per_rate,
+        "jitter_p99_ms": {k: v["jitter_p99_ms"] for k, v in per_rate.items()},
+        "latency_p50_ms": first["latency_p50_ms"],
+        "latency_p99_ms": first["latency_p99_ms"],
+        "latency_rate_hz": rates[0],
+        "latency_histogram": str(histogram),
+    }
+    if args.episodes > 0:
+        success_model = str(DEFAULT_MODEL_DIR) if trained and not args.model else (args.model or EXPERT_MODEL)
+        results["success_model"] = "scripted expert (no trained model)" if success_model == EXPERT_MODEL \
+            else success_model
+        results["success"] = measure_success(success_model, args.episodes, args.suite, out / "success")
+    return results

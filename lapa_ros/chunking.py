@@ -11,8 +11,10 @@ Two ways to execute a chunk (the `chunk_mode` parameter of the policy node):
   (ACT's own exp(-m i) with i = 0 the oldest favours older ones; with decay = 0 both are the
   plain mean). Smoother motion, one model call per tick.
 
-A chunk is requested at a tick and starts at that tick (its action 0 is executed as soon as the
-reply arrives); a reply that arrives late simply skips the actions of ticks already gone.
+A chunk is requested at a tick and its action i belongs to the i-th tick after that one (action 0
+is executed as soon as the reply arrives). A reply that arrives during a later tick skips the
+actions of the ticks already gone (latency compensation); in `first_n` its n ticks then count from
+the tick it arrived in, so a model slower than one period still drives the arm.
 Thread-safe: the inference thread adds chunks while the control thread takes actions.
 """
 
@@ -42,8 +44,9 @@ class TickAction:
 class _Chunk:
     actions: np.ndarray  # (K, 7)
     obs_time_s: float
-    start_tick: int
+    start_tick: int  # the tick it was requested at: action i is for tick start_tick + i
     chunk_id: int
+    first_tick: int  # the first tick it may run (its arrival)
 
 
 class ChunkExecutor:
@@ -64,13 +67,15 @@ class ChunkExecutor:
         with self._lock:
             self._chunks.clear()
 
-    def add_chunk(self, actions, obs_time_s: float, start_tick: int) -> int:
-        """Add a (K, 7) chunk requested at start_tick from an image taken at obs_time_s; returns its id."""
+    def add_chunk(self, actions, obs_time_s: float, start_tick: int, arrival_tick: int | None = None) -> int:
+        """Add a (K, 7) chunk requested at start_tick from an image taken at obs_time_s, arriving during
+        arrival_tick (default: start_tick); returns its id."""
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != ACTION_DIM or a.shape[0] < 1:
             raise ValueError(f"a chunk must have shape (K, {ACTION_DIM}) with K >= 1, got {a.shape}")
         with self._lock:
-            chunk = _Chunk(a, float(obs_time_s), int(start_tick), self._next_id)
+            first = int(start_tick) if arrival_tick is None else max(int(start_tick), int(arrival_tick))
+            chunk = _Chunk(a, float(obs_time_s), int(start_tick), self._next_id, first)
             self._next_id += 1
             if self.mode == "first_n":
                 if not self._chunks or chunk.start_tick >= self._chunks[0].start_tick:
@@ -80,14 +85,19 @@ class ChunkExecutor:
                 del self._chunks[:-MAX_LIVE_CHUNKS]  # one request per tick never needs more
             return chunk.chunk_id
 
-    def _span(self, c: _Chunk) -> int:
-        return min(self.n, len(c.actions)) if self.mode == "first_n" else len(c.actions)
+    def _end(self, c: _Chunk) -> int:
+        """One past the last tick the chunk covers."""
+        end = c.start_tick + len(c.actions)
+        return min(end, c.first_tick + self.n) if self.mode == "first_n" else end
+
+    def _covers(self, c: _Chunk, tick: int) -> bool:
+        return c.first_tick <= tick < self._end(c)
 
     def action_for(self, tick: int) -> TickAction | None:
         """The action for this tick, or None when no chunk covers it."""
         with self._lock:
-            self._chunks = [c for c in self._chunks if tick - c.start_tick < self._span(c)]
-            live = [c for c in self._chunks if tick >= c.start_tick]
+            self._chunks = [c for c in self._chunks if tick < self._end(c)]
+            live = [c for c in self._chunks if self._covers(c, tick)]
             if not live:
                 return None
             newest = max(live, key=lambda c: (c.start_tick, c.chunk_id))
@@ -105,4 +115,4 @@ class ChunkExecutor:
         if self.mode == "ensemble":
             return True
         with self._lock:
-            return not any(0 <= tick - c.start_tick < self._span(c) for c in self._chunks)
+            return not any(self._covers(c, tick) for c in self._chunks)

@@ -318,15 +318,15 @@ class PolicyNode:
         self.counts["replies"] += 1
         self._stats["model_ms"].append(result.reply.model_ms)
         self._stats["round_trip_ms"].append(result.reply.round_trip_ms)
-        try:
-            self.executor_chunks.add_chunk(result.reply.actions, result.frame.receipt_mono_s, result.request.tick)
-        except ValueError as e:
-            with self._lock:
-                self._fault(f"invalid reply from the policy server: {e}")
-            return
         with self._lock:
-            if not self.running or self._tick != result.request.tick or self._tick_done:
-                return  # too late for its tick: its later actions serve the next ticks
+            try:
+                self.executor_chunks.add_chunk(result.reply.actions, result.frame.receipt_mono_s,
+                                               result.request.tick, arrival_tick=self._tick)
+            except ValueError as e:
+                self._fault(f"invalid reply from the policy server: {e}")
+                return
+            if not self.running or self._tick_done:
+                return  # this tick already has its command: the chunk serves the next ticks
             ta = self.executor_chunks.action_for(self._tick)
             if ta is not None:
                 self._execute(ta, time.monotonic(), result.frame.capture_time_s)

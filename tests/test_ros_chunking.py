@@ -32,6 +32,17 @@ def test_a_late_reply_skips_the_ticks_already_gone():
     assert ex.action_for(14) is None
 
 
+def test_first_n_counts_its_n_ticks_from_the_arrival():
+    ex = ChunkExecutor("first_n", n=1)
+    ex.add_chunk(chunk([1, 2, 3, 4]), 1.0, start_tick=10, arrival_tick=11)  # a model slower than a period
+    assert ex.action_for(10) is None  # not before it arrived
+    a = ex.action_for(11)
+    assert a.action[0] == 2 and a.index == 1 and not ex.needs_request(11)
+    assert ex.action_for(12) is None and ex.needs_request(12)
+    ex.add_chunk(chunk([1, 2], k=2), 1.0, start_tick=12, arrival_tick=15)  # later than the chunk reaches
+    assert ex.action_for(15) is None
+
+
 def test_first_n_a_newer_chunk_replaces_the_old_one_but_not_an_older_one():
     ex = ChunkExecutor("first_n", n=4)
     ex.add_chunk(chunk([1, 2, 3, 4]), 1.0, start_tick=0)
