@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "lapa = lapa.cli:main",
             "lapa-server = policy_server.app:main",
+            "lapa_speech = lapa_ros.speech_node:main",
             "lapa_policy_node = lapa_ros.policy_node:main",
             "lapa_camera_node = lapa_ros.camera_node:main",
             "lapa_sim_node = lapa_ros.sim_node:main",
