@@ -17,8 +17,9 @@ Services (std_srvs/Trigger):
   /lapa/emergency_stop   stop now and latch: nothing moves until /lapa/start
   /lapa/home             stop, then move to the home pose with the gripper open (blocking, seconds)
 
-Threads: the ROS executor (MultiThreadedExecutor) runs sensor callbacks, the control timer and the
-services in separate callback groups; the network runs in `InferenceWorker`'s thread. A tick asks
+Threads: the ROS executor (MultiThreadedExecutor) runs sensor callbacks, services and the status
+timer in separate callback groups; the control clock is a thread of its own (absolute deadlines),
+the network runs in `InferenceWorker`'s thread, franky's state is read by the backend's thread. A tick asks
 for a chunk when the current one is used up; the reply's first action is executed as soon as it
 arrives (so the command follows the image by the model's latency, not by a whole period), later
 actions of a chunk on later ticks. Every executed action went through `SafetyFilter`.
@@ -146,8 +147,8 @@ class PolicyNode:
 
         # ROS interfaces
         sensors = MutuallyExclusiveCallbackGroup()
-        control = MutuallyExclusiveCallbackGroup()
         services = MutuallyExclusiveCallbackGroup()
+        status = MutuallyExclusiveCallbackGroup()
         self.frames = FrameBuffer()
         node.create_subscription(Image, p["image_topic"], self._on_image, qos_profile_sensor_data,
                                  callback_group=sensors)
@@ -168,10 +169,9 @@ class PolicyNode:
         node.create_service(Trigger, "/lapa/stop", self._srv_stop, callback_group=services)
         node.create_service(Trigger, "/lapa/emergency_stop", self._srv_estop, callback_group=services)
         node.create_service(Trigger, "/lapa/home", self._srv_home, callback_group=services)
-        self._control_group = control
-        self.control_timer = None
-        self._setup_timer = node.create_timer(0.05, self._maybe_start_control, callback_group=control)
-        node.create_timer(1.0 / max(0.1, p["status_hz"]), self._publish_status, callback_group=services)
+        self._control_thread = threading.Thread(target=self._control_loop, name="lapa-control", daemon=True)
+        self._wake = threading.Event()
+        node.create_timer(1.0 / max(0.1, p["status_hz"]), self._publish_status, callback_group=status)
 
         api_key = p["api_key"] or os.environ.get("LAPA_API_KEY") or None
         self.worker = InferenceWorker(p["server_url"], self.frames, self._on_result, self._on_server_error,
@@ -219,14 +219,25 @@ class PolicyNode:
         self._set_state("idle", "ready: waiting for an instruction")
         self.log.info(f"robot backend {backend.name} connected; control at {self.control_hz:g} Hz")
         self._ready.set()
+        self._control_thread.start()
 
-    def _maybe_start_control(self) -> None:
-        """Runs in the executor: create the control timer once setup has finished."""
-        if not self._ready.is_set() or self.control_timer is not None:
-            return
-        self._setup_timer.cancel()
-        self.control_timer = self.node.create_timer(1.0 / self.control_hz, self._on_tick,
-                                                    callback_group=self._control_group)
+    def _control_loop(self) -> None:
+        """The control clock: a thread of its own on absolute deadlines. (An rclpy timer is
+        dispatched by the executor's Python wait loop, shared with every callback: several ms of
+        extra jitter on a busy machine.)"""
+        period = 1.0 / self.control_hz
+        next_t = time.monotonic()
+        while not self._closing:
+            try:
+                self._on_tick()
+            except Exception as e:  # noqa: BLE001 - any error stops the robot and is reported
+                self._fault(f"control loop error: {type(e).__name__}: {e}")
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < -period:  # overran by more than a period: skip the missed ticks
+                next_t = time.monotonic()
+                delay = 0.0
+            self._wake.wait(max(0.0, delay))
 
     def _on_robot_ip(self, msg) -> None:
         if self._robot_ip is None and msg.data:
@@ -526,6 +537,9 @@ class PolicyNode:
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         self._closing = True
+        self._wake.set()
+        if self._control_thread.is_alive():
+            self._control_thread.join(2.0)
         if self.params["stats_file"]:
             try:
                 self.write_stats(self.params["stats_file"])

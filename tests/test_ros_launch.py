@@ -218,3 +218,18 @@ def test_camera_node_publishes_a_video_file(tmp_path):
 def test_the_launch_file_is_installed_by_setup_py():
     assert Path(REPO_ROOT / "launch" / "franka.launch.py").is_file()
     assert 'glob("launch/*.launch.py")' in (REPO_ROOT / "setup.py").read_text()
+
+
+def test_config_yaml_matches_the_nodes_parameters():
+    import yaml
+
+    from lapa_ros.camera_node import PARAMETERS as CAMERA
+    from lapa_ros.policy_node import PARAMETERS as POLICY
+    from lapa_ros.sim_node import PARAMETERS as SIM
+
+    doc = yaml.safe_load((REPO_ROOT / "config" / "lapa_ros.yaml").read_text())
+    for node, declared in (("lapa_policy", POLICY), ("lapa_sim", SIM), ("lapa_camera", CAMERA)):
+        params = doc[node]["ros__parameters"]
+        assert set(params) <= set(declared), node
+        for name, value in params.items():
+            assert value == declared[name][0], (node, name)
