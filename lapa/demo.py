@@ -62,11 +62,10 @@ def recognise(wav: Path) -> tuple[str, str]:
     except ImportError as e:
         text = wav.stem.replace("_", " ")
         return text, f"speech recogniser not available ({e}): using the fixture's transcript"
-    result = CommandRecognizer().recognize_file(str(wav))
-    text = result if isinstance(result, str) else getattr(result, "text", None) or getattr(result, "command", "")
-    if not text:
-        raise RuntimeError(f"the recogniser heard no command in {wav}")
-    return text, "recognised by pocketsphinx"
+    result = CommandRecognizer().recognize_file(wav)
+    if not result.accepted or not result.command:
+        raise RuntimeError(f"the recogniser heard no command in {wav}: {result.reason or result.text!r}")
+    return result.command, f"recognised by pocketsphinx, confidence {result.confidence:.2f}"
 
 
 def episode_plan(args: argparse.Namespace) -> list[tuple[str, int, str]]:
@@ -110,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"[demo] {model_note}")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=args.control_hz))
+    # 20 Hz of 128x128 scene camera: leaves CPU for franky-sim on a 2-core machine (the commands wait
+    # for a fresh frame, so the camera-to-command latency does not grow with a slower camera)
+    session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=args.control_hz, camera_hz=20.0))
     results = []
     captions: list[str] = []
     try:
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     control_hz = (stats or {}).get("control_hz") or 10.0
     numbers = summarize_stats(stats, control_hz) if stats else {}
     frames = [f for _, f in session.frames]
-    fps = max(1, round(30.0 / session.config.record_every))
+    fps = max(1, round(session.config.camera_hz / session.config.record_every))
     video = write_demo_video(out / "demo.mp4", frames, captions[:len(frames)], fps)
     summary = {
         "model": model, "model_note": model_note,

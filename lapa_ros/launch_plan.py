@@ -139,7 +139,7 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
         speech_params: dict[str, object] = {"instruction_topic": "/lapa/instruction"}
         if wavs:
             speech_params["wav_files"] = wavs
-        nodes.append(NodeSpec("lapa_speech", "lapa_speech_node", "lapa_ros.speech_node", speech_params, params_files))
+        nodes.append(NodeSpec("lapa_speech", "lapa_speech", "lapa_ros.speech_node", speech_params, params_files))
     return LaunchPlan(tuple(processes), tuple(nodes), tuple(notes))
 
 

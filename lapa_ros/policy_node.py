@@ -70,6 +70,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "max_image_age_s": (0.5, "stale-image timeout: older camera input stops the robot"),
     "max_action_age_s": (0.6, "an action computed from an image older than this is not executed"),
     "max_server_age_s": (1.0, "no sign of life from the server for this long stops the robot"),
+    "max_robot_state_age_s": (0.5, "a measured robot state older than this stops the robot"),
     "chunk_mode": ("first_n", "how a chunk is executed: first_n | ensemble (temporal ensembling)"),
     "chunk_n": (1, "first_n: actions executed from each chunk before asking again (1 = every tick)"),
     "ensemble_decay": (0.5, "ensemble: weight exp(-decay * ticks since the prediction)"),
@@ -312,6 +313,9 @@ class PolicyNode:
                 backend.hold()
                 return
             stale = self.safety.check_freshness(now, self._newest_image_time(), now, self.worker.server_time_s)
+            state_age = backend.state_age_s()
+            if stale is None and state_age > self.params["max_robot_state_age_s"]:
+                stale = f"stale robot state: {1e3 * state_age:.0f} ms old"
             if stale is not None:
                 self._hold(self._explain(stale))
                 return

@@ -65,6 +65,7 @@ class LoopSession:
         self.frames: list[tuple[float, np.ndarray]] = []
         self.recording = False
         self.policy_status: dict | None = None
+        self.policy_status_time = 0.0
         self.sim_status: dict | None = None
         self._frame_count = 0
         self._lock = threading.Lock()
@@ -86,7 +87,8 @@ class LoopSession:
             "image_size": c.image_size, "camera_hz": c.camera_hz})
         policy = NodeSpec("lapa_policy", "lapa_policy_node", "lapa_ros.policy_node", {
             "server_url": f"ws://127.0.0.1:{self.port}", "robot_backend": "franky", "robot_ip": "sim",
-            "control_hz": float(c.control_hz), "stats_file": str(self.stats_file), **c.policy_params})
+            "control_hz": float(c.control_hz), "stats_file": str(self.stats_file), "status_hz": 10.0,
+            **c.policy_params})
         return LaunchPlan((server,), (sim, policy))
 
     def start(self, timeout_s: float = 180.0) -> float:
@@ -150,6 +152,7 @@ class LoopSession:
 
     def _on_policy_status(self, msg) -> None:
         self.policy_status = json.loads(msg.data)
+        self.policy_status_time = time.monotonic()
 
     def _on_sim_status(self, msg) -> None:
         self.sim_status = json.loads(msg.data)
@@ -207,15 +210,19 @@ class LoopSession:
             time.sleep(0.05)  # lapa_policy and lapa_sim
         self.pub_instruction.publish(self._String(data=text))
 
-    def run_episode(self, instruction: str, seed: int, timeout_s: float | None = None,
-                    source: str = "typed") -> EpisodeResult:
-        """Stop, home, reset the blocks to `seed`, give the instruction, wait for success or timeout."""
+    def run_episode(self, instruction: str, seed: int, sim_timeout_s: float | None = None,
+                    source: str = "typed", wall_timeout_s: float = 180.0) -> EpisodeResult:
+        """Stop, home, reset the blocks to `seed`, give the instruction, wait for success or timeout.
+
+        The time limit is in simulated seconds (2x the task's step budget at 10 Hz): franky-sim runs
+        slower than real time on a loaded machine, and the robot only moves as fast as its clock.
+        """
         task = parse_instruction(instruction)
-        if timeout_s is None:
+        if sim_timeout_s is None:
             steps = FAMILIES[task.family].max_steps if task else 60
-            timeout_s = 2.0 * steps / 10.0 + 4.0  # franky-sim runs at 0.5-0.9x real time here
+            sim_timeout_s = 2.0 * steps / 10.0
         self.call("/lapa/stop")
-        self.call("/lapa/home", timeout_s=60.0)
+        self.call("/lapa/home", timeout_s=120.0)
         self.set_seed(seed)
         self.call("/lapa_sim/reset")
         time.sleep(0.3)  # the reset's scene reaches subscribers (the expert plans from it)
@@ -223,16 +230,19 @@ class LoopSession:
         n0 = len(self.frames)
         self.recording = True
         t0 = time.monotonic()
+        sim_t0 = (self.sim_status or {}).get("sim_time_s", 0.0)
         self.say(instruction)
         success = False
-        while time.monotonic() - t0 < timeout_s:
+        while time.monotonic() - t0 < wall_timeout_s:
             s = self.sim_status or {}
             if s.get("instruction") == instruction and s.get("success"):
                 success = True
                 time.sleep(0.5)  # show the result in the video
                 break
+            if s.get("sim_time_s", 0.0) - sim_t0 > sim_timeout_s:
+                break
             p = self.policy_status or {}
-            if p.get("state") == "fault":
+            if self.policy_status_time > t0 + 0.3 and p.get("state") == "fault":
                 break
             time.sleep(0.05)
         duration = time.monotonic() - t0

@@ -70,7 +70,7 @@ def test_options_server_speech_camera_and_bad_values():
     assert procs == [] and nodes == ["lapa_sim", "lapa_camera", "lapa_policy", "lapa_speech"]
     assert p.nodes[0].parameters["publish_camera"] is False  # another camera publishes
     assert p.nodes[3].parameters["wav_files"] == ["a.wav", "b.wav"]
-    assert p.nodes[3].executable == "lapa_speech_node"
+    assert p.nodes[3].executable == "lapa_speech"
     assert p.nodes[2].parameters["control_hz"] == 30.0
     assert all(n.params_files == ("config/lapa_ros.yaml",) for n in p.nodes)
     for bad in ({"sim": "maybe"}, {"control_hz": "fast"}, {"control_hz": "-1"}, {"nope": "1"},
@@ -163,10 +163,8 @@ def test_console_scripts_exist_for_every_planned_node():
     setup_py = (REPO_ROOT / "setup.py").read_text()
     p = plan({"speech": "true", "camera": "0", "model": "expert"})
     for n in p.nodes:
-        if n.executable == "lapa_speech_node" and "lapa_speech_node" not in setup_py:
-            continue  # the speech node is added by its own author
         assert f'"{n.executable} = {n.module}:main"' in setup_py
-        assert importlib.util.find_spec(n.module) is not None or n.module == "lapa_ros.speech_node"
+        assert importlib.util.find_spec(n.module) is not None
 
 
 @pytest.mark.timeout(90)

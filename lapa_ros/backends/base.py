@@ -27,6 +27,9 @@ class RobotBackend(Protocol):
 
     def state(self) -> RobotState: ...
 
+    def state_age_s(self) -> float:
+        """Seconds since `state()` was measured (the node holds the arm when it is too old)."""
+
     def apply(self, action: np.ndarray) -> None: ...
 
     def hold(self) -> None:

@@ -119,6 +119,9 @@ class SimBackend:
             raise BackendError("the simulator is not running")
         return self._state
 
+    def state_age_s(self) -> float:
+        return 0.0  # the simulator's state after its last step is the current one by definition
+
     def check(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
