@@ -94,9 +94,10 @@ def write_demo_video(path: Path, frames: list[np.ndarray], captions: list[str], 
     out = []
     for image, caption in zip(frames, captions, strict=True):
         big = cv2.resize(image, (384, 384), interpolation=cv2.INTER_LINEAR)
-        for k, line in enumerate(caption.split("\n")):
-            cv2.putText(big, line, (8, 20 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(big, line, (8, 20 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        lines = caption.split("\n")
+        big[:8 + 18 * len(lines)] //= 3  # a dark banner behind the text
+        for k, line in enumerate(lines):
+            cv2.putText(big, line, (8, 18 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         out.append(big)
     return write_video(path, np.stack(out), fps=fps)
 
@@ -130,9 +131,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"[demo]   {'SUCCESS' if r.success else 'failed'} in {r.duration_s:.1f} s")
             results.append(r)
             n1 = len(session.frames)
+            frame_s = session.config.record_every / session.config.camera_hz
             for k in range(n0, n1):
                 done = r.success and k >= n1 - 8
-                captions.append(f"{source}: {instruction}\n" + ("SUCCESS" if done else f"t = {k - n0}"))
+                status = "SUCCESS" if done else f"t = {(k - n0) * frame_s:.1f} s"
+                captions.append(f"{source}: {instruction}\n{status}")
     finally:
         codes = session.close()
         print(f"[demo] stopped: {', '.join(f'{n} ({rc})' for n, rc in codes.items())}")
