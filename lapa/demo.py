@@ -103,7 +103,7 @@ def write_demo_video(path: Path, frames: list[np.ndarray], captions: list[str], 
 
 
 def run(args: argparse.Namespace) -> int:
-    from lapa_ros.session import LoopSession, SessionConfig, summarize_stats
+    from lapa_ros.session import EpisodeResult, LoopSession, SessionConfig, summarize_stats
 
     t_start = time.monotonic()
     model, model_note = choose_model(args.model)
@@ -127,7 +127,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"[demo] spoken: {args.wav.name} -> {instruction!r} ({how})")
             print(f"[demo] episode: {instruction!r} ({source}, seed {seed}) ...", flush=True)
             n0 = len(session.frames)
-            r = session.run_episode(instruction, seed, source=source)
+            try:
+                r = session.run_episode(instruction, seed, source=source)
+            except (RuntimeError, TimeoutError) as e:  # the loop broke: report it, try the next one
+                print(f"[demo]   ERROR: {e}")
+                r = EpisodeResult(instruction, None, seed, False, 0.0, source, error=str(e))
             print(f"[demo]   {'SUCCESS' if r.success else 'failed'} in {r.duration_s:.1f} s")
             results.append(r)
             n1 = len(session.frames)

@@ -38,6 +38,7 @@ class EpisodeResult:
     duration_s: float
     source: str = "typed"
     frames: int = 0
+    error: str | None = None
 
 
 @dataclass

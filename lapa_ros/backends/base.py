@@ -9,7 +9,7 @@ import numpy as np
 from lapa.action import RobotState
 
 
-class BackendError(RuntimeError):
+class BackendError(Exception):
     """The robot reported an error (a failed motion, a lost connection); the loop stops on it."""
 
 

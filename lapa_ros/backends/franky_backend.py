@@ -44,8 +44,21 @@ from lapa_ros.backends.base import BackendError
 
 logger = logging.getLogger(__name__)
 
+_ABANDONED: list = []  # unfinished gripper futures of a lost connection, kept alive
 HOME_TIMEOUT_S = 60.0  # franky-sim on a loaded machine runs at 0.2-0.9x real time
 GRIPPER_POLL_S = 0.05  # the gripper width is read at this period (by the state thread)
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """What franky raises: its own exceptions, and RuntimeError for errors of its motion planner
+    (e.g. "Motion planner failed with error code -110") and of lost connections ("Net Exception")."""
+    return (*_franky_errors(), RuntimeError)
+
+
+def _is_network(error: BaseException) -> bool:
+    import franky
+
+    return isinstance(error, franky.NetworkException) or "Net Exception" in str(error)
 
 
 def velocity_for(action: np.ndarray, period_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +89,7 @@ class FrankyBackend:
         self._gripper_wanted = True
         self._width_m = HOME_GRIPPER_WIDTH_M
         self._state: tuple[RobotState, float] | None = None  # (state, monotonic time read)
+        self.broken: str | None = None  # a lost connection: recover() reconnects
         self._poll_stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -102,20 +116,24 @@ class FrankyBackend:
             time.sleep(0.01)
 
     def close(self) -> None:
+        self._disconnect(halt=not self.broken)
+
+    def _disconnect(self, halt: bool) -> None:
         self._poll_stop.set()
         if self._poller is not None:
             self._poller.join(2.0)
             self._poller = None
         robot, self.robot = self.robot, None
-        if robot is not None:
+        if robot is not None and halt:
             try:
                 _halt(robot)
             except Exception as e:  # noqa: BLE001 - closing anyway
                 logger.warning("stopping the robot on close: %s", e)
         future, self._gripper_future = self._gripper_future, None
-        if future is not None:
-            future.wait(5.0)
+        if future is not None and not future.wait(5.0):
+            _ABANDONED.append(future)  # destroying an unfinished franky future blocks until it ends
         self.gripper = None
+        self._state = None
         del robot  # disconnects
 
     def _poll_state(self) -> None:
@@ -153,13 +171,20 @@ class FrankyBackend:
     def state_age_s(self) -> float:
         return float("inf") if self._state is None else time.monotonic() - self._state[1]
 
+    def _failed(self, what: str, error: BaseException) -> BackendError:
+        if _is_network(error):
+            self.broken = f"{type(error).__name__}: {error}"
+        return BackendError(f"franky {what} failed: {type(error).__name__}: {error}")
+
     def check(self) -> None:
         """Raise the error the last asynchronous motion or gripper command ended with, if any."""
         robot = self._robot()
+        if self.broken:
+            raise BackendError(f"the robot connection is lost ({self.broken}); /lapa/start reconnects")
         try:
             robot.poll_motion()  # re-raises what join_motion() would
-        except _franky_errors() as e:
-            raise BackendError(f"franky motion failed: {type(e).__name__}: {e}") from e
+        except _errors() as e:
+            raise self._failed("motion", e) from e
         self._service_gripper()
 
     # ------------------------------------------------------------------ motion
@@ -173,8 +198,8 @@ class FrankyBackend:
             round(self.period_s * 1000)))  # milliseconds
         try:
             robot.move(motion, asynchronous=True)  # preempts the previous step's motion seamlessly
-        except _franky_errors() as e:
-            raise BackendError(f"franky velocity motion failed: {type(e).__name__}: {e}") from e
+        except _errors() as e:
+            raise self._failed("velocity motion", e) from e
         self._gripper_wanted = bool(gripper_is_open(a[6]))
         self._service_gripper()
 
@@ -193,20 +218,30 @@ class FrankyBackend:
         try:
             if robot.is_in_control:
                 robot.move(franky.CartesianVelocityStopMotion(), asynchronous=True)
-        except _franky_errors():
+        except _errors():
             try:
                 robot.stop()  # not a velocity motion running: libfranka's own stop
-            except _franky_errors() as e:
-                raise BackendError(f"franky stop failed: {type(e).__name__}: {e}") from e
+            except _errors() as e:
+                raise self._failed("stop", e) from e
 
     def recover(self) -> None:
+        """Clear robot errors; after a lost connection, connect again (within connect_timeout_s)."""
+        if self.broken:
+            logger.warning("reconnecting to %s after: %s", self.robot_ip, self.broken)
+            self._disconnect(halt=False)
+            self.broken = None
+            self.connect()
+            return
         robot = self._robot()
         try:
             _halt(robot)
-        except _franky_errors() as e:
+        except _errors() as e:
             logger.info("motion ended with: %s", e)
-        if robot.has_errors:
-            robot.recover_from_errors()
+        try:
+            if robot.has_errors:
+                robot.recover_from_errors()
+        except _errors() as e:
+            raise self._failed("error recovery", e) from e
 
     def home(self) -> None:
         import franky
@@ -230,8 +265,8 @@ class FrankyBackend:
                     raise BackendError(f"the move home did not finish within {HOME_TIMEOUT_S:g} s")
                 time.sleep(0.01)
             robot.join_motion(1.0)  # finished: returns at once, raising the motion's error if any
-        except _franky_errors() as e:
-            raise BackendError(f"franky move home failed: {type(e).__name__}: {e}") from e
+        except _errors() as e:
+            raise self._failed("move home", e) from e
 
     def _service_gripper(self) -> None:
         """Send the wanted open/closed command once the previous one has finished (never two at once)."""
@@ -243,8 +278,8 @@ class FrankyBackend:
             future, self._gripper_future = self._gripper_future, None
             try:
                 future.get()
-            except _franky_errors() as e:
-                raise BackendError(f"franky gripper command failed: {type(e).__name__}: {e}") from e
+            except _errors() as e:
+                raise self._failed("gripper command", e) from e
         if self._gripper_wanted == self._gripper_open:
             return
         if self._gripper_wanted:
