@@ -93,13 +93,16 @@ class Bringup:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, int]:
-        """SIGINT every child (nodes first, then the server), then SIGTERM, then SIGKILL; return codes."""
+        """Nodes first, then the server: SIGINT to nodes and SIGTERM to other processes (each one's
+        graceful shutdown), then SIGTERM, then SIGKILL; return codes."""
         order = list(reversed(self.procs.items()))
-        for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        processes = {p.name for p in self.plan.processes}
+        for step, wait_s in ((0, timeout_s), (1, 5.0), (2, 5.0)):
             alive = [(n, p) for n, p in order if p.poll() is None]
             if not alive:
                 break
-            for _, p in alive:
+            for name, p in alive:
+                sig = (signal.SIGTERM if name in processes else signal.SIGINT, signal.SIGTERM, signal.SIGKILL)[step]
                 try:
                     os.killpg(p.pid, sig)  # the child and anything it started
                 except ProcessLookupError:

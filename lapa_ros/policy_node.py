@@ -435,14 +435,17 @@ class PolicyNode:
         if self.backend is None:
             resp.success, resp.message = False, f"not ready: {self.reason}"
             return resp
+        was = self.safety.fault
         with self._lock:
-            was = self.safety.fault
-            try:
-                self.backend.recover()
-                self._robot_state = self.backend.state()
-            except Exception as e:  # noqa: BLE001 - a service always answers
-                resp.success, resp.message = False, f"robot did not recover: {e}"
-                return resp
+            self.running = False  # the control thread holds while the robot recovers (outside the lock)
+        try:
+            self.backend.recover()
+            state = self.backend.state()
+        except Exception as e:  # noqa: BLE001 - a service always answers
+            resp.success, resp.message = False, f"robot did not recover: {e}"
+            return resp
+        with self._lock:
+            self._robot_state = state
             self.safety.release(gripper_open=self._robot_state.gripper_width_m > 0.04)
             self.executor_chunks.clear()
             self._not_before_mono_s = time.monotonic()  # only images taken from now on drive the arm
@@ -562,6 +565,9 @@ class PolicyNode:
 def main(argv: list[str] | None = None) -> int:
     from lapa_ros.ros_main import run_node
 
+    # A thread waking for its control tick waits for the GIL up to the switch interval (5 ms by
+    # default) while another thread runs Python: 1 ms keeps the tick on time.
+    sys.setswitchinterval(0.001)
     return run_node(PolicyNode, argv, threads=4)
 
 

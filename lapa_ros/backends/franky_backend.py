@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 _ABANDONED: list = []  # unfinished gripper futures of a lost connection, kept alive
 HOME_TIMEOUT_S = 60.0  # franky-sim on a loaded machine runs at 0.2-0.9x real time
+STATE_POLL_S = 0.004  # the robot state is read at most this often (the control thread reads the newest)
 GRIPPER_POLL_S = 0.05  # the gripper width is read at this period (by the state thread)
 
 
@@ -154,6 +155,8 @@ class FrankyBackend:
             except Exception as e:  # noqa: BLE001 - state() reports staleness; retried
                 logger.debug("reading the robot state: %s", e)
                 self._poll_stop.wait(0.01)
+                continue
+            self._poll_stop.wait(STATE_POLL_S)  # not every 1 kHz packet: leave the GIL to the control thread
 
     # ------------------------------------------------------------------ state
     def _robot(self):
