@@ -16,6 +16,7 @@ with the scripted expert; the JSON says which.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint for the latency runs (default: models/lapa_tiny, else a "
                                         "random-weight tiny VLA)")
     parser.add_argument("--camera-hz", type=float, default=30.0)
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="scene camera side in pixels (default: the tiny model's input, %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_loop"), help="logs and the histogram PNG")
 
 
@@ -60,9 +63,10 @@ def random_tiny_checkpoint(directory: Path, control_hz: float = 10.0) -> Path:
     return directory
 
 
-def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camera_hz: float) -> tuple[dict, list]:
+def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camera_hz: float,
+                 image_size: int) -> tuple[dict, list]:
     session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=rate_hz, camera_hz=camera_hz,
-                                        record_every=10 ** 9))
+                                        image_size=image_size, record_every=10 ** 9))
     try:
         session.start()
         session.call("/lapa/home", timeout_s=60.0)
@@ -142,7 +146,8 @@ def run(args: argparse.Namespace) -> dict:
         per_rate, latencies = {}, {}
         for rate in rates:
             print(f"[bench loop] {rate:g} Hz for {args.duration:g} s ...", flush=True)
-            summary, lat = measure_rate(model, rate, args.duration, out / f"rate_{rate:g}hz", args.camera_hz)
+            summary, lat = measure_rate(model, rate, args.duration, out / f"rate_{rate:g}hz", args.camera_hz,
+                                        args.image_size)
             per_rate[f"{rate:g}"] = summary
             latencies[f"{rate:g} Hz"] = lat
             print(f"[bench loop]   {summary}", flush=True)
@@ -157,6 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         "latency_p99_ms": first["latency_p99_ms"],
         "latency_rate_hz": rates[0],
         "latency_histogram": str(histogram),
+        "camera": {"hz": args.camera_hz, "image_size": args.image_size},
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
     if args.episodes > 0:
         success_model = str(DEFAULT_MODEL_DIR) if trained and not args.model else (args.model or EXPERT_MODEL)

@@ -35,6 +35,7 @@ class Frame:
     image: np.ndarray | bytes  # uint8 (H, W, 3) RGB, or a JPEG/PNG file (from a CompressedImage)
     capture_time_s: float  # wall clock (the message's header stamp, or its receipt when unstamped)
     receipt_mono_s: float  # monotonic receipt time in this process
+    receipt_wall_s: float = 0.0  # the same instant on the wall clock (capture -> receipt = camera + transport)
 
 
 class FrameBuffer:

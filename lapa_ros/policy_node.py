@@ -143,6 +143,7 @@ class PolicyNode:
         self._stats = {
             "tick_mono_s": deque(maxlen=STATS_WINDOW), "latency_ms": deque(maxlen=STATS_WINDOW),
             "model_ms": deque(maxlen=STATS_WINDOW), "round_trip_ms": deque(maxlen=STATS_WINDOW),
+            "camera_ms": deque(maxlen=STATS_WINDOW), "frame_wait_ms": deque(maxlen=STATS_WINDOW),
             "command_mono_s": deque(maxlen=STATS_WINDOW)}
         self.counts = {"commands": 0, "holds": 0, "faults": 0, "clamped": 0, "images": 0, "replies": 0}
 
@@ -268,7 +269,7 @@ class PolicyNode:
     def _put_frame(self, image, stamp_s: float) -> None:
         now_wall = time.time()
         capture = stamp_s if stamp_s > 0 else now_wall
-        self.frames.put(Frame(image, capture, time.monotonic()))
+        self.frames.put(Frame(image, capture, time.monotonic(), now_wall))
         self.counts["images"] += 1
 
     def _on_instruction(self, msg) -> None:
@@ -333,6 +334,9 @@ class PolicyNode:
         self.counts["replies"] += 1
         self._stats["model_ms"].append(result.reply.model_ms)
         self._stats["round_trip_ms"].append(result.reply.round_trip_ms)
+        frame = result.frame
+        self._stats["camera_ms"].append(1e3 * (frame.receipt_wall_s - frame.capture_time_s))  # render + transport
+        self._stats["frame_wait_ms"].append(1e3 * (result.sent_mono_s - frame.receipt_mono_s))  # received -> sent
         with self._lock:
             try:
                 self.executor_chunks.add_chunk(result.reply.actions, result.frame.receipt_mono_s,

@@ -303,5 +303,10 @@ def summarize_stats(stats: dict, control_hz: float) -> dict:
         "latency_p90_ms": pct(lat, 90),
         "latency_p99_ms": pct(lat, 99),
         "model_p50_ms": pct(model, 50),
+        # where the latency goes (p50): camera frame capture -> received by lapa_policy (rendering
+        # and DDS), received -> request sent, request -> reply (client, server, model)
+        "camera_to_node_p50_ms": pct(np.asarray(stats.get("camera_ms", [])), 50),
+        "frame_wait_p50_ms": pct(np.asarray(stats.get("frame_wait_ms", [])), 50),
+        "round_trip_p50_ms": pct(np.asarray(stats.get("round_trip_ms", [])), 50),
         "latency_samples": int(len(lat)),
     }
