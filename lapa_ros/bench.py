@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint for the latency runs (default: models/lapa_tiny, else a "
                                         "random-weight tiny VLA)")
     parser.add_argument("--camera-hz", type=float, default=30.0)
+    parser.add_argument("--rt-priority", type=int, default=0,
+                        help="lapa_policy's control_rt_priority (SCHED_FIFO control thread; default: off)")
     parser.add_argument("--image-size", type=int, default=64,
                         help="scene camera side in pixels (default: the tiny model's input, %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_loop"), help="logs and the histogram PNG")
@@ -64,9 +66,10 @@ def random_tiny_checkpoint(directory: Path, control_hz: float = 10.0) -> Path:
 
 
 def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camera_hz: float,
-                 image_size: int) -> tuple[dict, list]:
+                 image_size: int, rt_priority: int = 0) -> tuple[dict, list]:
     session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=rate_hz, camera_hz=camera_hz,
-                                        image_size=image_size, record_every=10 ** 9))
+                                        image_size=image_size, record_every=10 ** 9,
+                                        policy_params={"control_rt_priority": rt_priority}))
     try:
         session.start()
         session.call("/lapa/home", timeout_s=60.0)
@@ -147,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         for rate in rates:
             print(f"[bench loop] {rate:g} Hz for {args.duration:g} s ...", flush=True)
             summary, lat = measure_rate(model, rate, args.duration, out / f"rate_{rate:g}hz", args.camera_hz,
-                                        args.image_size)
+                                        args.image_size, args.rt_priority)
             per_rate[f"{rate:g}"] = summary
             latencies[f"{rate:g} Hz"] = lat
             print(f"[bench loop]   {summary}", flush=True)
@@ -163,6 +166,7 @@ def run(args: argparse.Namespace) -> dict:
         "latency_rate_hz": rates[0],
         "latency_histogram": str(histogram),
         "camera": {"hz": args.camera_hz, "image_size": args.image_size},
+        "control_rt_priority": args.rt_priority,
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
     if args.episodes > 0:

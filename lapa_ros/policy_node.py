@@ -76,6 +76,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "ensemble_decay": (0.5, "ensemble: weight exp(-decay * ticks since the prediction)"),
     "image_sync_s": (0.01, "a tick waits for a camera frame received at most this long before it"),
     "max_image_wait_s": (0.05, "... but no longer than this after the tick (then takes the newest)"),
+    "control_rt_priority": (0, "1..99: run the control thread SCHED_FIFO at this priority (needs CAP_SYS_NICE; "
+                               "0 = normal scheduling)"),
     "autostart": (True, "a new instruction starts the loop (an emergency stop still needs /lapa/start)"),
     "status_hz": (2.0, "rate of /lapa/status"),
     "frame_id": ("base", "frame of /lapa/action"),
@@ -228,6 +230,13 @@ class PolicyNode:
         dispatched by the executor's Python wait loop, shared with every callback: several ms of
         extra jitter on a busy machine.)"""
         period = 1.0 / self.control_hz
+        priority = int(self.params["control_rt_priority"])
+        if priority > 0:
+            try:  # pid 0 = this thread on Linux
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(min(priority, 99)))
+                self.log.info(f"control thread: SCHED_FIFO priority {priority}")
+            except (AttributeError, PermissionError, OSError) as e:
+                self.log.warning(f"control thread stays at normal priority: {e}")
         next_t = time.monotonic()
         while not self._closing:
             try:
