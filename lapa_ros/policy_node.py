@@ -98,7 +98,7 @@ class PolicyNode:
     def __init__(self, args: list[str] | None = None) -> None:
         from geometry_msgs.msg import TwistStamped
         from rcl_interfaces.msg import ParameterDescriptor
-        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
         from sensor_msgs.msg import CompressedImage, Image
@@ -151,7 +151,8 @@ class PolicyNode:
 
         # ROS interfaces
         sensors = MutuallyExclusiveCallbackGroup()
-        services = MutuallyExclusiveCallbackGroup()
+        services = MutuallyExclusiveCallbackGroup()  # start, home: one at a time
+        stopping = ReentrantCallbackGroup()  # stop, emergency stop: never wait behind a move home
         status = MutuallyExclusiveCallbackGroup()
         self.frames = FrameBuffer()
         node.create_subscription(Image, p["image_topic"], self._on_image, qos_profile_sensor_data,
@@ -170,8 +171,8 @@ class PolicyNode:
         self.pub_camera = (node.create_publisher(Image, p["image_topic"], qos_profile_sensor_data)
                            if p["robot_backend"] == "sim" and p["sim_publish_camera"] else None)
         node.create_service(Trigger, "/lapa/start", self._srv_start, callback_group=services)
-        node.create_service(Trigger, "/lapa/stop", self._srv_stop, callback_group=services)
-        node.create_service(Trigger, "/lapa/emergency_stop", self._srv_estop, callback_group=services)
+        node.create_service(Trigger, "/lapa/stop", self._srv_stop, callback_group=stopping)
+        node.create_service(Trigger, "/lapa/emergency_stop", self._srv_estop, callback_group=stopping)
         node.create_service(Trigger, "/lapa/home", self._srv_home, callback_group=services)
         self._control_thread = threading.Thread(target=self._control_loop, name="lapa-control", daemon=True)
         self._wake = threading.Event()
@@ -389,12 +390,19 @@ class PolicyNode:
 
     # ------------------------------------------------------------------ stopping
     def _halt_if_moving(self) -> None:
-        if self._moving and self.backend is not None:
-            self._moving = False
-            try:
-                self.backend.stop()
-            except BackendError as e:
-                self._fault(f"robot error while stopping: {e}")
+        if self._moving:
+            self._stop_robot()
+
+    def _stop_robot(self) -> None:
+        """Command a stop now (non-blocking); never raises (a failed stop is logged, the fault stays)."""
+        self._moving = False
+        if self.backend is None:
+            return
+        try:
+            self.backend.stop()
+        except Exception as e:  # noqa: BLE001 - already stopping: report, do not recurse
+            self.safety.latch(f"robot error while stopping: {e}")
+            self.log.error(f"stopping the robot failed: {e}")
 
     def _hold(self, reason: str) -> None:
         """Stale input: stop (without latching) and forget queued chunks; resumes when inputs are fresh."""
@@ -413,7 +421,7 @@ class PolicyNode:
             self.safety.latch(reason)
             self.running = False
             self.executor_chunks.clear()
-            self._halt_if_moving()
+            self._stop_robot()  # whatever runs (a policy step, a move home): stop it
             self._set_state("fault", self.safety.fault or reason)
         self.log.error(f"stopped: {reason}", throttle_duration_sec=2.0)
 
@@ -421,7 +429,7 @@ class PolicyNode:
         with self._lock:
             self.running = False
             self.executor_chunks.clear()
-            self._halt_if_moving()
+            self._stop_robot()
             if self.safety.fault is None:
                 self._set_state("stopped", reason)
 

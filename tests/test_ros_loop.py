@@ -189,3 +189,27 @@ def test_emergency_stop_latches_until_start(server, probe, start_policy):
     n = commands(probe)
     time.sleep(0.5)
     assert commands(probe) == n
+
+
+def test_compressed_images_drive_the_loop(server, probe, start_policy):
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from lapa_ros.images import set_stamp
+
+    probe.record_status()
+    node = start_policy(server.ws_url, sim_publish_camera=False)
+    wait_state(probe, node, lambda s: s["state"] == "idle", 120, "the node to be ready")
+    probe.say("grab the blue block")
+    pub = probe.publisher(CompressedImage, "/camera/image_raw/compressed")
+    rng = np.random.default_rng(1)
+    ok, jpeg = cv2.imencode(".jpg", rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    assert ok
+    t_end = time.monotonic() + 3.0
+    while time.monotonic() < t_end:
+        msg = CompressedImage(format="jpeg", data=jpeg.tobytes())
+        set_stamp(msg.header, time.time())
+        pub.publish(msg)
+        time.sleep(0.05)
+    s = wait_state(probe, node, lambda s: s["counts"]["commands"] >= 5, 10, "commands from JPEG frames")
+    assert s["counts"]["images"] >= 10
