@@ -5,12 +5,15 @@ Stages, each skipped when its output exists (training runs resume from their new
     record           data/pretrain  (many expert episodes, recorded WITH actions as LeRobot v3; LAQ and
                                      LAPA read only its frames and captions, ActionVLA its true actions)
                      data/finetune  (the small labelled set: other seeds, ~10% as many episodes)
+                     data/heldout, data/heldout_unseen (more expert episodes, other seeds, training
+                                     templates / held-out paraphrases: offline action metrics only)
     laq              laq/           LAQ (stage 1) on the pretraining frames
     label            labels.parquet latent actions of every pretraining frame pair; laq_eval.json
     pretrain         pretrain/lapa       latent pretraining (stage 2)
     action-pretrain  pretrain/actionvla  pretraining on the true actions
     vpt              pretrain/vpt        IDM on the labelled set -> pseudo-labels -> action pretraining
     finetune         finetune/{scratch,lapa,actionvla,vpt}  the same finetuning budget for all four
+    offline          offline/{method}.json  action prediction on held-out expert episodes (data/heldout*)
     eval             eval/{method}_{seen,unseen}.json       the same seeds for all, seen + unseen wording
     report           <results>/results.{md,json}, success.png
 
@@ -34,7 +37,7 @@ from lapa.errors import UserError
 
 METHODS = ("scratch", "lapa", "actionvla", "vpt")
 CONDITIONS = ("seen", "unseen")
-STAGES = ("record", "laq", "label", "pretrain", "action-pretrain", "vpt", "finetune", "eval", "report")
+STAGES = ("record", "laq", "label", "pretrain", "action-pretrain", "vpt", "finetune", "offline", "eval", "report")
 GAP_TARGET = 0.75  # LAPA should recover this share of the Scratch -> ActionVLA gap (seen instructions)
 
 
@@ -46,21 +49,22 @@ class ExperimentConfig:
     finetune_episodes: int = 24  # the small labelled set
     pretrain_seed: int = 0  # recorder seeds base + index (+ 1_000_003 per retry)
     finetune_seed: int = 200_000
+    heldout_seed: int = 300_000  # offline metrics; as many episodes as the finetuning set
     # stage 1
     laq_preset: str = "tiny"
-    laq_steps: int = 800
+    laq_steps: int = 600
     laq_batch_size: int = 32
     laq_lr: float = 3e-4
     gap_s: float = 0.6
     codebook_size: int | None = None  # None: the preset's (8)
     # VLA
     vla_preset: str = "tiny"
-    chunk_size: int = 4
+    chunk_size: int = 2
     num_bins: int = 64
-    batch_size: int = 32
-    lr: float = 3e-4
-    pretrain_steps: int = 1500  # the same for LAPA, ActionVLA and VPT
-    finetune_steps: int = 600  # the same for all four methods
+    batch_size: int = 16
+    lr: float = 1e-3
+    pretrain_steps: int = 2400  # the same for LAPA, ActionVLA and VPT
+    finetune_steps: int = 800  # the same for all four methods
     augment: bool = False
     idm_steps: int = 800
     # evaluation
@@ -133,6 +137,17 @@ class Experiment:
     def finetune_data(self) -> Path:
         return self.out / "data" / "finetune"
 
+    def heldout_data(self, condition: str) -> Path:
+        return self.out / "data" / ("heldout" if condition == "seen" else "heldout_unseen")
+
+    def _datasets(self) -> list[tuple[Path, int, int, bool]]:
+        """(root, episodes, seed, held-out wording) of every recording."""
+        c = self.c
+        return [(self.pretrain_data, c.pretrain_episodes, c.pretrain_seed, False),
+                (self.finetune_data, c.finetune_episodes, c.finetune_seed, False),
+                (self.heldout_data("seen"), c.finetune_episodes, c.heldout_seed, False),
+                (self.heldout_data("unseen"), c.finetune_episodes, c.heldout_seed, True)]
+
     @property
     def labels(self) -> Path:
         return self.out / "labels.parquet"
@@ -182,7 +197,7 @@ class Experiment:
     def done(self, stage: str) -> bool:
         c = self.c
         if stage == "record":
-            return all((d / "meta" / "info.json").is_file() for d in (self.pretrain_data, self.finetune_data))
+            return all((d[0] / "meta" / "info.json").is_file() for d in self._datasets())
         if stage == "laq":
             return self._laq_steps_done() >= c.laq_steps
         if stage == "label":
@@ -195,6 +210,8 @@ class Experiment:
             return self._vla_step(self.pretrain_run("vpt") / "pretrain") >= c.pretrain_steps
         if stage == "finetune":
             return all(self._vla_step(self.finetune_run(m)) >= c.finetune_steps for m in METHODS)
+        if stage == "offline":
+            return all((self.out / "offline" / f"{m}.json").is_file() for m in METHODS)
         if stage == "eval":
             return all(self.eval_file(m, cond).is_file() for m in METHODS for cond in CONDITIONS)
         if stage == "report":
@@ -210,17 +227,19 @@ class Experiment:
         from lapa.sim.record import record_dataset
 
         c = self.c
-        for root, n, seed in ((self.pretrain_data, c.pretrain_episodes, c.pretrain_seed),
-                              (self.finetune_data, c.finetune_episodes, c.finetune_seed)):
+        for root, n, seed, held_out in self._datasets():
             if not (root / "meta" / "info.json").is_file():
-                summary = record_dataset(c.suite, n, root, seed=seed, image_size=c.image_size, progress=c.progress)
+                summary = record_dataset(c.suite, n, root, seed=seed, image_size=c.image_size, held_out=held_out,
+                                         progress=c.progress)
                 print(f"  recorded {summary.episodes} episodes ({summary.frames} frames) into {root} "
                       f"in {summary.seconds:.0f} s")
         from lapa.eval.closed_loop import recorded_seeds
 
-        overlap = recorded_seeds(self.pretrain_data) & recorded_seeds(self.finetune_data)
+        sets = [recorded_seeds(self.pretrain_data), recorded_seeds(self.finetune_data),
+                recorded_seeds(self.heldout_data("seen"))]
+        overlap = (sets[0] & sets[1]) | (sets[0] & sets[2]) | (sets[1] & sets[2])
         if overlap:
-            raise UserError(f"pretraining and finetuning episodes share seeds {sorted(overlap)[:5]}")
+            raise UserError(f"pretraining, finetuning and held-out episodes share seeds {sorted(overlap)[:5]}")
 
     def run_laq(self) -> None:
         import torch
@@ -286,31 +305,63 @@ class Experiment:
         print(f"  VPT pretraining: loss {r.final_loss:.4f}, {r.samples_per_s:.0f} samples/s")
 
     def run_finetune(self) -> None:
+        """Finetune every method whose pretraining has finished; the others are named at the end."""
         from lapa.policy.train import finetune_actions
 
         self._require("record")
         inits = {"scratch": "scratch", "lapa": self.pretrain_run("lapa"), "actionvla": self.pretrain_run("actionvla"),
                  "vpt": self.pretrain_run("vpt") / "pretrain"}
+        needs = {"lapa": "pretrain", "actionvla": "action-pretrain", "vpt": "vpt"}
+        pending = []
         for method in METHODS:
             if self._vla_step(self.finetune_run(method)) >= self.c.finetune_steps:
                 continue
-            if method != "scratch" and self._vla_step(inits[method]) < self.c.pretrain_steps:
-                raise UserError(f"{method}: its pretraining has not finished (run stage "
-                                f"{ {'lapa': 'pretrain', 'actionvla': 'action-pretrain', 'vpt': 'vpt'}[method]})")
+            if method != "scratch" and not self.done(needs[method]):
+                pending.append(f"{method} (run stage {needs[method]} first)")
+                continue
             t0 = time.perf_counter()
             r = finetune_actions(inits[method], [self.finetune_data], self.finetune_run(method),
                                  config=self._vla_config(), opts=self._opts(self.c.finetune_steps, self.c.augment),
                                  resume=True, encoder=self.encoder)
             print(f"  finetune {method}: loss {r.final_loss:.4f} in {time.perf_counter() - t0:.0f} s")
+        if pending:
+            raise UserError("not finetuned yet: " + ", ".join(pending))
+
+    def run_offline(self) -> None:
+        """Held-out action prediction of every finetuned method, seen and unseen wording."""
+        from lapa.policy.train import evaluate_actions
+
+        self._require("record")
+        pending = []
+        for method in METHODS:
+            path = self.out / "offline" / f"{method}.json"
+            if path.is_file():
+                continue
+            if self._vla_step(self.finetune_run(method)) < self.c.finetune_steps:
+                pending.append(method)
+                continue
+            doc = {cond: evaluate_actions(self.finetune_run(method), [self.heldout_data(cond)], encoder=self.encoder)
+                   for cond in CONDITIONS}
+            write_json(path, doc)
+            print(f"  {method:9s} held-out: " + ", ".join(
+                f"{cond} loss {d['loss']:.3f} MAE {d['translation_mae_mm']:.1f} mm cos {d['direction_cosine']:.2f}"
+                for cond, d in doc.items()))
+        if pending:
+            raise UserError(f"not finetuned yet: {', '.join(pending)} (run stage finetune)")
 
     def run_eval(self) -> None:
+        """Evaluate every finetuned method (seen and unseen); the unfinished ones are named at the end."""
         import torch
 
         from lapa.eval.closed_loop import evaluate_checkpoint
 
-        self._require("finetune")
+        self._require("record")
         torch.set_num_threads(1)  # batch-1 inference: a second thread only adds overhead
+        pending = []
         for method in METHODS:
+            if self._vla_step(self.finetune_run(method)) < self.c.finetune_steps:
+                pending.append(method)
+                continue
             for cond in CONDITIONS:
                 path = self.eval_file(method, cond)
                 if path.is_file():
@@ -322,6 +373,8 @@ class Experiment:
                 o = result["overall"]
                 print(f"  {method:9s} {cond:6s}: {o['successes']}/{o['episodes']} "
                       f"({100 * o['success_rate']:.0f}%) in {result['seconds']:.0f} s")
+        if pending:
+            raise UserError(f"not finetuned yet, so not evaluated: {', '.join(pending)} (run stage finetune)")
 
     def run_report(self) -> None:
         self._require("eval")
@@ -340,7 +393,7 @@ class Experiment:
         runners: dict[str, Callable[[], None]] = {
             "record": self.run_record, "laq": self.run_laq, "label": self.run_label, "pretrain": self.run_pretrain,
             "action-pretrain": self.run_action_pretrain, "vpt": self.run_vpt, "finetune": self.run_finetune,
-            "eval": self.run_eval, "report": self.run_report,
+            "offline": self.run_offline, "eval": self.run_eval, "report": self.run_report,
         }
         ran: dict[str, str] = {}
         for stage in STAGES:
@@ -354,7 +407,9 @@ class Experiment:
             t0 = time.perf_counter()
             runners[stage]()
             seconds = time.perf_counter() - t0
-            if stage != "report":
+            if stage != "report":  # re-read first: another process may be running other stages
+                if self.timings_path.is_file():
+                    self.timings = json.loads(self.timings_path.read_text())
                 self.timings[stage] = self.timings.get(stage, 0.0) + seconds  # summed over resumed runs
                 write_json(self.timings_path, self.timings)
             print(f"[{stage}] took {seconds:.0f} s ({seconds / 60:.1f} min)", flush=True)
@@ -423,6 +478,9 @@ def collect_results(exp: Experiment) -> dict[str, Any]:
     if quality.is_file():
         diagnostics["vpt_pseudo_labels"] = json.loads(quality.read_text())
     diagnostics["final_train_metrics"] = _final_metrics(exp)
+    offline = {m: json.loads(p.read_text()) for m in METHODS if (p := exp.out / "offline" / f"{m}.json").is_file()}
+    if offline:
+        doc["offline"] = offline
     any_eval = evals["scratch"]["seen"]
     return {
         "command": exp.command, "config": asdict(exp.c), "timings_s": exp.timings,
@@ -470,6 +528,16 @@ def markdown_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def offline_table(offline: dict[str, Any]) -> str:
+    cols = [("loss", "held-out loss", "{:.3f}"), ("translation_mae_mm", "translation MAE (mm)", "{:.1f}"),
+            ("direction_cosine", "direction cosine", "{:.2f}"), ("gripper_accuracy", "gripper accuracy", "{:.2f}")]
+    lines = ["| method | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for m, res in offline.items():
+        cells = [" / ".join(fmt.format(res[c][key]) for c in CONDITIONS) for key, _, fmt in cols]
+        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     bar = doc["bar"]
     rec = bar["gap_recovered_seen"]
@@ -489,6 +557,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"- Unseen instructions: LAPA beats Scratch: {'yes' if bar['lapa_beats_scratch_unseen'] else 'no'}; "
             f"beats VPT: {'yes' if bar['lapa_beats_vpt_unseen'] else 'no'}.",
             f"- Bar met overall: **{'yes' if bar['met'] else 'no'}**.", ""]
+    if doc.get("offline"):
+        out += ["Offline action prediction on held-out expert episodes (other seeds; the first action of each "
+                "chunk, argmax-decoded; seen / unseen wording):", "", offline_table(doc["offline"]), ""]
     if doc.get("timings_s"):
         out += ["Stage timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in doc["timings_s"].items()), ""]
     return "\n".join(out)

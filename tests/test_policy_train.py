@@ -24,6 +24,7 @@ from lapa.policy.datasets import (
 )
 from lapa.policy.train import (
     TrainOptions,
+    evaluate_actions,
     finetune_actions,
     pretrain_actions,
     pretrain_latent,
@@ -101,11 +102,18 @@ def latent_run(labels, tmp_path_factory):
 def test_action_set_chunks_are_padded_and_masked(robot):
     data = ActionSet.from_lerobot([robot], 32, 3, FakeEncoder())
     T0 = data.clips.length(0)
-    assert len(data) == int(data.clips.offsets[-1]) and data.clips.frames.shape[1:] == (32, 32, 3)
-    last = T0 - 1  # the last step of episode 0: only its own action is real
+    episodes = len(data.clips.keys)
+    # the recorder's synthetic final "hold" step is dropped: one sample fewer per episode
+    assert len(data) == int(data.clips.offsets[-1]) - episodes and data.clips.frames.shape[1:] == (32, 32, 3)
+    assert [len(a) for a in data.actions] == [data.clips.length(c) - 1 for c in range(episodes)]
+    assert not any(np.all(a[:, :6] == 0, axis=1).any() for a in data.actions), "no exact-zero motion left"
+    last = T0 - 2  # the last real step of episode 0: only its own action is real
     assert data.masks[last].tolist() == [True, False, False]
     assert np.array_equal(data.chunks[last], np.repeat(data.actions[0][-1:], 3, axis=0))
     assert np.array_equal(data.chunks[0], data.actions[0][:3])
+    assert data.frame_rows[T0 - 1] == T0, "episode 1 starts right after episode 0's frames"
+    kept = ActionSet(data.clips, data.clips.actions, 3, FakeEncoder(), drop_final_hold=False)
+    assert len(kept) == int(data.clips.offsets[-1])
     with pytest.raises(RuntimeError, match="set_tokenizer"):
         data.sample(np.random.default_rng(0), 2)
     from lapa.policy.action_tokenizer import ActionTokenizer
@@ -185,6 +193,10 @@ def test_finetune_from_scratch(robot, tmp_path):
     assert config.head == "action" and config.image_size == 32 and np.isfinite(r.final_loss)
     row = json.loads((tmp_path / "s" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss", "accuracy", "translation_mae_mm", "gripper_accuracy"} <= set(row)
+    held_out = evaluate_actions(tmp_path / "s", [robot], encoder=FakeEncoder())
+    assert held_out["steps"] > 0
+    assert {"loss", "accuracy", "translation_mae_mm", "direction_cosine", "gripper_accuracy"} <= set(held_out)
+    assert np.isfinite(held_out["loss"]) and 0 <= held_out["gripper_accuracy"] <= 1
 
 
 def test_actionvla_pretraining_then_finetuning_keeps_or_replaces_the_head(robot, tmp_path):

@@ -45,6 +45,7 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="constant AdamW learning rate")
     p.add_argument("--preset", default="tiny", choices=("tiny", "base"), help="model size (from scratch)")
     p.add_argument("--image-size", type=int, help="override the preset's image size (from scratch)")
+    p.add_argument("--patch-size", type=int, help="override the preset's patch size (from scratch)")
     p.add_argument("--chunk-size", type=int, help="actions per prediction (default: the preset's / init's)")
     p.add_argument("--num-bins", type=int, help="action bins per dimension (default: the preset's / init's)")
     p.add_argument("--decoder", choices=("parallel", "autoregressive"), help="action decoder")
@@ -66,7 +67,8 @@ def _options(args: argparse.Namespace):
 def _config(args: argparse.Namespace):
     from lapa.policy.config import VLAConfig
 
-    changes = {k: v for k, v in (("image_size", args.image_size), ("chunk_size", args.chunk_size),
+    changes = {k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size),
+                                 ("chunk_size", args.chunk_size),
                                  ("num_bins", args.num_bins), ("decoder", args.decoder)) if v is not None}
     return VLAConfig.preset(args.preset, **changes)
 

@@ -183,19 +183,30 @@ class LatentSet:
 # ----------------------------------------------------------------------------- action chunks
 
 
+def is_hold(action: np.ndarray) -> bool:
+    """The recorder's synthetic last action (lapa.sim.env.run_episode): no motion at all, only a gripper."""
+    return bool(np.all(np.asarray(action)[:ACTION_DIM - 1] == 0.0))
+
+
 class ActionSet:
     """Every step t of every episode: (x_t, instruction, actions t..t+K-1 with a validity mask).
+
+    The recorder ends each episode with a synthetic "hold" action (exactly zero motion) after the
+    final frame; with `drop_final_hold` that step is neither a sample nor a chunk target. Kept, it
+    puts a point mass at exactly 0 into every motion dimension: quantile bins give it its own bin,
+    and per-dimension argmax decoding of an uncertain model picks that spike, so the arm freezes.
 
     `bins` are filled by `set_tokenizer` (fit it on `all_actions()` for the stage's data).
     """
 
-    def __init__(self, clips: ClipFrames, actions: Sequence[np.ndarray], chunk_size: int, encoder: Any) -> None:
+    def __init__(self, clips: ClipFrames, actions: Sequence[np.ndarray], chunk_size: int, encoder: Any,
+                 drop_final_hold: bool = True) -> None:
         if len(actions) != len(clips.instructions):
             raise ValueError(f"{len(actions)} action arrays for {len(clips.instructions)} clips")
         self.clips = clips
         self.chunk_size = chunk_size
         K = chunk_size
-        rows, chunks, masks = [], [], []
+        rows, chunks, masks, kept, clip_ids = [], [], [], [], []
         for c, acts in enumerate(actions):
             T = clips.length(c)
             acts = np.asarray(acts, np.float32)
@@ -203,18 +214,20 @@ class ActionSet:
                 raise UserError(f"clip {clips.keys[c]}: actions {acts.shape} do not match its {T} frames")
             if not np.all(np.isfinite(acts)):
                 raise UserError(f"clip {clips.keys[c]}: non-finite actions")
-            padded = np.concatenate([acts, np.repeat(acts[-1:], K - 1, axis=0)])  # (T + K - 1, 7)
-            window = np.lib.stride_tricks.sliding_window_view(padded, (K, ACTION_DIM))[:, 0]  # (T, K, 7)
+            n = T - 1 if drop_final_hold and T > 1 and is_hold(acts[-1]) else T  # real actions
+            padded = np.concatenate([acts[:n], np.repeat(acts[n - 1:n], K - 1, axis=0)])  # (n + K - 1, 7)
+            window = np.lib.stride_tricks.sliding_window_view(padded, (K, ACTION_DIM))[:, 0]  # (n, K, 7)
             chunks.append(window.copy())
-            masks.append(np.arange(T)[:, None] + np.arange(K)[None, :] < T)  # (T, K)
-            rows.append(clips.offsets[c] + np.arange(T))
+            masks.append(np.arange(n)[:, None] + np.arange(K)[None, :] < n)  # (n, K)
+            rows.append(clips.offsets[c] + np.arange(n))
+            kept.append(acts[:n])
+            clip_ids.append(np.full(n, c))
         self.frame_rows = np.concatenate(rows)  # (N,)
         self.chunks = np.concatenate(chunks).astype(np.float32)  # (N, K, 7)
         self.masks = torch.from_numpy(np.concatenate(masks))  # (N, K) bool
-        self.actions = [np.asarray(a, np.float32) for a in actions]
-        clip_ids = np.repeat(np.arange(len(actions)), np.diff(clips.offsets))  # (N,)
+        self.actions = kept  # per clip (n_c, 7): what the tokenizer is fitted on
         self.table = InstructionTable(clips.instructions, encoder)
-        self.text_ids = self.table.ids(clips.instructions)[clip_ids]  # (N,)
+        self.text_ids = self.table.ids(clips.instructions)[np.concatenate(clip_ids)]  # (N,)
         self.bins: torch.Tensor | None = None
         self.tokenizer: ActionTokenizer | None = None
 
