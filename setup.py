@@ -19,6 +19,9 @@ setup(
         (f"share/{PACKAGE_NAME}/config", glob("config/*.yaml")),
     ],
     install_requires=["setuptools", "numpy"],
+    # `pip install -e .[gpu]`: ONNX Runtime with the CUDA and TensorRT execution providers (export/ort_policy.py).
+    # onnxruntime-gpu cannot share an environment with onnxruntime (requirements.txt): uninstall that one first.
+    extras_require={"gpu": ["onnxruntime-gpu==1.30.0"]},
     python_requires=">=3.10",
     zip_safe=True,
     maintainer="lapa maintainers",

@@ -16,6 +16,7 @@ SUBSYSTEMS: list[tuple[str, str]] = [
     ("sim", "lapa.sim.cli"),
     ("laq", "lapa.laq.cli"),
     ("bench", "lapa.bench"),
+    ("export", "export.cli"),
     ("demo", "lapa.demo"),
     ("say", "lapa.say"),
     ("bringup", "lapa_ros.bringup"),

@@ -16,6 +16,7 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("sim", "lapa.bench.sim", "simulator speed, scripted-expert success, recording throughput"),
     ("laq", "lapa.bench.laq", "LAQ training throughput (frame pairs/s) and held-out quality of a checkpoint"),
     ("server", "policy_server.bench", "policy server overhead (HTTP, WebSocket) and throughput under concurrency"),
+    ("model", "export.bench", "VLA step latency: torch eager vs ONNX Runtime, parallel vs autoregressive, FLOPs"),
     ("loop", "lapa_ros.bench", "ROS control loop: period jitter, camera-to-command latency, demo success"),
 ]
 

@@ -1,0 +1,182 @@
+"""The export directory's contract: file names, `metadata.json`, and the checks a runtime makes on load.
+
+An export directory holds
+
+    policy.onnx         per-step graph: image uint8 (B, H, W, 3) + text_emb float32 (B, D)
+                        -> actions float32 (B, K, 7), bins int64 (B, K, 7), logits float32 (B, K, 7, nb)
+    text_encoder.onnx   input_ids, attention_mask int64 (B, T) -> text_emb float32 (B, D)
+    tokenizer.json      the text encoder's tokenizer (the `tokenizers` library reads it, no torch)
+    metadata.json       everything a backend needs to feed bytes and read actions (below)
+    policy.plan         optional: a TensorRT engine built from policy.onnx on the target GPU
+
+Nothing here imports torch or onnx: the ONNX Runtime backend reads this module on machines that
+have neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lapa.errors import UserError
+
+FORMAT_VERSION = 1
+POLICY_ONNX = "policy.onnx"
+TEXT_ONNX = "text_encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+METADATA_FILE = "metadata.json"
+ENGINE_FILE = "policy.plan"
+
+# graph I/O names (the contract between the exporter and every runtime)
+IMAGE_INPUT = "image"
+TEXT_EMB_INPUT = "text_emb"
+ACTIONS_OUTPUT = "actions"
+BINS_OUTPUT = "bins"
+LOGITS_OUTPUT = "logits"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+# not "embedding": the dynamo exporter already names an internal value so (aten::embedding) and the
+# duplicate makes an invalid model
+TEXT_EMB_OUTPUT = "text_emb"
+
+
+class ExportError(UserError):
+    """An export or an export directory that cannot be used; the message names the file and the fix."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """The validated fields of metadata.json that runtimes use (the rest stays in `raw`)."""
+
+    image_size: tuple[int, int]
+    chunk_size: int
+    action_dim: int
+    num_bins: int
+    text_dim: int
+    control_hz: float
+    max_seq_length: int
+    model_hash: str
+    files: dict[str, str]  # file name -> sha256
+    raw: dict[str, Any]
+
+    def runtime_metadata(self, backend: str) -> dict[str, Any]:
+        """The Policy.metadata dict (same keys as the torch backend's)."""
+        r = self.raw
+        return {
+            "backend": backend,
+            "image_size": list(self.image_size),
+            "chunk_size": self.chunk_size,
+            "action_dim": self.action_dim,
+            "action_names": list(r.get("action_names", [])),
+            "control_hz": self.control_hz,
+            "model_hash": self.model_hash,
+            "decoder": r.get("decoder", "parallel"),
+            "num_bins": self.num_bins,
+            "text_encoder": r.get("text_encoder", {}).get("name", ""),
+            "opset": r.get("opset"),
+        }
+
+
+def write_metadata(directory: Path, doc: dict[str, Any]) -> Path:
+    path = Path(directory) / METADATA_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(directory: str | os.PathLike, verify_hashes: bool = True) -> ExportMetadata:
+    """Parse and validate DIR/metadata.json; ExportError naming the problem otherwise.
+
+    verify_hashes: check each listed file's sha256, so a graph swapped or truncated after export
+    is refused instead of silently served with the wrong metadata.
+    """
+    directory = Path(directory)
+    path = directory / METADATA_FILE
+    if not directory.is_dir():
+        raise ExportError(f"{directory}: export directory not found")
+    if not path.is_file():
+        raise ExportError(f"{path}: not found (is {directory} an export directory? run `lapa export onnx`)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{path}: cannot read ({err})") from err
+    if not isinstance(doc, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ExportError(f"{path}: format_version {doc.get('format_version')!r}, this code reads {FORMAT_VERSION}: "
+                          "re-export with `lapa export onnx`")
+    try:
+        size = doc["image_size"]
+        meta = ExportMetadata(
+            image_size=(int(size[0]), int(size[1])),
+            chunk_size=int(doc["chunk_size"]),
+            action_dim=int(doc["action_dim"]),
+            num_bins=int(doc["num_bins"]),
+            text_dim=int(doc["text_encoder"]["embedding_dim"]),
+            control_hz=float(doc["control_hz"]),
+            max_seq_length=int(doc["text_encoder"]["max_seq_length"]),
+            model_hash=str(doc["checkpoint"]["sha256"]),
+            files={str(k): str(v) for k, v in doc["files"].items()},
+            raw=doc,
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ExportError(f"{path}: malformed ({err!r})") from err
+    for name in (POLICY_ONNX, TEXT_ONNX, TOKENIZER_FILE):
+        if name not in meta.files:
+            raise ExportError(f"{path}: lists no {name}")
+        file = directory / name
+        if not file.is_file():
+            raise ExportError(f"{file}: missing from the export directory")
+        if verify_hashes and file_sha256(file) != meta.files[name]:
+            raise ExportError(f"{file} does not match {METADATA_FILE} (sha256 differs): the file was changed "
+                              "or truncated after export; re-export with `lapa export onnx`")
+    return meta
+
+
+def _dims(shape: Any) -> list[int | str | None]:
+    return [d if isinstance(d, int) else (str(d) if d is not None else None) for d in shape]
+
+
+def _shape(dims: list[int | str | None]) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in dims) + ")"
+
+
+def check_io(meta: ExportMetadata, graph: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Compare a graph's declared I/O (name -> shape with ints or symbolic names) with the metadata.
+
+    Catches an export directory whose metadata describes another graph (e.g. metadata says 96x96
+    images while the graph takes 64x64) before the first request fails deep inside a runtime.
+    """
+    H, W = meta.image_size
+    K, A, nb, D = meta.chunk_size, meta.action_dim, meta.num_bins, meta.text_dim
+    if graph == POLICY_ONNX:
+        want_in = {IMAGE_INPUT: [None, H, W, 3], TEXT_EMB_INPUT: [None, D]}
+        want_out = {ACTIONS_OUTPUT: [None, K, A], BINS_OUTPUT: [None, K, A], LOGITS_OUTPUT: [None, K, A, nb]}
+    else:
+        want_in = {INPUT_IDS: [None, None], ATTENTION_MASK: [None, None]}
+        want_out = {TEXT_EMB_OUTPUT: [None, D]}
+    for kind, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
+        if set(want) - set(have):
+            raise ExportError(f"{graph}: {kind}s {sorted(have)} lack {sorted(set(want) - set(have))} "
+                              f"that {METADATA_FILE} promises: the graph and metadata do not belong together")
+        for name, dims in want.items():
+            got = _dims(have[name])
+            mismatch = len(got) != len(dims) or any(
+                w is not None and isinstance(g, int) and g != w for w, g in zip(dims, got, strict=False)
+            )
+            if mismatch:
+                raise ExportError(f"{graph}: {kind} '{name}' has shape {_shape(got)}, {METADATA_FILE} says "
+                                  f"{_shape(dims)}: the graph and metadata do not belong together; re-export")

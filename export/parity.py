@@ -1,0 +1,207 @@
+"""Does an exported graph compute what its reference computes? Random inputs only, never zeros.
+
+The comparisons are numpy (so TensorRT-vs-ONNX-Runtime parity uses them too); the reference runs
+(torch eager) import torch only when called.
+
+Criteria (fp32): the decoded bins agree on >= 99.9% of the action dimensions, logits within 1e-4,
+text embeddings within 1e-4. Agreement is measured over `samples` random observations, enough
+dimensions (64 x K x 7) that a single flipped argmax does not fail the check by itself; a flip
+whose two logits differ by less than the tolerance is counted as a near tie in the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from export.metadata import (
+    ACTIONS_OUTPUT,
+    ATTENTION_MASK,
+    BINS_OUTPUT,
+    IMAGE_INPUT,
+    INPUT_IDS,
+    LOGITS_OUTPUT,
+    TEXT_EMB_INPUT,
+    TEXT_EMB_OUTPUT,
+    ExportError,
+)
+
+MIN_BINS_AGREE = 0.999
+LOGITS_ATOL = 1e-4
+EMBEDDING_ATOL = 1e-4
+REDUCED_PRECISION_MIN_COSINE = 0.999  # TensorRT fp16 vs ONNX Runtime fp32
+
+INSTRUCTIONS = (
+    "pick up the red block",
+    "push the blue block to the left",
+    "put the red block on the green block and then move back to the start position",
+    "go",
+)
+
+
+class ParityError(ExportError):
+    """The exported graph does not reproduce its reference within the tolerances."""
+
+
+@dataclass
+class ParityReport:
+    name: str
+    samples: int
+    max_abs_diff: float  # logits (policy) or embedding (text encoder)
+    cosine: float  # of the flattened logits / embeddings, float64
+    bins_agree: float | None = None
+    max_abs_actions: float | None = None
+    flips: int = 0
+    near_tie_flips: int = 0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        parts = [f"{self.name}: {'ok' if self.passed else 'FAILED'} on {self.samples} random inputs"]
+        if self.bins_agree is not None:
+            parts.append(f"bins agree {100 * self.bins_agree:.3f}% "
+                         f"({self.flips} flips, {self.near_tie_flips} near ties)")
+        parts.append(f"max |diff| {self.max_abs_diff:.2e}, cosine {self.cosine:.6f}")
+        return ", ".join(parts) + ("" if self.passed else " -- " + "; ".join(self.failures))
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            raise ParityError(f"parity check failed: {self.summary()}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / denom) if denom > 0 else float(np.array_equal(a, b))
+
+
+def compare_policy(
+    name: str,
+    ref: dict[str, np.ndarray],
+    got: dict[str, np.ndarray],
+    samples: int,
+    min_agree: float = MIN_BINS_AGREE,
+    logits_atol: float | None = LOGITS_ATOL,
+    min_cosine: float | None = None,
+) -> ParityReport:
+    """Compare two runs' (actions, bins, logits); logits_atol None skips the absolute check (fp16)."""
+    ref_bins, got_bins = ref[BINS_OUTPUT].astype(np.int64), got[BINS_OUTPUT].astype(np.int64)
+    if ref_bins.shape != got_bins.shape:
+        raise ParityError(f"{name}: bins shape {got_bins.shape}, expected {ref_bins.shape}")
+    ref_logits, got_logits = ref[LOGITS_OUTPUT].astype(np.float64), got[LOGITS_OUTPUT].astype(np.float64)
+    flips = ref_bins != got_bins  # (N, K, 7)
+    # a flip is a near tie when the reference scores both bins within the tolerance
+    ref_at_got = np.take_along_axis(ref_logits, got_bins[..., None], axis=-1)[..., 0]
+    ref_at_ref = np.take_along_axis(ref_logits, ref_bins[..., None], axis=-1)[..., 0]
+    near = flips & (ref_at_ref - ref_at_got <= (logits_atol or 1e-3))
+    report = ParityReport(
+        name=name,
+        samples=samples,
+        max_abs_diff=float(np.abs(ref_logits - got_logits).max()),
+        cosine=_cosine(ref_logits, got_logits),
+        bins_agree=float(1.0 - flips.mean()),
+        max_abs_actions=float(np.abs(ref[ACTIONS_OUTPUT] - got[ACTIONS_OUTPUT]).max()),
+        flips=int(flips.sum()),
+        near_tie_flips=int(near.sum()),
+        thresholds={"min_bins_agree": min_agree},
+    )
+    if report.bins_agree < min_agree:
+        report.failures.append(f"bins agree on {100 * report.bins_agree:.3f}% < {100 * min_agree:.1f}%")
+    if logits_atol is not None:
+        report.thresholds["logits_atol"] = logits_atol
+        if report.max_abs_diff > logits_atol:
+            report.failures.append(f"logits differ by {report.max_abs_diff:.2e} > {logits_atol:.0e}")
+    if min_cosine is not None:
+        report.thresholds["min_cosine"] = min_cosine
+        if report.cosine < min_cosine:
+            report.failures.append(f"logits cosine {report.cosine:.6f} < {min_cosine}")
+    return report
+
+
+def compare_embeddings(name: str, ref: np.ndarray, got: np.ndarray, samples: int,
+                       atol: float = EMBEDDING_ATOL) -> ParityReport:
+    if ref.shape != got.shape:
+        raise ParityError(f"{name}: embedding shape {got.shape}, expected {ref.shape}")
+    report = ParityReport(name=name, samples=samples, max_abs_diff=float(np.abs(ref - got).max()),
+                          cosine=_cosine(ref, got), thresholds={"embedding_atol": atol})
+    if report.max_abs_diff > atol:
+        report.failures.append(f"embeddings differ by {report.max_abs_diff:.2e} > {atol:.0e}")
+    return report
+
+
+def run_session(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An ONNX Runtime session's outputs by name."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def policy_inputs(config: Any, samples: int, batch: int = 16, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Random (images uint8 (b, H, W, 3), text (b, D)) batches of sizes 1, 3, then `batch`: dynamic batch exercised."""
+    sizes, left = [], samples
+    for size in (1, 3):
+        if left > 0:
+            sizes.append(min(size, left))
+            left -= sizes[-1]
+    while left > 0:
+        sizes.append(min(batch, left))
+        left -= sizes[-1]
+    for i, size in enumerate(sizes):
+        images, text = config.fake_inputs(batch=size, seed=seed + i)
+        yield images.numpy(), text.numpy()
+
+
+def _concat(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
+
+
+def policy_parity(model: Any, session: Any, samples: int = 64, batch: int = 16, seed: int = 0) -> ParityReport:
+    """Torch eager VLA (+ argmax + bin table) vs the exported policy graph in an ORT session."""
+    import torch
+
+    from export.onnx_export import PolicyStep
+
+    step = PolicyStep(model).eval()
+    refs, gots = [], []
+    for images, text in policy_inputs(model.config, samples, batch, seed):
+        with torch.no_grad():
+            actions, bins, logits = step(torch.from_numpy(images), torch.from_numpy(text))
+        refs.append({ACTIONS_OUTPUT: actions.numpy(), BINS_OUTPUT: bins.numpy(), LOGITS_OUTPUT: logits.numpy()})
+        gots.append(run_session(session, {IMAGE_INPUT: images, TEXT_EMB_INPUT: text}))
+    return compare_policy("policy.onnx vs torch", _concat(refs), _concat(gots), samples)
+
+
+def random_token_batch(vocab_size: int, batch: int, seq: int,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random token ids (int64 (B, T)) with ragged padding: row 0 full, the others shorter."""
+    ids = rng.integers(1000, vocab_size, size=(batch, seq), dtype=np.int64)
+    lengths = rng.integers(2, seq + 1, size=batch)
+    lengths[0] = seq
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    return ids * mask, mask
+
+
+def text_parity(encoder: Any, session: Any, seed: int = 0) -> ParityReport:
+    """Torch MiniLM vs the exported text encoder: real instructions plus random token batches of two lengths."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    vocab = encoder.model.config.vocab_size
+    batches = [encoder.tokenize(list(INSTRUCTIONS)), random_token_batch(vocab, 5, 9, rng),
+               random_token_batch(vocab, 2, 31, rng)]
+    refs, gots, rows = [], [], 0
+    for ids, mask in batches:
+        with torch.no_grad():
+            refs.append(encoder.model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+        gots.append(run_session(session, {INPUT_IDS: ids, ATTENTION_MASK: mask})[TEXT_EMB_OUTPUT])
+        rows += ids.shape[0]
+    return compare_embeddings("text_encoder.onnx vs torch", np.concatenate(refs), np.concatenate(gots), rows)
