@@ -8,7 +8,8 @@ Topics (defaults; the names are parameters):
   out  /lapa/action                  geometry_msgs/TwistStamped   executed step as a twist: delta / period
                                                                   (m/s, rad/s, frame `base`)
   out  /lapa/gripper                 std_msgs/Float32             executed gripper target (1 open, 0 closed)
-  out  /lapa/latency_ms              std_msgs/Float32             camera-to-command latency of each command
+  out  /lapa/latency_ms              std_msgs/Float32             camera-to-command latency (ms) of each
+                                                                  command sent on a server reply
   out  /lapa/status                  std_msgs/String              JSON: state, reason, rates, latencies, pose
   out  <image_topic>                 sensor_msgs/Image            only with robot_backend=sim (its camera)
 Services (std_srvs/Trigger):
