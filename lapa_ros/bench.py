@@ -95,19 +95,28 @@ def measure_success(model: str, episodes: int, suite: str, out: Path) -> dict:
 
     session = LoopSession(SessionConfig(out_dir=out, model=model, record_every=10 ** 9))
     per_task: dict[str, list[bool]] = {}
+    errors: list[str] = []
     try:
         session.start()
         for family in get_suite(suite):
             for i in range(episodes):
                 seed = 1000 + i
                 _, instruction = episode_task(family, seed)
-                r = session.run_episode(instruction, seed)
-                per_task.setdefault(family, []).append(r.success)
+                try:
+                    r = session.run_episode(instruction, seed)
+                    success, note = r.success, f"{r.duration_s:.1f} s"
+                except (RuntimeError, TimeoutError) as e:  # the loop broke: a failed episode, go on
+                    success, note = False, f"error: {e}"
+                    errors.append(f"{instruction}: {e}")
+                per_task.setdefault(family, []).append(success)
                 print(f"[bench loop] {family} {i + 1}/{episodes}: {instruction!r} "
-                      f"{'ok' if r.success else 'FAIL'} ({r.duration_s:.1f} s)", flush=True)
+                      f"{'ok' if success else 'FAIL'} ({note})", flush=True)
     finally:
         session.close()
-    return {family: {"episodes": len(v), "success_rate": float(np.mean(v))} for family, v in per_task.items()}
+    out: dict = {family: {"episodes": len(v), "success_rate": float(np.mean(v))} for family, v in per_task.items()}
+    if errors:
+        out["errors"] = errors
+    return out
 
 
 def save_histogram(path: Path, latencies: dict[str, list[float]]) -> None:

@@ -223,7 +223,12 @@ class LoopSession:
             steps = FAMILIES[task.family].max_steps if task else 60
             sim_timeout_s = 2.0 * steps / 10.0
         self.call("/lapa/stop")
-        self.call("/lapa/home", timeout_s=120.0)
+        try:
+            self.call("/lapa/home", timeout_s=120.0)
+        except RuntimeError:  # e.g. the robot connection was lost: /lapa/start recovers (reconnects)
+            self.call("/lapa/start", timeout_s=60.0)
+            self.call("/lapa/stop")
+            self.call("/lapa/home", timeout_s=120.0)
         self.set_seed(seed)
         self.call("/lapa_sim/reset")
         time.sleep(0.3)  # the reset's scene reaches subscribers (the expert plans from it)

@@ -234,6 +234,14 @@ class FrankyBackend:
             self._disconnect(halt=False)
             self.broken = None
             self.connect()
+            # The lost connection's motion may still be registered on the robot side ("Attempted to
+            # start multiple motions"): libfranka's stop command ends it.
+            try:
+                self.robot.stop()
+                if self.robot.has_errors:
+                    self.robot.recover_from_errors()
+            except _errors() as e:
+                logger.info("stop after reconnecting: %s", e)
             return
         robot = self._robot()
         try:
