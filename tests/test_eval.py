@@ -172,3 +172,11 @@ def test_cli_eval_held_out_writes_json(checkpoint, tmp_path, monkeypatch):
     held_out = [t.split("{")[0] for t in FAMILIES["reach"].held_out_templates]
     assert any(doc["episodes"][0]["instruction"].startswith(p) for p in held_out)
     assert doc["policy_calls"] <= FAMILIES["reach"].max_steps // 2 + 1, "chunk mode asks once per chunk"
+
+
+def test_help_texts_render(capsys):
+    for argv in (["--help"], ["eval", "--help"], ["train", "--help"], ["experiment", "run", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            lapa_main(argv)
+        assert exc.value.code == 0
+    assert "95% intervals" in capsys.readouterr().out

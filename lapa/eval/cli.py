@@ -10,7 +10,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     from lapa.eval.closed_loop import EVAL_SEED_BASE, EXECUTE_MODES
 
-    ev = sub.add_parser("eval", help="closed-loop success rate of a VLA checkpoint, per task, with 95% intervals")
+    ev = sub.add_parser("eval", help="closed-loop success rate of a VLA checkpoint, per task, with 95%% intervals")
     ev.add_argument("--ckpt", type=Path, required=True, help="VLA checkpoint or training run directory")
     ev.add_argument("--suite", default="default", help="task suite (default: %(default)s)")
     ev.add_argument("--episodes", type=int, default=10, help="episodes per task family (default: %(default)s)")
