@@ -179,4 +179,4 @@ def test_help_texts_render(capsys):
         with pytest.raises(SystemExit) as exc:
             lapa_main(argv)
         assert exc.value.code == 0
-    assert "95% intervals" in capsys.readouterr().out
+    assert "95% intervals" in " ".join(capsys.readouterr().out.split())
