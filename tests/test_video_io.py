@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -39,16 +40,17 @@ def red_levels(frames: np.ndarray) -> np.ndarray:
     return frames[..., 0].reshape(len(frames), -1).mean(axis=1)  # (T,)
 
 
-def test_default_codec_prefers_av1_like_lerobot() -> None:
-    if "libsvtav1" in av.codecs_available:
-        assert default_codec("clip.mp4") == "libsvtav1"
+def test_default_codec_is_h264_for_mp4() -> None:
+    if encoder_available("libx264"):
+        assert default_codec("clip.mp4") == "libx264"
     assert default_codec("clip.webm") in ("libvpx-vp9", "libvpx")
     assert encoder_available(default_codec("clip.mp4"))
     assert not encoder_available("no-such-encoder")
 
 
 @pytest.mark.parametrize(
-    ("suffix", "codec"), [(".mp4", None), (".webm", None), (".mp4", "mpeg4"), (".mp4", "libx264")]
+    ("suffix", "codec"),
+    [(".mp4", None), (".webm", None), (".mp4", "mpeg4"), (".mp4", "libx264"), (".mp4", "libsvtav1")],
 )
 def test_round_trip(tmp_path: Path, suffix: str, codec: str | None) -> None:
     if codec is not None and not encoder_available(codec):
@@ -63,11 +65,11 @@ def test_round_trip(tmp_path: Path, suffix: str, codec: str | None) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"clip{suffix}"]  # no temp files left
 
 
-def test_default_mp4_is_av1_yuv420p(tmp_path: Path) -> None:
+def test_default_mp4_is_h264_yuv420p(tmp_path: Path) -> None:
     path = write_video(tmp_path / "clip.mp4", moving_frames(4), fps=10)
     info = probe_video(path)
-    if default_codec(path) in ("libsvtav1", "libaom-av1"):
-        assert info["video.codec"] == "av1"
+    if default_codec(path) == "libx264":
+        assert info["video.codec"] == "h264"
     assert info["video.pix_fmt"] == "yuv420p"
     assert (info["video.height"], info["video.width"]) == (32, 48)
 
@@ -174,3 +176,15 @@ def test_truncated_video_raises(tmp_path: Path, suffix: str) -> None:
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(VideoReadError, match=f"cut{suffix}"):
         read_video(cut)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="no POSIX scheduling API on this OS")
+@pytest.mark.parametrize("codec", ["libx264", "libsvtav1"])
+def test_encoding_leaves_the_callers_scheduling_alone(tmp_path: Path, codec: str) -> None:
+    """libsvtav1 run as root switches the calling thread to SCHED_FIFO; every thread and process
+    started afterwards would inherit it and starve the machine."""
+    if not encoder_available(codec):
+        pytest.skip(f"{codec} encoder not in this PyAV build")
+    before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    write_video(tmp_path / "clip.mp4", moving_frames(4), fps=10, codec=codec)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before

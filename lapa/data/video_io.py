@@ -10,6 +10,7 @@ webm (Matroska) stores milliseconds, so there frame times are rounded to 1 ms.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -21,9 +22,12 @@ import numpy as np
 
 from lapa.errors import UserError
 
-# Encoders in order of preference per container. libsvtav1 + g=2 + crf=30 + preset=12 is what
-# lerobot 0.6 uses; the rest are fallbacks for PyAV builds without it.
-_MP4_CODECS = ("libsvtav1", "libaom-av1", "libx264", "mpeg4")
+# Encoders in order of preference per container. H.264 first: lerobot reads it as well as AV1, and
+# libsvtav1 (lerobot 0.6's default: g=2, crf=30, preset=12), when run as root, switches the calling
+# thread and its own workers to SCHED_FIFO 99, which starves every other process on a 2-core robot
+# computer (the control loop among them). libsvtav1 stays available by name; write_video then puts
+# the calling thread's scheduling back (see _keep_scheduling).
+_MP4_CODECS = ("libx264", "libsvtav1", "libaom-av1", "mpeg4")
 _WEBM_CODECS = ("libvpx-vp9", "libvpx")
 _CODEC_OPTIONS: dict[str, dict[str, str]] = {
     "libsvtav1": {"g": "2", "crf": "30", "preset": "12"},
@@ -233,6 +237,20 @@ def _decode_matching(
     return frames, errors, nearest
 
 
+@contextlib.contextmanager
+def _keep_scheduling():
+    """Restore the calling thread's scheduling policy if an encoder library changed it."""
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, param)
+
+
 class VideoWriter:
     """Streaming encoder: frames can be appended in several batches (e.g. one per episode).
 
@@ -301,7 +319,9 @@ class VideoWriter:
             frame.time_base = time_base
             if keyframe_first and k == 0:
                 frame.pict_type = av.video.frame.PictureType.I
-            for packet in self._stream.encode(frame):
+            with _keep_scheduling():  # the encoder opens lazily, on the first frame
+                packets = self._stream.encode(frame)
+            for packet in packets:
                 self._container.mux(packet)
             self.frames_written += 1
 
@@ -313,9 +333,12 @@ class VideoWriter:
             self.abort()
             raise ValueError(f"no frames were written to {self.path}")
         try:
-            for packet in self._stream.encode():
+            with _keep_scheduling():
+                packets = self._stream.encode()
+            for packet in packets:
                 self._container.mux(packet)
-            self._container.close()
+            with _keep_scheduling():
+                self._container.close()
             fsync_file(self._tmp)
             os.replace(self._tmp, self.path)
             fsync_dir(self.path.parent)
@@ -355,7 +378,7 @@ def write_video(
 ) -> Path:
     """Encode frames (T, H, W, 3) uint8 RGB to `path` atomically. H and W must be even.
 
-    Default codec: AV1 (libsvtav1, keyframe every 2 frames, like lerobot) for mp4, VP9 for webm;
+    Default codec: H.264 (libx264, keyframe every 2 frames, like lerobot's g=2) for mp4, VP9 for webm;
     see default_codec(). Returns the path written.
     """
     check_frames(frames, "frames")
