@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -27,10 +29,27 @@ def _gpu_unavailable() -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu`-marked tests with the reason where there is no TensorRT + CUDA GPU."""
-    import pytest
-
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     reason = _gpu_unavailable() if gpu_items else None
     if reason:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _scheduling() -> tuple[int, int] | None:
+    """(policy, priority) of the calling thread, or None where the OS has no such API."""
+    if not hasattr(os, "sched_getscheduler"):
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+
+
+@pytest.fixture(autouse=True)
+def _keeps_the_scheduling_policy():
+    """A test must not leave the test process on another scheduling policy: every thread and
+    server process started after it would inherit, say, SCHED_FIFO 99 and starve the machine."""
+    before = _scheduling()
+    yield
+    after = _scheduling()
+    if after != before:
+        os.sched_setscheduler(0, before[0], os.sched_param(before[1]))  # keep the rest of the run sane
+        pytest.fail(f"the test changed the test process's scheduling (policy, priority) from {before} to {after}")

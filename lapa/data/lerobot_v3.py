@@ -37,6 +37,7 @@ from lapa.data.video_io import (
     VideoWriter,
     check_frames,
     default_codec,
+    encoder_available,
     encoder_options,
     fsync_dir,
     fsync_file,
@@ -62,6 +63,12 @@ AUTO_FEATURES: dict[str, tuple[str, pa.DataType]] = {
     "task_index": ("int64", pa.int64()),
 }
 
+
+
+def lerobot_codec() -> str:
+    """The encoder of LeRobot datasets: lerobot 0.6's own (libsvtav1, g=2, crf=30, preset=12) when
+    this PyAV build has it, so `info.json` says what lerobot would; else the mp4 default."""
+    return "libsvtav1" if encoder_available("libsvtav1") else default_codec("x.mp4")
 
 class DatasetError(UserError):
     """A dataset root that is missing, malformed, of another version, or asked for a bad episode."""
@@ -336,7 +343,7 @@ class LeRobotV3Writer:
         if len(set(self.video_keys)) != len(self.video_keys):
             raise ValueError(f"video keys must be distinct, got {self.video_keys}")
         self.overwrite = overwrite
-        self.codec = codec or default_codec("x.mp4")
+        self.codec = codec or lerobot_codec()
         _check_target(self.root, overwrite)
 
         self.root.parent.mkdir(parents=True, exist_ok=True)
