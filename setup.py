@@ -12,6 +12,7 @@ setup(
     packages=find_packages(include=["lapa", "lapa.*", "lapa_ros", "lapa_ros.*", "policy_server",
                                     "policy_server.*", "export", "export.*", "calibration",
                                     "calibration.*"]),
+    package_data={"calibration": ["*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
         (f"share/{PACKAGE_NAME}", ["package.xml"]),

@@ -23,6 +23,7 @@ SUBSYSTEMS: list[tuple[str, str]] = [
     ("train", "lapa.policy.cli"),
     ("eval", "lapa.eval.cli"),
     ("experiment", "lapa.experiment"),
+    ("calibration", "calibration.cli"),
 ]
 
 

@@ -7,10 +7,13 @@ fixture through the speech recogniser), runs the episodes, prints success, the c
 achieved and the camera-to-command latency percentiles, writes an mp4 of the camera view, and
 stops every process it started.
 
-The model: `models/lapa_tiny/` (the finetuned tiny VLA shipped with the repo) when it exists.
-Without it the server serves the scripted expert (lapa_ros/expert_policy.py) and the demo says so:
-training a VLA that solves these tasks takes far more than a few minutes on this CPU, so no model
-is trained on the fly. Everything else is the same loop.
+The model: `models/lapa_tiny/`, the tiny VLA shipped with the repo (LAPA: latent pretraining on
+action-free videos, then finetuning on 24 robot episodes of the `reach` suite; see its README.md).
+It is a small CPU model and succeeds on only a minority of reach episodes; the demo reports what
+happens. `--model expert` serves the scripted expert instead (lapa_ros/expert_policy.py, which
+reads the simulator's block poses) to show the whole loop completing every task family. The exit
+status is non-zero only when the loop itself broke (an error, a process that died), not when the
+policy missed the block.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO_ROOT / "models" / "lapa_tiny"
 SPEECH_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "speech"
-TYPED_INSTRUCTION = "pick up the red block"
-SPOKEN_WAV = "push_the_blue_block_left.wav"
+# (typed instruction, spoken WAV, suite of the further episodes): for a model trained on the reach
+# suite, and for the scripted expert, which does every task family
+MODEL_SCRIPT = ("reach the red block", "reach_the_green_block.wav", "reach")
+EXPERT_SCRIPT = ("pick up the red block", "push_the_blue_block_left.wav", "default")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=2,
                    help="episodes: the typed one, the spoken one, then tasks of the suite (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="block placement seed of the first episode")
-    p.add_argument("--wav", type=Path, default=SPEECH_FIXTURES / SPOKEN_WAV, help="the spoken instruction")
+    p.add_argument("--typed", help="the typed instruction (default: one the model was trained for)")
+    p.add_argument("--wav", type=Path, help="the spoken instruction, a WAV file (default: a fixture under "
+                                            "tests/fixtures/speech/ matching the model)")
+    p.add_argument("--suite", help="task suite of the episodes after the first two (default: the model's)")
     p.add_argument("--control-hz", type=float, default=0.0, help="control rate (default: the model's)")
     p.set_defaults(func=run)
 
@@ -68,13 +76,20 @@ def recognise(wav: Path) -> tuple[str, str]:
     return result.command, f"recognised by pocketsphinx, confidence {result.confidence:.2f}"
 
 
-def episode_plan(args: argparse.Namespace) -> list[tuple[str, int, str]]:
-    """[(instruction or 'WAV', seed, source)]: typed, spoken, then suite tasks."""
+def demo_script(args: argparse.Namespace, model: str) -> tuple[str, Path, str]:
+    """(typed instruction, spoken WAV, suite): the flags, else what suits the model."""
+    typed, wav, suite = EXPERT_SCRIPT if model == "expert" else MODEL_SCRIPT
+    return args.typed or typed, args.wav or SPEECH_FIXTURES / wav, args.suite or suite
+
+
+def episode_plan(args: argparse.Namespace, model: str) -> list[tuple[str, int, str]]:
+    """[(instruction or WAV path, seed, source)]: typed, spoken, then suite tasks."""
     from lapa.sim.env import episode_task
     from lapa.sim.tasks import get_suite
 
-    plan = [(TYPED_INSTRUCTION, args.seed, "typed"), (str(args.wav), args.seed + 1, "spoken")]
-    families = get_suite("default")
+    typed, wav, suite = demo_script(args, model)
+    plan = [(typed, args.seed, "typed"), (str(wav), args.seed + 1, "spoken")]
+    families = get_suite(suite)
     i = 0
     while len(plan) < args.episodes:
         seed = args.seed + 2 + i
@@ -120,11 +135,12 @@ def run(args: argparse.Namespace) -> int:
               f"{session.domain_id} (logs: {out / 'logs'})")
         startup = session.start()
         print(f"[demo] ready in {startup:.1f} s (franky-sim at {session.sim_status.get('robot_ip')})")
-        for instruction, seed, source in episode_plan(args):
+        for instruction, seed, source in episode_plan(args, model):
             how = ""
             if source == "spoken":
-                instruction, how = recognise(Path(instruction))
-                print(f"[demo] spoken: {args.wav.name} -> {instruction!r} ({how})")
+                wav = Path(instruction)
+                instruction, how = recognise(wav)
+                print(f"[demo] spoken: {wav.name} -> {instruction!r} ({how})")
             print(f"[demo] episode: {instruction!r} ({source}, seed {seed}) ...", flush=True)
             n0 = len(session.frames)
             try:
@@ -168,4 +184,7 @@ def run(args: argparse.Namespace) -> int:
               f"p99 {numbers['latency_p99_ms']} ms ({numbers['latency_samples']} commands; model p50 "
               f"{numbers['model_p50_ms']} ms)")
     print(f"  video: {video}  summary: {out / 'demo.json'}  ({summary['wall_time_s']} s in all)")
-    return 0 if results and all(r.success for r in results) else 1
+    broken = [r for r in results if r.error]
+    if broken:
+        print(f"[demo] the loop broke in {len(broken)} episode(s); see {out / 'logs'}")
+    return 0 if results and not broken else 1

@@ -29,6 +29,7 @@ from lapa_ros.speech.recognizer import CommandRecognizer  # noqa: E402
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "speech"
 COMMANDS = {
     "pick_up_the_red_block.wav": ("pick up the red block", TaskInstance("pick", "red")),
+    "reach_the_green_block.wav": ("reach the green block", TaskInstance("reach", "green")),
     "push_the_blue_block_left.wav": ("push the blue block left", TaskInstance("push", "blue", direction="left")),
     "put_the_green_block_on_the_yellow_block.wav": ("put the green block on the yellow block",
                                                     TaskInstance("put", "green", target="yellow")),

@@ -22,6 +22,7 @@ EXPECTED = [  # file name order in the fixture directory
     "pick up the red block",
     "push the blue block left",
     "put the green block on the yellow block",
+    "reach the green block",
 ]
 
 
