@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, read_yaml
 from calibration.extrinsics import HAND_EYE_METHODS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -68,16 +68,10 @@ def _checkerboard(args: argparse.Namespace) -> int:
 
 
 def _hand_eye(args: argparse.Namespace) -> int:
-    import yaml
 
     from calibration.extrinsics import hand_eye_calibrate, save_transform, transform_from_yaml_dict
 
-    try:
-        doc = yaml.safe_load(args.samples.read_text())
-    except OSError as err:
-        raise CalibrationError(f"cannot read {args.samples}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise CalibrationError(f"{args.samples}: not valid YAML: {str(err).splitlines()[0]}") from None
+    doc = read_yaml(args.samples, "hand-eye samples")
     samples = doc.get("samples") if isinstance(doc, dict) else None
     if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
         raise CalibrationError(f"{args.samples}: expected 'samples:' with a list of base_gripper/camera_target pairs")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, read_yaml
 from calibration.hand_eye import NUMPY_METHODS, solve_hand_eye
 from calibration.intrinsics import CameraIntrinsics
 from lapa.geometry import matrix_to_quat_xyzw, quat_wxyz_to_matrix
@@ -119,13 +119,7 @@ def save_transform(T: np.ndarray, path: str | Path, parent_frame: str, child_fra
 
 def load_transform(path: str | Path) -> tuple[np.ndarray, str, str]:
     """(T_parent_child (4, 4), parent_frame, child_frame) from a file written by `save_transform`."""
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise CalibrationError(f"cannot read transform {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise CalibrationError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    doc = read_yaml(path, "transform")
     T = transform_from_yaml_dict(doc, str(path))
     return T, str(doc.get("parent_frame", "")), str(doc.get("child_frame", ""))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, read_yaml
 
 # Distortion models OpenCV's pinhole functions understand, and their coefficient counts.
 DISTORTION_SIZES: dict[str, int] = {"plumb_bob": 5, "rational_polynomial": 8}
@@ -160,14 +160,7 @@ class CameraIntrinsics:
 
 def load_intrinsics(path: str | Path) -> CameraIntrinsics:
     """Read a `camera_info_manager` YAML file (yaml.safe_load only)."""
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise CalibrationError(f"cannot read camera intrinsics {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise CalibrationError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    return CameraIntrinsics.from_yaml_dict(doc, str(path))
+    return CameraIntrinsics.from_yaml_dict(read_yaml(path, "camera intrinsics"), str(path))
 
 
 def save_intrinsics(intrinsics: CameraIntrinsics, path: str | Path) -> Path:
