@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO_ROOT / "models" / "lapa_tiny"
+from lapa_ros.launch_plan import DEFAULT_MODEL_DIR as DEFAULT_MODEL
+from lapa_ros.launch_plan import DEFAULT_MODEL_SUITE, REPO_ROOT
+
 SPEECH_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "speech"
 # (typed instruction, spoken WAV, suite of the further episodes): for a model trained on the reach
 # suite, and for the scripted expert, which does every task family
-MODEL_SCRIPT = ("reach the red block", "reach_the_green_block.wav", "reach")
+MODEL_SCRIPT = ("reach the red block", "reach_the_green_block.wav", DEFAULT_MODEL_SUITE)
 EXPERT_SCRIPT = ("pick up the red block", "push_the_blue_block_left.wav", "default")
 
 

@@ -6,11 +6,13 @@ For each control rate (default 10 and 30 Hz): the policy server with the default
   - control period jitter: |interval between control ticks - period|, p50/p99/max;
   - camera-to-command latency: wall time from the camera frame's capture (its header stamp, taken
     before rendering) to the franky command computed from it, p50/p90/p99, and a histogram PNG.
-Then (`--episodes N`, 0 to skip) the demo's episodes, N per task of the suite, give success rates.
+Then (`--episodes N`, 0 to skip) the demo's episodes, N per task, give success rates for each of
+`--success-models`: the default model on the suite it was trained for (`reach`), and `expert`
+(the scripted expert served by the policy server) on the full `default` suite.
 
 The default model is `models/lapa_tiny` when present. Without it, latency is measured with a
-random-weight VLA of the same `tiny` preset (same architecture, same cost per call) and success
-with the scripted expert; the JSON says which.
+random-weight VLA of the same `tiny` preset (same architecture, same cost per call); the JSON says
+which.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lapa_ros.launch_plan import DEFAULT_MODEL_DIR, EXPERT_MODEL
+from lapa_ros.launch_plan import DEFAULT_MODEL_DIR, DEFAULT_MODEL_SUITE, EXPERT_MODEL
 from lapa_ros.session import LoopSession, SessionConfig, summarize_stats
 
 BENCH_INSTRUCTION = "pick up the red block"
@@ -35,7 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of control per rate (default: %(default)s)")
     parser.add_argument("--episodes", type=int, default=10,
                         help="success: episodes per task of the suite (0 skips; default: %(default)s)")
-    parser.add_argument("--suite", default="default", help="task suite for the success episodes")
+    parser.add_argument("--success-models", nargs="+", default=["default", EXPERT_MODEL],
+                        help="models for the success episodes: 'default' (models/lapa_tiny), 'expert', or a "
+                             "checkpoint directory (default: %(default)s)")
+    parser.add_argument("--suite", help="task suite for the success episodes (default: reach for the default "
+                                        "model, the full default suite otherwise)")
     parser.add_argument("--model", help="checkpoint for the latency runs (default: models/lapa_tiny, else a "
                                         "random-weight tiny VLA)")
     parser.add_argument("--camera-hz", type=float, default=30.0)
@@ -179,8 +185,15 @@ def run(args: argparse.Namespace) -> dict:
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
     if args.episodes > 0:
-        success_model = str(DEFAULT_MODEL_DIR) if trained and not args.model else (args.model or EXPERT_MODEL)
-        results["success_model"] = "scripted expert (no trained model)" if success_model == EXPERT_MODEL \
-            else success_model
-        results["success"] = measure_success(success_model, args.episodes, args.suite, out / "success")
+        results["success"] = {}
+        for name in args.success_models:
+            if name == "default" and not trained:
+                print(f"[bench loop] no {DEFAULT_MODEL_DIR}: success of the default model skipped", flush=True)
+                continue
+            model = str(DEFAULT_MODEL_DIR) if name == "default" else name
+            suite = args.suite or (DEFAULT_MODEL_SUITE if name == "default" else "default")
+            label = f"{'scripted expert' if name == EXPERT_MODEL else model} ({suite} suite)"
+            print(f"[bench loop] success: {label}, {args.episodes} episodes per task", flush=True)
+            results["success"][label] = measure_success(model, args.episodes, suite,
+                                                        out / f"success_{Path(name).name}")
     return results

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "lapa_tiny"
+DEFAULT_MODEL_SUITE = "reach"  # the task suite the shipped model was finetuned on (its README.md)
 EXPERT_MODEL = "expert"  # model:=expert serves the scripted expert (simulation only)
 PACKAGE = "lapa_ros"
 
