@@ -14,8 +14,7 @@ import pytest
 from lapa.data.lerobot_v3 import DatasetError, LeRobotV3Dataset, LeRobotV3Writer
 from lapa.data.video_io import VideoReadError, read_frames_at
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-SAMPLE = FIXTURES / "lerobot_v3_sample"
+SAMPLE = Path(__file__).resolve().parent / "fixtures" / "lerobot_v3_sample"  # written by lerobot 0.6.1
 EPISODES = "meta/episodes/chunk-000/file-000.parquet"
 DATA = "data/chunk-000/file-000.parquet"
 VIDEO = "videos/observation.images.scene/chunk-000/file-000.mp4"
@@ -24,8 +23,7 @@ WRIST = "observation.images.wrist"
 
 @pytest.fixture(scope="module")
 def sample() -> Path:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"shared LeRobot fixture not found at {SAMPLE}")
+    assert SAMPLE.is_dir(), f"the LeRobot fixture is missing: {SAMPLE}"
     return SAMPLE
 
 
