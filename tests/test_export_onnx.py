@@ -167,6 +167,22 @@ def test_parity_failures_are_reported():
     assert compare_policy("same", ref, ref, samples=64).passed
 
 
+def test_logit_tolerance_scales_with_the_logits():
+    """float32 rounding grows with the logits: 2e-4 on logits of size 40 is parity, 2e-3 is not."""
+    rng = np.random.default_rng(1)
+    logits = (40 * rng.standard_normal((16, 2, 7, 64))).astype(np.float32)
+    ref = {"logits": logits, "bins": logits.argmax(-1), "actions": np.zeros((16, 2, 7), np.float32)}
+
+    def off_by(delta: float) -> dict:
+        return {**ref, "logits": logits + np.float32(delta)}  # a constant offset keeps every argmax
+
+    assert compare_policy("rounding", ref, off_by(2e-4), samples=16).passed
+    report = compare_policy("drift", ref, off_by(2e-3), samples=16)
+    assert not report.passed and report.bins_agree == 1.0
+    with pytest.raises(ParityError, match="logits differ"):
+        report.raise_if_failed()
+
+
 def test_refuses_what_it_cannot_export(tmp_path, exported):
     _ckpt, text, _out, _doc = exported
     ar = random_checkpoint(tmp_path / "ar", preset="tiny", **SMALL, decoder="autoregressive")
