@@ -53,3 +53,15 @@ def _keeps_the_scheduling_policy():
     if after != before:
         os.sched_setscheduler(0, before[0], os.sched_param(before[1]))  # keep the rest of the run sane
         pytest.fail(f"the test changed the test process's scheduling (policy, priority) from {before} to {after}")
+
+
+@pytest.fixture
+def torch_one_thread():
+    """torch on one intra-op thread for the test (tiny models and short inputs: threads only add contention);
+    modules use it with `pytestmark = pytest.mark.usefixtures("torch_one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

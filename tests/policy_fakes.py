@@ -19,9 +19,11 @@ import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from policy_server.policy import check_observation
@@ -151,6 +153,13 @@ class ServerProcess:
             self.wait_ready(timeout_s)
         return self
 
+    def running(self, timeout_s: float = 30.0) -> Iterator[ServerProcess]:
+        """Start, yield and always stop it: `yield from ServerProcess(...).running()` makes a fixture."""
+        try:
+            yield self.start(timeout_s=timeout_s)
+        finally:
+            self.stop()
+
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
@@ -186,6 +195,32 @@ class ServerProcess:
                 self.proc.wait(10)
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def openpi_packb(obj) -> bytes:
+    """Byte for byte what openpi_client.msgpack_numpy.packb writes."""
+    def pack_array(o):
+        if isinstance(o, (np.ndarray, np.generic)) and o.dtype.kind in ("V", "O", "c"):
+            raise ValueError(f"Unsupported dtype: {o.dtype}")
+        if isinstance(o, np.ndarray):
+            return {b"__ndarray__": True, b"data": o.tobytes(), b"dtype": o.dtype.str, b"shape": o.shape}
+        if isinstance(o, np.generic):
+            return {b"__npgeneric__": True, b"data": o.item(), b"dtype": o.dtype.str}
+        return o
+
+    return msgpack.packb(obj, default=pack_array)
+
+
+def openpi_unpackb(data: bytes):
+    """openpi_client.msgpack_numpy.unpackb."""
+    def unpack_array(o):
+        if b"__ndarray__" in o:
+            return np.ndarray(buffer=o[b"data"], dtype=np.dtype(o[b"dtype"]), shape=o[b"shape"])
+        if b"__npgeneric__" in o:
+            return np.dtype(o[b"dtype"]).type(o[b"data"])
+        return o
+
+    return msgpack.unpackb(data, object_hook=unpack_array)
 
 
 def read_metric(text: str, name: str, **labels: str) -> float:

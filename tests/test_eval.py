@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
-import torch
+from vla_fakes import FakeEncoder, save_random_action_vla
 
 from lapa.cli import main as lapa_main
 from lapa.errors import UserError
@@ -19,49 +18,18 @@ from lapa.eval.closed_loop import (
     evaluate_checkpoint,
     wilson_interval,
 )
-from lapa.policy.action_tokenizer import ActionTokenizer
-from lapa.policy.checkpoint_io import save_vla
-from lapa.policy.config import VLAConfig
-from lapa.policy.model import VLA
 from lapa.sim.env import Observation
 from lapa.sim.tasks import FAMILIES
 
-
-class FakeEncoder:
-    embedding_dim = 384
-    name = "fake"
-
-    def encode(self, texts):
-        rows = []
-        for t in texts:
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            v = np.random.default_rng(seed).normal(size=384)
-            rows.append(v / np.linalg.norm(v))
-        return torch.tensor(np.array(rows), dtype=torch.float32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A random tiny action model on 32x32 images (it will fail its tasks: that is fine here)."""
-    rng = np.random.default_rng(0)
-    a = rng.normal(0, 0.01, (300, 7))
-    a[:, 6] = rng.random(300) < 0.5
-    tok = ActionTokenizer.fit_new(a, num_bins=16)
-    torch.manual_seed(0)
-    config = VLAConfig.preset("tiny", image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=2, num_bins=16)
-    model = VLA(config).replace_head_for_actions(tok)
-    path = tmp_path_factory.mktemp("eval") / "policy"
-    save_vla(path, model.eval(), tokenizer=tok, extra={"provenance": {"stage": "finetune", "init": "scratch",
-                                                                       "datasets": []}})
-    return path
+    return save_random_action_vla(tmp_path_factory.mktemp("eval") / "policy",
+                                  extra={"provenance": {"stage": "finetune", "init": "scratch", "datasets": []}},
+                                  image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=2, num_bins=16)
 
 
 # ----------------------------------------------------------------------------- intervals

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import numpy as np
 import pytest
-import torch
+from vla_fakes import FakeEncoder
 
 from lapa.errors import UserError
 from lapa.eval.closed_loop import summarize
@@ -23,19 +21,6 @@ from lapa.experiment import (
     summarize_methods,
     write_report,
 )
-
-
-class FakeEncoder:
-    embedding_dim = 384
-    name = "fake"
-
-    def encode(self, texts):
-        rows = []
-        for t in texts:
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            v = np.random.default_rng(seed).normal(size=384)
-            rows.append(v / np.linalg.norm(v))
-        return torch.tensor(np.array(rows), dtype=torch.float32)
 
 
 def _fake_eval(successes: dict[str, int], n: int = 10) -> dict:

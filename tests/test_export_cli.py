@@ -9,23 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from export.bench import random_checkpoint, random_text_encoder
 from lapa.cli import main
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("torch_one_thread")]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=3, text_dim=32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

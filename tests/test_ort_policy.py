@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from export.bench import random_checkpoint, random_text_encoder
 from export.metadata import METADATA_FILE, POLICY_ONNX, ExportError, file_sha256
@@ -21,18 +20,10 @@ from lapa.policy.torch_policy import TorchPolicy
 from policy_server.backends import load_backend
 from policy_server.policy import Policy, PolicyInputError
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("torch_one_thread")]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=3, text_dim=32, control_hz=5.0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from vla_fakes import FakeEncoder
 
 from lapa.checkpoint import CheckpointError
 from lapa.cli import main as lapa_main
@@ -34,30 +34,9 @@ from lapa.policy.train import (
 from lapa.policy.vpt import run_vpt
 from lapa.sim.record import record_dataset
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=2, num_bins=16)
-
-
-class FakeEncoder:
-    """Deterministic 384-d unit vectors per string (stands in for MiniLM; no model load)."""
-
-    embedding_dim = 384
-    name = "fake"
-
-    def encode(self, texts):
-        rows = []
-        for t in texts:
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            v = np.random.default_rng(seed).normal(size=384)
-            rows.append(v / np.linalg.norm(v))
-        return torch.tensor(np.array(rows), dtype=torch.float32)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _config() -> VLAConfig:

@@ -20,20 +20,13 @@ pytestmark = pytest.mark.timeout(90)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log")
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    yield from ServerProcess(tmp_path_factory.mktemp("server") / "server.log").running()
 
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("slow") / "server.log", env={"LAPA_FAKE_DELAY_MS": "400"})
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    env = {"LAPA_FAKE_DELAY_MS": "400"}
+    yield from ServerProcess(tmp_path_factory.mktemp("slow") / "server.log", env=env).running()
 
 
 def image(seed=0, h=224, w=224):

@@ -11,6 +11,7 @@ import cv2
 import msgpack
 import numpy as np
 import pytest
+from policy_fakes import openpi_packb, openpi_unpackb
 
 from policy_server import codec
 from policy_server.observation import InputLimits, RequestError, image_file_size, parse_request
@@ -18,28 +19,6 @@ from policy_server.observation import InputLimits, RequestError, image_file_size
 pytestmark = pytest.mark.timeout(30)
 
 LIMITS = InputLimits()
-
-
-def openpi_pack(obj) -> bytes:
-    """Byte for byte what openpi_client.msgpack_numpy.packb writes."""
-    def pack_array(o):
-        if isinstance(o, np.ndarray):
-            return {b"__ndarray__": True, b"data": o.tobytes(), b"dtype": o.dtype.str, b"shape": o.shape}
-        if isinstance(o, np.generic):
-            return {b"__npgeneric__": True, b"data": o.item(), b"dtype": o.dtype.str}
-        return o
-
-    return msgpack.packb(obj, default=pack_array)
-
-
-def openpi_unpack(data: bytes):
-    """What openpi_client.msgpack_numpy.unpackb does with our bytes."""
-    def unpack_array(o):
-        if b"__ndarray__" in o:
-            return np.ndarray(buffer=o[b"data"], dtype=np.dtype(o[b"dtype"]), shape=o[b"shape"])
-        return o
-
-    return msgpack.unpackb(data, object_hook=unpack_array)
 
 
 def array_map(data: bytes, dtype: str, shape, keys_as_bytes: bool = True) -> dict:
@@ -62,12 +41,12 @@ def test_arrays_are_written_as_openpi_maps_with_bytes_keys():
     a = np.ones((4, 7), np.float32)
     raw = msgpack.unpackb(codec.packb({"actions": a}))
     assert raw["actions"] == {b"__ndarray__": True, b"data": a.tobytes(), b"dtype": "<f4", b"shape": [4, 7]}
-    assert np.array_equal(openpi_unpack(codec.packb({"actions": a}))["actions"], a)
+    assert np.array_equal(openpi_unpackb(codec.packb({"actions": a}))["actions"], a)
 
 
 def test_decodes_openpi_bytes_and_str_keys_and_scalars():
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    out = codec.unpackb(openpi_pack({"observation/image": image, "prompt": "hi", "t": np.float32(0.5)}))
+    out = codec.unpackb(openpi_packb({"observation/image": image, "prompt": "hi", "t": np.float32(0.5)}))
     assert np.array_equal(out["observation/image"], image) and out["prompt"] == "hi" and out["t"] == 0.5
     str_keys = msgpack.packb({"x": array_map(image.tobytes(), "|u1", image.shape, keys_as_bytes=False)})
     assert np.array_equal(codec.unpackb(str_keys)["x"], image)

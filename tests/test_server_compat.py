@@ -15,7 +15,7 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
-from policy_fakes import FAIL_INSTRUCTION, ServerProcess, actions_for
+from policy_fakes import FAIL_INSTRUCTION, ServerProcess, actions_for, openpi_packb, openpi_unpackb
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log")
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    yield from ServerProcess(tmp_path_factory.mktemp("server") / "server.log").running()
 
 
 def image(h=224, w=224, seed=0):
@@ -99,32 +95,6 @@ def test_openvla_model_error_is_500(server):
 
 
 # -------------------------------------------------------------------------------------- openpi
-
-
-def openpi_packb(obj) -> bytes:
-    """openpi_client.msgpack_numpy.packb."""
-    def pack_array(o):
-        if isinstance(o, (np.ndarray, np.generic)) and o.dtype.kind in ("V", "O", "c"):
-            raise ValueError(f"Unsupported dtype: {o.dtype}")
-        if isinstance(o, np.ndarray):
-            return {b"__ndarray__": True, b"data": o.tobytes(), b"dtype": o.dtype.str, b"shape": o.shape}
-        if isinstance(o, np.generic):
-            return {b"__npgeneric__": True, b"data": o.item(), b"dtype": o.dtype.str}
-        return o
-
-    return msgpack.packb(obj, default=pack_array)
-
-
-def openpi_unpackb(data: bytes):
-    """openpi_client.msgpack_numpy.unpackb."""
-    def unpack_array(o):
-        if b"__ndarray__" in o:
-            return np.ndarray(buffer=o[b"data"], dtype=np.dtype(o[b"dtype"]), shape=o[b"shape"])
-        if b"__npgeneric__" in o:
-            return np.dtype(o[b"dtype"]).type(o[b"data"])
-        return o
-
-    return msgpack.unpackb(data, object_hook=unpack_array)
 
 
 def openpi_connect(srv, headers=None):

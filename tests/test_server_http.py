@@ -21,11 +21,7 @@ MSGPACK = {"Content-Type": "application/msgpack"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log", args=["--max-body-mb", "2"])
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    yield from ServerProcess(tmp_path_factory.mktemp("server") / "server.log", args=["--max-body-mb", "2"]).running()
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,7 @@ ENDPOINTS = [("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/metadata"), (
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log", api_key=KEY)
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    yield from ServerProcess(tmp_path_factory.mktemp("server") / "server.log", api_key=KEY).running()
 
 
 def _request(srv, method, path, **kwargs):

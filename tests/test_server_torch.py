@@ -45,10 +45,7 @@ def local_policy(checkpoint):
 def server(tmp_path_factory, checkpoint, local_policy):
     srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log", backend="torch",
                         args=["--model", str(checkpoint), "--threads", "1"])
-    try:
-        yield srv.start(timeout_s=120)
-    finally:
-        srv.stop()
+    yield from srv.running(timeout_s=120)
 
 
 def test_torch_backend_serves_the_checkpoint(server, local_policy):

@@ -20,20 +20,13 @@ DELAY_MS = 300
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log", args=["--max-body-mb", "1"])
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    yield from ServerProcess(tmp_path_factory.mktemp("server") / "server.log", args=["--max-body-mb", "1"]).running()
 
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("slow") / "server.log", env={"LAPA_FAKE_DELAY_MS": str(DELAY_MS)})
-    try:
-        yield srv.start()
-    finally:
-        srv.stop()
+    env = {"LAPA_FAKE_DELAY_MS": str(DELAY_MS)}
+    yield from ServerProcess(tmp_path_factory.mktemp("slow") / "server.log", env=env).running()
 
 
 def image(seed=0):

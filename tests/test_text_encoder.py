@@ -6,21 +6,14 @@ import torch
 
 from lapa.policy.text_encoder import InstructionCache, TextEncoder, TextEncoderError
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 SENTENCES = ["pick up the red block", "Put the green cube on the blue plate, please!"]
 # computed once with sentence-transformers 6.2.0 on the same package's model (normalised output)
 REF_HEAD_0 = [-0.050873, 0.0067432, -0.0588294, 0.0367947, 0.0364434, 0.030038, 0.0894896, -0.0264868]
 REF_TAIL_1 = [-0.0018561, 0.0403351, 0.0228248, 0.0095907]
 REF_0_313 = -0.1632214
 REF_COSINE = 0.3642513
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # short inputs: threads only add contention on a busy machine
-    yield
-    torch.set_num_threads(n)
-
 
 
 @pytest.fixture(scope="module")

@@ -5,60 +5,23 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from vla_fakes import FakeEncoder, save_random_action_vla
 
 from lapa.checkpoint import CheckpointError
-from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.model import VLA
 from lapa.policy.torch_policy import TorchPolicy
 from policy_server.policy import Policy, PolicyInputError
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=3)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(n)
-
-
-class FakeEncoder:
-    """Deterministic 384-d unit vectors per string; counts the strings it encodes."""
-
-    embedding_dim = 384
-    name = "fake"
-
-    def __init__(self):
-        self.encoded: list[str] = []
-
-    def encode(self, texts):
-        self.encoded.extend(texts)
-        rows = []
-        for t in texts:
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            v = np.random.default_rng(seed).normal(size=384)
-            rows.append(v / np.linalg.norm(v))
-        return torch.tensor(np.array(rows), dtype=torch.float32)
-
-
-def _tokenizer() -> ActionTokenizer:
-    rng = np.random.default_rng(0)
-    a = rng.normal(0, 0.01, (300, 7))
-    a[:, 6] = rng.random(300) < 0.5
-    return ActionTokenizer.fit_new(a)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    tok = _tokenizer()
-    model = VLA(VLAConfig.preset("tiny", **SMALL, control_hz=5.0)).replace_head_for_actions(tok)
-    path = tmp_path_factory.mktemp("vla") / "policy"
-    save_vla(path, model.eval(), model.config, tok)
-    return path
+    return save_random_action_vla(tmp_path_factory.mktemp("vla") / "policy", **SMALL, control_hz=5.0)
 
 
 def _obs(instruction="pick up the red block", seed=0, size=32):

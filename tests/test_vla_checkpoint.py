@@ -1,41 +1,37 @@
 """VLA checkpoints: round trips give identical outputs; foreign or damaged checkpoints fail clearly."""
 
 import json
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from vla_fakes import fit_tokenizer
 
 from lapa.checkpoint import CheckpointError, save_checkpoint
-from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import checkpoint_extra, load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.model import VLA
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(n)
-
-
-
-def _tokenizer() -> ActionTokenizer:
-    rng = np.random.default_rng(0)
-    a = rng.normal(0, 0.01, (300, 7))
-    a[:, 6] = rng.random(300) < 0.5
-    return ActionTokenizer.fit_new(a)
 
 
 def _latent_model() -> VLA:
     torch.manual_seed(0)
     return VLA(VLAConfig.preset("tiny", **SMALL)).eval()
+
+
+def _edit_config(ckpt: Path, vla: dict[str, Any] | None = None, **top: Any) -> None:
+    """Change keys of a saved checkpoint's config.json: of its "vla" section and at the top level."""
+    path = ckpt / "config.json"
+    doc = json.loads(path.read_text())
+    doc["vla"].update(vla or {})
+    doc.update(top)
+    path.write_text(json.dumps(doc))
 
 
 def test_latent_round_trip(tmp_path):
@@ -51,7 +47,7 @@ def test_latent_round_trip(tmp_path):
 
 @pytest.mark.parametrize("decoder", ["parallel", "autoregressive"])
 def test_action_round_trip(tmp_path, decoder):
-    tok = _tokenizer()
+    tok = fit_tokenizer()
     model = _latent_model().replace_head_for_actions(tok, decoder=decoder).eval()
     save_vla(tmp_path / "ckpt", model, model.config, tok)
     loaded, config, tokenizer = load_vla(tmp_path / "ckpt")
@@ -66,15 +62,12 @@ def test_action_round_trip(tmp_path, decoder):
 
 
 def test_action_model_needs_its_tokenizer(tmp_path):
-    tok = _tokenizer()
+    tok = fit_tokenizer()
     model = _latent_model().replace_head_for_actions(tok)
     with pytest.raises(ValueError, match="ActionTokenizer"):
         save_vla(tmp_path / "a", model, model.config, None)
     save_vla(tmp_path / "b", model, model.config, tok)
-    path = tmp_path / "b" / "config.json"
-    doc = json.loads(path.read_text())
-    doc["action_tokenizer"] = None
-    path.write_text(json.dumps(doc))
+    _edit_config(tmp_path / "b", action_tokenizer=None)
     with pytest.raises(CheckpointError, match="without its action tokenizer"):
         load_vla(tmp_path / "b")
 
@@ -101,35 +94,22 @@ def test_missing_tensor(tmp_path):
 
 
 def test_mismatched_shape(tmp_path):
-    model = _latent_model()
-    save_vla(tmp_path / "ckpt", model)
-    path = tmp_path / "ckpt" / "config.json"
-    doc = json.loads(path.read_text())
-    doc["vla"]["latent_codebook_size"] = 16
-    path.write_text(json.dumps(doc))
+    save_vla(tmp_path / "ckpt", _latent_model())
+    _edit_config(tmp_path / "ckpt", vla={"latent_codebook_size": 16})
     with pytest.raises(CheckpointError, match=r"shape mismatch: latent_head.proj.bias \(checkpoint \(8,\)"):
         load_vla(tmp_path / "ckpt")
 
 
 def test_latent_checkpoint_is_not_an_action_checkpoint(tmp_path):
     """A latent-head state dict cannot be loaded as an action model (and vice versa)."""
-    model = _latent_model()
-    save_vla(tmp_path / "ckpt", model)
-    path = tmp_path / "ckpt" / "config.json"
-    doc = json.loads(path.read_text())
-    doc["vla"]["head"] = "action"
-    doc["action_tokenizer"] = _tokenizer().to_dict()
-    path.write_text(json.dumps(doc))
+    save_vla(tmp_path / "ckpt", _latent_model())
+    _edit_config(tmp_path / "ckpt", vla={"head": "action"}, action_tokenizer=fit_tokenizer().to_dict())
     with pytest.raises(CheckpointError, match="missing: action_head.*unexpected: latent_head"):
         load_vla(tmp_path / "ckpt")
 
 
 def test_bad_config_is_a_checkpoint_error(tmp_path):
-    model = _latent_model()
-    save_vla(tmp_path / "ckpt", model)
-    path = tmp_path / "ckpt" / "config.json"
-    doc = json.loads(path.read_text())
-    doc["vla"]["chunk_size"] = 99
-    path.write_text(json.dumps(doc))
+    save_vla(tmp_path / "ckpt", _latent_model())
+    _edit_config(tmp_path / "ckpt", vla={"chunk_size": 99})
     with pytest.raises(CheckpointError, match="bad VLA config.*chunk_size"):
         load_vla(tmp_path / "ckpt")

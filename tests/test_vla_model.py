@@ -3,28 +3,19 @@
 import numpy as np
 import pytest
 import torch
+from vla_fakes import fit_tokenizer
 
 from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.config import VLAConfig
 from lapa.policy.model import VLA, action_loss, latent_loss
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _tokenizer(num_bins: int = 256) -> ActionTokenizer:
-    rng = np.random.default_rng(0)
-    a = rng.normal(0, 0.01, (500, 7))
-    a[:, 6] = rng.random(500) < 0.5
-    return ActionTokenizer.fit_new(a, num_bins=num_bins)
+    return fit_tokenizer(500, num_bins)
 
 
 def _model(seed: int = 0, **overrides) -> VLA:
