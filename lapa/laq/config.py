@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from lapa.config_checks import check_patch_grid, check_positive_ints, from_known_keys, from_preset
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,10 @@ class LAQConfig:
     def __post_init__(self) -> None:
         positive = ("image_size", "patch_size", "channels", "dim", "heads", "dim_head", "spatial_depth",
                     "decoder_depth", "quant_dim", "latent_seq_len")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"LAQConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, positive)
         if not isinstance(self.temporal_depth, int) or self.temporal_depth < 0:
             raise ValueError(f"LAQConfig.temporal_depth must be an int >= 0, got {self.temporal_depth!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        check_patch_grid(self.image_size, self.patch_size)
         if self.heads * self.dim_head != self.dim:
             raise ValueError(f"heads * dim_head = {self.heads} * {self.dim_head} must equal dim {self.dim}")
         if not isinstance(self.codebook_size, int) or self.codebook_size < 2:
@@ -91,20 +89,14 @@ class LAQConfig:
     # ------------------------------------------------------------------ presets and I/O
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> LAQConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown LAQ preset {name!r}; choose from {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        return from_preset(PRESETS, "LAQ", name, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LAQConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown LAQConfig keys: {unknown}")
-        return cls(**data)
+        return from_known_keys(cls, data)
 
     def fake_inputs(self, batch: int = 2, seed: int | None = 0) -> torch.Tensor:
         """Random uint8 frame pairs (B, 2, H, W, 3) for tests, export and benchmarks."""

@@ -12,9 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,25 +23,17 @@ import torch
 from tqdm import tqdm
 
 import lapa
-from lapa.checkpoint import (
-    CheckpointError,
-    capture_rng_state,
-    load_checkpoint,
-    load_state_strict,
-    load_training_state,
-    restore_rng_state,
-    save_training_state,
-)
+from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint
 from lapa.errors import UserError
 from lapa.laq.config import LAQConfig
 from lapa.laq.metrics import perplexity_from_counts
 from lapa.laq.model import LAQ
 from lapa.laq.nsvq import dead_code_schedule
+from lapa.training import check_same_config, commit_checkpoint, json_float, restore_training, step_dir
 
 log = logging.getLogger(__name__)
 
 COLLAPSE_GRACE_STEPS = 100  # the collapse guard stays quiet while dead-code replacement settles
-TRAINING_STATE_FILE = "training_state.json"
 
 
 @dataclass
@@ -73,16 +63,9 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 def _save(root: Path, step: int, model: LAQ, optimizer: torch.optim.Optimizer, provenance: dict[str, Any],
           keep_last: int) -> Path:
-    directory = root / f"step_{step:08d}"
+    directory = step_dir(root, step)
     model.save(directory, extra={"step": step, "provenance": provenance})
-    save_training_state(directory, optimizer, step, capture_rng_state())
-    tmp = root / ".LATEST.tmp"
-    tmp.write_text(directory.name)
-    os.replace(tmp, root / "LATEST")  # only now is the checkpoint the one to resume from
-    for old in sorted(root.glob("step_*"))[:-keep_last]:
-        if old != directory:
-            shutil.rmtree(old, ignore_errors=True)
-    return directory
+    return commit_checkpoint(root, directory, optimizer, step, keep_last)
 
 
 def _resume(directory: Path, config: LAQConfig, model: LAQ, optimizer: torch.optim.Optimizer) -> int:
@@ -91,15 +74,8 @@ def _resume(directory: Path, config: LAQConfig, model: LAQ, optimizer: torch.opt
         saved = LAQConfig.from_dict(doc["laq"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{directory}/config.json: no valid LAQ config ({err})") from err
-    if saved != config:
-        diff = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if getattr(config, k) != v}
-        raise CheckpointError(f"{directory}: checkpoint config differs from the requested one "
-                              f"(key: (checkpoint, requested)) {diff}")
-    load_state_strict(model, state, source=str(directory))
-    ts = load_training_state(directory, optimizer)
-    if ts.rng_state is not None:
-        restore_rng_state(ts.rng_state)
-    return ts.step
+    check_same_config(directory, saved, config)
+    return restore_training(directory, model, state, optimizer)
 
 
 # ----------------------------------------------------------------------------- metrics and plots
@@ -274,7 +250,7 @@ def train_laq(
                 plot_metrics(metrics_path, out_dir)
     finally:
         bar.close()
-    if step > start and (ckpt_dir is None or ckpt_dir.name != f"step_{step:08d}"):  # data ran out early
+    if step > start and (ckpt_dir is None or ckpt_dir.name != step_dir(ckpt_root, step).name):  # data ran out early
         if window["n"]:
             last_loss = _log_window(metrics_path, window, step, grad_norm, lr, model, B)
         ckpt_dir = _save(ckpt_root, step, model, optimizer, provenance, keep_last)
@@ -284,10 +260,6 @@ def train_laq(
         pairs_per_s=pairs / train_time if train_time > 0 else 0.0,
         checkpoint_dir=ckpt_dir, metrics_path=metrics_path,
     )
-
-
-def _json_float(x: float) -> float | None:
-    return x if math.isfinite(x) else None  # JSON has no NaN / inf
 
 
 def _log_window(path: Path, window: dict[str, Any], step: int, grad_norm: float, lr: float, model: LAQ,
@@ -301,8 +273,8 @@ def _log_window(path: Path, window: dict[str, Any], step: int, grad_norm: float,
         model.nsvq.check_collapse(batch_size * window["n"], usage.sum(0))
     row = {
         "step": step,
-        "loss": _json_float(mean_loss),
-        "grad_norm": _json_float(grad_norm),
+        "loss": json_float(mean_loss),
+        "grad_norm": json_float(grad_norm),
         "lr": lr,
         "pairs_per_s": window["pairs"] / max(now - window["t0"], 1e-9),
         "perplexity": [round(float(p), 4) for p in perplexity_from_counts(usage)],

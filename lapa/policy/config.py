@@ -8,12 +8,13 @@ out of `num_bins`). `decoder` fixes how the action head decodes (see lapa/policy
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from lapa.action import ACTION_DIM
+from lapa.config_checks import check_patch_grid, check_positive_ints, from_known_keys, from_preset
 
 HEADS = ("latent", "action")
 DECODERS = ("parallel", "autoregressive")
@@ -40,12 +41,8 @@ class VLAConfig:
 
     def __post_init__(self) -> None:
         positive = ("image_size", "patch_size", "dim", "depth", "heads", "text_dim", "latent_seq_len")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"VLAConfig.{name} must be a positive int, got {value!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        check_positive_ints(self, positive)
+        check_patch_grid(self.image_size, self.patch_size)
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if not self.mlp_ratio > 0:
@@ -94,9 +91,7 @@ class VLAConfig:
     # ------------------------------------------------------------------ presets and I/O
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> VLAConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown VLA preset {name!r}; choose from {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        return from_preset(PRESETS, "VLA", name, overrides)
 
     def replace(self, **changes: Any) -> VLAConfig:
         return replace(self, **changes)
@@ -106,11 +101,7 @@ class VLAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VLAConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VLAConfig keys: {unknown}")
-        return cls(**data)
+        return from_known_keys(cls, data)
 
     def fake_inputs(self, batch: int = 2, seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Random (images uint8 (B, H, W, 3), unit-norm text embeddings float32 (B, text_dim)).

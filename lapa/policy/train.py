@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,15 +34,7 @@ import torch
 from tqdm import tqdm
 
 import lapa
-from lapa.checkpoint import (
-    CheckpointError,
-    capture_rng_state,
-    load_checkpoint,
-    load_state_strict,
-    load_training_state,
-    restore_rng_state,
-    save_training_state,
-)
+from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint
 from lapa.errors import UserError
 from lapa.laq.train import _truncate_metrics, latest_checkpoint, read_metrics
 from lapa.policy.action_tokenizer import ActionTokenizer
@@ -51,10 +42,10 @@ from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
 from lapa.policy.model import VLA, action_loss, latent_loss
+from lapa.training import check_same_config, commit_checkpoint, json_float, restore_training, step_dir
 
 log = logging.getLogger(__name__)
 
-TRAINING_STATE_FILE = "training_state.json"
 SCRATCH = "scratch"
 
 
@@ -123,35 +114,20 @@ def run_step(out_dir: str | os.PathLike) -> int:
 
 def _save(root: Path, step: int, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer,
           provenance: dict[str, Any], keep_last: int) -> Path:
-    directory = root / f"step_{step:08d}"
+    directory = step_dir(root, step)
     save_vla(directory, model, tokenizer=tokenizer, extra={"step": step, "provenance": provenance})
-    save_training_state(directory, optimizer, step, capture_rng_state())
-    tmp = root / ".LATEST.tmp"
-    tmp.write_text(directory.name)
-    os.replace(tmp, root / "LATEST")  # only now is it the checkpoint to resume from
-    for old in sorted(root.glob("step_*"))[:-keep_last]:
-        if old != directory:
-            shutil.rmtree(old, ignore_errors=True)
-    return directory
+    return commit_checkpoint(root, directory, optimizer, step, keep_last)
 
 
 def _resume(directory: Path, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer) -> int:
     """Load model, optimizer, RNG from a run's checkpoint after checking it is the same setup."""
     _, saved_config, saved_tok = read_vla_config(directory)
-    if saved_config != model.config:
-        diff = {k: (v, getattr(model.config, k)) for k, v in saved_config.to_dict().items()
-                if getattr(model.config, k) != v}
-        raise CheckpointError(f"{directory}: checkpoint config differs from the requested one "
-                              f"(key: (checkpoint, requested)) {diff}")
+    check_same_config(directory, saved_config, model.config)
     if (saved_tok is None) != (tokenizer is None) or (tokenizer is not None and saved_tok != tokenizer):
         raise CheckpointError(f"{directory}: the action tokenizer fitted on this data differs from the "
                               "checkpoint's (did the training data change?)")
     _, state = load_checkpoint(directory)
-    load_state_strict(model, state, source=str(directory))
-    ts = load_training_state(directory, optimizer)
-    if ts.rng_state is not None:
-        restore_rng_state(ts.rng_state)
-    return ts.step
+    return restore_training(directory, model, state, optimizer)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -262,15 +238,11 @@ def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, 
     )
 
 
-def _json_float(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def _log_window(path: Path, window: dict[str, Any], step: int, grad_norm: float, lr: float) -> float:
     now = time.perf_counter()
     n = max(window["n"], 1)
-    means = {k: _json_float(v / n) for k, v in window["sums"].items()}
-    row = {"step": step, **means, "grad_norm": _json_float(grad_norm), "lr": lr,
+    means = {k: json_float(v / n) for k, v in window["sums"].items()}
+    row = {"step": step, **means, "grad_norm": json_float(grad_norm), "lr": lr,
            "samples_per_s": window["samples"] / max(now - window["t0"], 1e-9)}
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
