@@ -335,6 +335,18 @@ class PolicyClient(_Common):
         return status, data
 
 
+# Replies are a few hundred bytes: a 64 KiB read buffer is plenty (a larger one costs an mmap per read).
+RECV_CHUNK = 1 << 16
+# A 224x224 image is 150 KB: a send buffer that holds a whole request lets sendall return at once
+# instead of waiting for the server to drain it piece by piece (-0.1 to -0.2 ms a round trip here).
+SEND_BUFFER = 1 << 20
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
 class _SyncWebSocket:
     """A blocking WebSocket connection on websockets' sans-I/O protocol, without the reader thread of
     websockets.sync (which hands each message between threads: 0.1-0.2 ms a round trip here).
@@ -349,7 +361,7 @@ class _SyncWebSocket:
         self._closed_states = (State.CLOSING, State.CLOSED)
         uri = parse_uri(url)
         sock = socket.create_connection((uri.host, uri.port), timeout=timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(sock)
         if uri.secure:
             import ssl
 
@@ -411,7 +423,7 @@ class _SyncWebSocket:
         if remaining <= 0:
             raise TimeoutError("no WebSocket message in time")
         self.sock.settimeout(remaining)
-        data = self.sock.recv(1 << 18)
+        data = self.sock.recv(RECV_CHUNK)
         if data:
             self.proto.receive_data(data)
         else:
@@ -420,9 +432,9 @@ class _SyncWebSocket:
         self._flush()  # pongs and close replies
 
     def _flush(self) -> None:
-        for chunk in self.proto.data_to_send():
-            if chunk:
-                self.sock.sendall(chunk)
+        chunks = [c for c in self.proto.data_to_send() if c]  # frame header + payload: one send
+        if chunks:
+            self.sock.sendall(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
 class _Http11:
@@ -431,7 +443,7 @@ class _Http11:
 
     def __init__(self, host: str, port: int, secure: bool, connect_timeout_s: float, max_bytes: int) -> None:
         sock = socket.create_connection((host, port), timeout=connect_timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(sock)
         if secure:
             import ssl
 
