@@ -20,8 +20,7 @@ from lapa.data.video_io import (
     write_video,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-SAMPLE = FIXTURES / "lerobot_v3_sample"
+SAMPLE = Path(__file__).resolve().parent / "fixtures" / "lerobot_v3_sample"  # written by lerobot 0.6.1
 SAMPLE_VIDEO = SAMPLE / "videos" / "observation.images.scene" / "chunk-000" / "file-000.mp4"
 
 
@@ -105,8 +104,6 @@ def test_read_frames_at_rejects_timestamps_without_a_frame(tmp_path: Path) -> No
 
 
 def test_reads_lerobot_av1_fixture() -> None:
-    if not SAMPLE_VIDEO.is_file():
-        pytest.skip(f"shared fixture missing: {SAMPLE_VIDEO}")
     frames, fps = read_video(SAMPLE_VIDEO)
     assert frames.shape == (60, 128, 128, 3) and fps == 10.0
     picked = read_frames_at(SAMPLE_VIDEO, [2.0, 2.1, 5.9])
