@@ -83,7 +83,7 @@ class SimNode:
         from std_msgs.msg import Bool, String
         from std_srvs.srv import Trigger
 
-        from lapa.sim.franky_driver import _SimLink
+        from lapa.sim.franky_driver import SimLink
 
         logging.getLogger("franky_sim").setLevel(logging.WARNING)  # it logs every protocol message
 
@@ -95,7 +95,7 @@ class SimNode:
         self._String, self._Bool = String, Bool
         self.config = SceneConfig(image_size=int(p["image_size"]))
         t0 = time.monotonic()
-        self.link = _SimLink(self.config)
+        self.link = SimLink(self.config)
         m = self.link.model
         self._tcp_site = m.site("tcp").id
         self._finger_qpos = np.array([m.jnt_qposadr[m.joint(f"{ROBOT_PREFIX}finger_joint{i}").id] for i in (1, 2)])

@@ -98,7 +98,7 @@ SIM_STALL_TIMEOUT_S = 5.0  # wall clock without simulated time advancing -> the 
 LOCKSTEP_REPLY_TIMEOUT_S = 0.01  # longest a physics step waits for the client's command
 
 
-def _franky_errors() -> tuple[type[BaseException], ...]:
+def franky_errors() -> tuple[type[BaseException], ...]:
     import franky
 
     return (franky.Exception, franky.GripperException, franky.InvalidMotionTypeException,
@@ -142,7 +142,7 @@ def _patch_simulated_robot(sim_robot) -> None:
     sim_robot.kinematics = lambda q: kinematics(q).copy()  # instance attribute shadows the method
 
 
-def _halt(robot, timeout_s: float = 5.0) -> None:
+def halt(robot, timeout_s: float = 5.0) -> None:
     """Stop any running motion without a jump.
 
     A Cartesian velocity stream (what `apply_action` runs) is preempted by a jerk-limited
@@ -153,19 +153,19 @@ def _halt(robot, timeout_s: float = 5.0) -> None:
 
     try:
         robot.poll_motion()  # raises the error the last motion ended with, if any
-    except _franky_errors() as e:
+    except franky_errors() as e:
         logger.info("last motion ended with: %s", e)
     if not robot.is_in_control:
         return
     try:
         robot.move(franky.CartesianVelocityStopMotion(), asynchronous=True)
-    except _franky_errors():
+    except franky_errors():
         robot.stop()
     try:
         if not robot.join_motion(timeout_s):
             robot.stop()
             robot.join_motion(timeout_s)
-    except _franky_errors() as e:  # a stop preempts the running motion, which reports exactly that
+    except franky_errors() as e:  # a stop preempts the running motion, which reports exactly that
         logger.debug("motion ended by stop: %s", e)
 
 
@@ -199,7 +199,7 @@ def _lockstep_server(sim, reply_timeout_s: float = LOCKSTEP_REPLY_TIMEOUT_S):
     return LockstepServer(sim)
 
 
-class _SimLink:
+class SimLink:
     """The simulator side: server thread, a job queue run inside it, and a state snapshot.
 
     franky-sim has no lock: its thread steps the physics continuously. Writes (block placement)
@@ -316,7 +316,7 @@ class _Session:
     """Everything that must be torn down, in order; owned by the driver, closed by close() or GC."""
 
     def __init__(self) -> None:
-        self.link: _SimLink | None = None
+        self.link: SimLink | None = None
         self.robot = None
         self.gripper = None
         self.gripper_future = None
@@ -327,7 +327,7 @@ class _Session:
         self.robot = self.gripper = self.gripper_future = None
         if robot is not None:
             try:
-                _halt(robot)
+                halt(robot)
             except Exception as e:  # noqa: BLE001 - closing anyway
                 logger.warning("stopping the robot on close: %s", e)
         if future is not None and not future.wait(GRIPPER_TIMEOUT_S):
@@ -363,7 +363,7 @@ class FrankyDriver:
         self.timings_s: dict[str, float] = {}  # wall-clock seconds of each start-up stage
         try:
             t0 = time.monotonic()
-            self._session.link = link = _SimLink(self.config)
+            self._session.link = link = SimLink(self.config)
             t1 = time.monotonic()
             self._session.robot, self._session.gripper = connect_franky(
                 link.hostname, connect_timeout_s, relative_dynamics_factor)
@@ -411,7 +411,7 @@ class FrankyDriver:
         return self._session.renderer
 
     @property
-    def _link(self) -> _SimLink:
+    def _link(self) -> SimLink:
         if self._session.link is None:
             raise RuntimeError("this FrankyDriver is closed")
         return self._session.link
@@ -441,7 +441,7 @@ class FrankyDriver:
         """
         try:
             self.robot.poll_motion()
-        except _franky_errors() as e:
+        except franky_errors() as e:
             raise self._fail("motion", e) from e
 
     # ------------------------------------------------------------------ gripper
@@ -457,7 +457,7 @@ class FrankyDriver:
                 return
             try:
                 s.gripper_future.get()
-            except _franky_errors() as e:
+            except franky_errors() as e:
                 s.gripper_future = None
                 raise self._fail("gripper command", e) from e
             s.gripper_future = None
@@ -497,7 +497,7 @@ class FrankyDriver:
             self._wait_gripper()
             if not self.robot.join_motion(RESET_MOTION_TIMEOUT_S):
                 raise RuntimeError(f"the move home did not finish within {RESET_MOTION_TIMEOUT_S:g} s")
-        except _franky_errors() as e:
+        except franky_errors() as e:
             raise self._fail("move home", e) from e
         poses = sample_block_poses(self.config, np.random.default_rng(seed))
 
@@ -532,7 +532,7 @@ class FrankyDriver:
         motion = franky.CartesianVelocityMotion(franky.Twist(v, w), duration=hold)
         try:
             self.robot.move(motion, asynchronous=True)  # preempts the previous step's motion seamlessly
-        except _franky_errors() as e:
+        except franky_errors() as e:
             raise self._fail("velocity motion", e) from e
         self._gripper_wanted = gripper_is_open(a[6])
         self._service_gripper()
@@ -549,7 +549,7 @@ class FrankyDriver:
         """Wait for the running motion to end, then let `duration_s` of simulated time pass."""
         try:
             self.robot.join_motion(RESET_MOTION_TIMEOUT_S)
-        except _franky_errors() as e:
+        except franky_errors() as e:
             raise self._fail("motion", e) from e
         self._link.wait_until(self._link.time_s + duration_s)
         self._deadline_s = self._link.time_s
@@ -557,8 +557,8 @@ class FrankyDriver:
     def stop(self) -> None:
         """Bring the arm to rest now, decelerating within its limits (no jump), and hold there."""
         try:
-            _halt(self.robot)
-        except _franky_errors() as e:
+            halt(self.robot)
+        except franky_errors() as e:
             raise self._fail("stop", e) from e
         if self.robot.has_errors:
             self.robot.recover_from_errors()

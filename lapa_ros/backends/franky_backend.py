@@ -7,7 +7,7 @@ in franky-sim, relative `CartesianMotion`s stop and go at every step (about 1000
 cruising at 10 Hz, speed ripple 0.4-0.7), velocity motions cruise smoothly (14 m/s3, no ripple),
 and applying each delta from where the arm is never winds up in closed loop. It is also franky's
 maintainers' advice for streaming small increments. The connection and the stop are franky_driver's
-too (`connect_franky` with its timeout, `_halt`'s jerk-limited `CartesianVelocityStopMotion`).
+too (`connect_franky` with its timeout, `halt`'s jerk-limited `CartesianVelocityStopMotion`).
 
 Panda (FER) users: `franky-control` from PyPI bundles libfranka 0.21, which talks only to the
 Franka Research 3. A Panda needs a franky build against libfranka 0.9.2 (< 0.10), published with
@@ -35,9 +35,9 @@ from lapa.sim.franky_driver import (
     GRIPPER_SPEED_M_S,
     MAX_ANGULAR_SPEED_RAD_S,
     MAX_LINEAR_SPEED_M_S,
-    _franky_errors,
-    _halt,
     connect_franky,
+    franky_errors,
+    halt,
 )
 from lapa.sim.scene import HOME_GRIPPER_WIDTH_M, HOME_JOINT_POS_RAD
 from lapa_ros.backends.base import BackendError
@@ -53,7 +53,7 @@ GRIPPER_POLL_S = 0.05  # the gripper width is read at this period (by the state 
 def _errors() -> tuple[type[BaseException], ...]:
     """What franky raises: its own exceptions, and RuntimeError for errors of its motion planner
     (e.g. "Motion planner failed with error code -110") and of lost connections ("Net Exception")."""
-    return (*_franky_errors(), RuntimeError)
+    return (*franky_errors(), RuntimeError)
 
 
 def _is_network(error: BaseException) -> bool:
@@ -127,7 +127,7 @@ class FrankyBackend:
         robot, self.robot = self.robot, None
         if robot is not None and halt:
             try:
-                _halt(robot)
+                halt(robot)
             except Exception as e:  # noqa: BLE001 - closing anyway
                 logger.warning("stopping the robot on close: %s", e)
         future, self._gripper_future = self._gripper_future, None
@@ -245,7 +245,7 @@ class FrankyBackend:
             return
         robot = self._robot()
         try:
-            _halt(robot)
+            halt(robot)
         except _errors() as e:
             logger.info("motion ended with: %s", e)
         try:
@@ -272,7 +272,7 @@ class FrankyBackend:
             # stall the node's other threads (control timer, status) for seconds.
             while robot.is_in_control:
                 if time.monotonic() > deadline:
-                    _halt(robot)
+                    halt(robot)
                     raise BackendError(f"the move home did not finish within {HOME_TIMEOUT_S:g} s")
                 time.sleep(0.01)
             robot.join_motion(1.0)  # finished: returns at once, raising the motion's error if any
