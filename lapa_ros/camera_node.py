@@ -1,6 +1,8 @@
 """`lapa_camera`: an OpenCV camera (device index, stream URL or video file) -> sensor_msgs/Image.
 
   out  <image_topic> (/camera/image_raw)  sensor_msgs/Image  rgb8 at rate_hz (the newest frame)
+  out  <image_topic's namespace>/camera_info  sensor_msgs/CameraInfo  with every image, when
+       camera_info_url names a calibration (camera_info_manager YAML, `lapa calibration`)
   out  /lapa_camera/status                std_msgs/String    JSON: ok, source, frames, error
 
 A missing or failing camera is never a crash loop: the node stays up, reports the error on its
@@ -29,7 +31,23 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "loop": (True, "video files: start again at the end"),
     "retry_s": (2.0, "seconds between attempts to open a missing camera"),
     "frame_id": ("camera", "header frame_id"),
+    "camera_info_url": ("", "intrinsics as camera_info_manager YAML (file:///path.yaml or a path); empty: no "
+                            "camera_info. Scaled to the published image size if that differs"),
 }
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The ROS convention: camera_info beside the image topic (/camera/image_raw -> /camera/camera_info)."""
+    namespace = image_topic.rsplit("/", 1)[0] if "/" in image_topic else ""
+    return f"{namespace}/camera_info"
+
+
+def load_camera_info(url: str):
+    """CameraIntrinsics from a camera_info_manager URL (file://) or path; CalibrationError if malformed."""
+    from calibration.intrinsics import load_intrinsics
+
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return load_intrinsics(path)
 
 
 def open_capture(source: str):
@@ -122,6 +140,13 @@ class CameraNode:
         size = (int(p["width"]), int(p["height"])) if p["width"] and p["height"] else None
         self.grabber = FrameGrabber(str(p["source"]), bool(p["loop"]), float(p["retry_s"]), size).start()
         self.pub_image = node.create_publisher(Image, p["image_topic"], qos_profile_sensor_data)
+        self.intrinsics = load_camera_info(str(p["camera_info_url"])) if p["camera_info_url"] else None
+        self.pub_info = None
+        if self.intrinsics is not None:
+            from sensor_msgs.msg import CameraInfo
+
+            self.pub_info = node.create_publisher(CameraInfo, camera_info_topic(p["image_topic"]),
+                                                  qos_profile_sensor_data)
         self.pub_status = node.create_publisher(String, "/lapa_camera/status", 10)
         self._last_stamp = 0.0
         self.published = 0
@@ -129,15 +154,25 @@ class CameraNode:
         node.create_timer(1.0, self._status)
 
     def _publish(self) -> None:
-        from lapa_ros.images import rgb_to_image
+        from lapa_ros.images import camera_info_msg, rgb_to_image
 
         latest = self.grabber.latest()
         if latest is None or latest[1] == self._last_stamp:
             return  # nothing new: never republish an old frame as if it were fresh
         image, stamp = latest
         self._last_stamp = stamp
-        self.pub_image.publish(rgb_to_image(image, stamp, self.params["frame_id"]))
+        msg = rgb_to_image(image, stamp, self.params["frame_id"])
+        self.pub_image.publish(msg)
+        if self.pub_info is not None:
+            self.pub_info.publish(camera_info_msg(self._intrinsics_for(msg.width, msg.height), msg.header))
         self.published += 1
+
+    def _intrinsics_for(self, width: int, height: int) -> dict:
+        if (self.intrinsics.width, self.intrinsics.height) != (width, height):
+            self.log.warning(f"calibration is {self.intrinsics.width}x{self.intrinsics.height}, images are "
+                             f"{width}x{height}: publishing scaled intrinsics", once=True)
+            return self.intrinsics.resized(width, height).to_camera_info_dict()
+        return self.intrinsics.to_camera_info_dict()
 
     def _status(self) -> None:
         error = self.grabber.error

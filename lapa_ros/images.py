@@ -52,6 +52,22 @@ def set_stamp(header, stamp_s: float) -> None:
     header.stamp.nanosec = int(round((stamp_s - sec) * 1e9)) % 1_000_000_000
 
 
+def camera_info_msg(fields: dict, header):
+    """sensor_msgs/CameraInfo from CameraIntrinsics.to_camera_info_dict() fields, sharing the
+    header (stamp and frame_id) of the image it describes."""
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo()
+    msg.header = header
+    msg.width, msg.height = int(fields["width"]), int(fields["height"])
+    msg.distortion_model = fields["distortion_model"]
+    msg.d = [float(v) for v in fields["d"]]
+    msg.k = [float(v) for v in fields["k"]]
+    msg.r = [float(v) for v in fields["r"]]
+    msg.p = [float(v) for v in fields["p"]]
+    return msg
+
+
 def stamp_seconds(header) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 

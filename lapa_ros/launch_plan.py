@@ -33,6 +33,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "server_backend": ("torch", "torch | onnxruntime: the started server's backend"),
     "server_threads": ("1", "intra-op threads of the started server's model"),
     "camera": ("sim", "sim (lapa_sim's scene camera), a device index, a stream URL, a video file, or none"),
+    "camera_info_url": ("", "lapa_camera: intrinsics YAML (camera_info_manager format, `lapa calibration "
+                            "checkerboard`) published as /camera/camera_info"),
     "speech": ("false", "start lapa_speech (spoken instructions, pocketsphinx)"),
     "wav_files": ("", "lapa_speech: comma-separated WAV files to recognise instead of the microphone"),
     "control_hz": ("0", "control rate; 0 = the model's control_hz (server metadata)"),
@@ -130,7 +132,8 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
             notes.append(f"sim:=true: robot_ip:={robot_ip} is ignored, the policy node drives franky-sim")
     if camera not in ("sim", "none", ""):
         nodes.append(NodeSpec("lapa_camera", "lapa_camera_node", "lapa_ros.camera_node", {
-            "source": camera, "image_topic": "/camera/image_raw"}, params_files))
+            "source": camera, "image_topic": "/camera/image_raw",
+            "camera_info_url": args["camera_info_url"].strip()}, params_files))
     nodes.append(NodeSpec("lapa_policy", "lapa_policy_node", "lapa_ros.policy_node", {
         "server_url": args["server_url"], "robot_backend": "franky",
         "robot_ip": "sim" if sim else robot_ip, "control_hz": control_hz,

@@ -167,6 +167,27 @@ def test_console_scripts_exist_for_every_planned_node():
         assert importlib.util.find_spec(n.module) is not None
 
 
+def test_camera_info_sits_beside_the_image_topic():
+    from lapa_ros.camera_node import camera_info_topic
+
+    assert camera_info_topic("/camera/image_raw") == "/camera/camera_info"
+    assert camera_info_topic("/robot/wrist/image") == "/robot/wrist/camera_info"
+    assert camera_info_topic("image") == "/camera_info"
+
+
+@pytest.mark.timeout(90)
+def test_camera_node_refuses_a_malformed_calibration(tmp_path):
+    bad = tmp_path / "camera.yaml"
+    bad.write_text("image_width: 64\nimage_height: [oops\n")
+    node = NodeProcess("lapa_ros.camera_node", tmp_path / "camera.log",
+                       {"source": str(tmp_path / "none.mp4"), "camera_info_url": f"file://{bad}"}).start()
+    try:
+        wait_for(lambda: not node.alive(), 60, "the node to exit")
+        assert "not valid YAML" in node.log()
+    finally:
+        node.stop()
+
+
 @pytest.mark.timeout(90)
 def test_camera_node_reports_a_missing_camera_and_keeps_running(tmp_path):
     probe = RosProbe("camera_probe")
@@ -188,9 +209,10 @@ def test_camera_node_reports_a_missing_camera_and_keeps_running(tmp_path):
 def test_camera_node_publishes_a_video_file(tmp_path):
     import cv2
     from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image
 
-    from lapa_ros.images import image_to_rgb
+    from calibration.intrinsics import CameraIntrinsics, save_intrinsics
+    from lapa_ros.images import image_to_rgb, stamp_seconds
 
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48))
@@ -200,14 +222,24 @@ def test_camera_node_publishes_a_video_file(tmp_path):
         frame[:, i:i + 4, 1] = 255
         writer.write(frame)
     writer.release()
+    calibration = save_intrinsics(CameraIntrinsics(128, 96, 100.0, 101.0, 63.5, 47.5, (0.1, 0, 0, 0, 0)),
+                                  tmp_path / "camera.yaml")  # calibrated at twice the published size
     probe = RosProbe("camera_probe2")
     node = NodeProcess("lapa_ros.camera_node", tmp_path / "camera.log",
-                       {"source": str(video), "rate_hz": 20.0, "image_topic": "/test_camera/image"}).start()
+                       {"source": str(video), "rate_hz": 20.0, "image_topic": "/test_camera/image",
+                        "camera_info_url": f"file://{calibration}"}).start()
     try:
-        frames = probe.record(Image, "/test_camera/image", qos_profile_sensor_data, convert=image_to_rgb)
-        wait_for(lambda: len(frames) >= 5, 60, "5 frames")
-        image = frames[-1][1]
+        frames = probe.record(Image, "/test_camera/image", qos_profile_sensor_data,
+                              convert=lambda m: (stamp_seconds(m.header), image_to_rgb(m)))
+        infos = probe.record(CameraInfo, "/test_camera/camera_info", qos_profile_sensor_data)
+        wait_for(lambda: len(frames) >= 5 and len(infos) >= 5, 60, "5 frames and their camera_info")
+        stamp, image = frames[-1][1]
         assert image.shape == (48, 64, 3) and image[:, :, 0].mean() > 150  # red arrives as red (RGB)
+        info = infos[-1][1]
+        assert (info.width, info.height) == (64, 48) and info.distortion_model == "plumb_bob"
+        np.testing.assert_allclose(info.k, [50.0, 0, 31.5, 0, 50.5, 23.5, 0, 0, 1])  # scaled to 64x48
+        assert list(info.d) == pytest.approx([0.1, 0, 0, 0, 0]) and info.header.frame_id == "camera"
+        assert stamp_seconds(info.header) in {s for _, (s, _) in frames}  # each info shares an image's stamp
     finally:
         node.stop()
         probe.close()
