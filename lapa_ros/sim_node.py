@@ -6,6 +6,8 @@ backend is *the* client, exactly as with a real robot) and announces the address
 `/lapa_sim/robot_ip` (latched). Then:
 
   out  <image_topic> (/camera/image_raw)  sensor_msgs/Image     the scene camera at camera_hz (rgb8)
+  out  <namespace>/camera_info (/camera/camera_info)  sensor_msgs/CameraInfo   its exact intrinsics
+                                                                (calibration.sim_camera), with every image
   out  /lapa_sim/robot_ip                 std_msgs/String       latched: where the policy node connects
   out  /lapa_sim/task_status              std_msgs/String       JSON: instruction, task, success, episode,
                                                                 seed, sim time, real-time factor
@@ -79,11 +81,13 @@ class SimNode:
         from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CameraInfo, Image
         from std_msgs.msg import Bool, String
         from std_srvs.srv import Trigger
 
+        from calibration.sim_camera import sim_scene_calibration
         from lapa.sim.franky_driver import SimLink
+        from lapa_ros.camera_node import camera_info_topic
 
         logging.getLogger("franky_sim").setLevel(logging.WARNING)  # it logs every protocol message
 
@@ -117,6 +121,8 @@ class SimNode:
         self.pub_ip = node.create_publisher(String, "/lapa_sim/robot_ip", latched)
         self.pub_ip.publish(String(data=self.link.hostname))
         self.pub_image = node.create_publisher(Image, p["image_topic"], qos_profile_sensor_data)
+        self.pub_info = node.create_publisher(CameraInfo, camera_info_topic(p["image_topic"]), qos_profile_sensor_data)
+        self.camera_info = sim_scene_calibration(self.config, model=m).intrinsics.to_camera_info_dict()
         self.pub_status = node.create_publisher(String, "/lapa_sim/task_status", 10)
         self.pub_success = node.create_publisher(Bool, "/lapa_sim/success", 10)
         self.pub_scene = node.create_publisher(String, "/lapa_sim/scene", 10)
@@ -155,7 +161,7 @@ class SimNode:
     # ------------------------------------------------------------------ camera thread
     def _camera_loop(self) -> None:
         from lapa.sim.rendering import SceneRenderer
-        from lapa_ros.images import rgb_to_image
+        from lapa_ros.images import camera_info_msg, rgb_to_image
 
         renderer = SceneRenderer(self.link.model, self.config)
         period = 1.0 / max(0.1, float(self.params["camera_hz"]))
@@ -164,7 +170,9 @@ class SimNode:
             while not self._closing.is_set():
                 stamp = time.time()
                 image = renderer.render(self.link.observe(camera_ready=True), "scene")
-                self.pub_image.publish(rgb_to_image(image, stamp, "scene_camera"))
+                msg = rgb_to_image(image, stamp, "scene_camera")
+                self.pub_image.publish(msg)
+                self.pub_info.publish(camera_info_msg(self.camera_info, msg.header))
                 self.frames_published += 1
                 next_t += period
                 delay = next_t - time.monotonic()

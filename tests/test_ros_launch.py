@@ -263,3 +263,30 @@ def test_config_yaml_matches_the_nodes_parameters():
         assert set(params) <= set(declared), node
         for name, value in params.items():
             assert value == declared[name][0], (node, name)
+
+
+@pytest.mark.timeout(120)
+def test_sim_camera_publishes_its_exact_camera_info(tmp_path):
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from calibration.sim_camera import sim_scene_calibration
+    from lapa.sim.scene import SceneConfig
+    from lapa_ros.images import stamp_seconds
+
+    probe = RosProbe("sim_camera_probe")
+    node = NodeProcess("lapa_ros.sim_node", tmp_path / "sim.log",
+                       {"image_size": 64, "camera_hz": 10.0, "image_topic": "/sim_test/image_raw"}).start()
+    try:
+        stamps = probe.record(Image, "/sim_test/image_raw", qos_profile_sensor_data,
+                              convert=lambda m: stamp_seconds(m.header))
+        infos = probe.record(CameraInfo, "/sim_test/camera_info", qos_profile_sensor_data)
+        wait_for(lambda: len(stamps) >= 3 and len(infos) >= 3, 90, "3 images and their camera_info")
+        info = infos[-1][1]
+        expected = sim_scene_calibration(SceneConfig(image_size=64)).intrinsics
+        assert (info.width, info.height) == (64, 64) and info.header.frame_id == "scene_camera"
+        np.testing.assert_allclose(info.k, expected.K.ravel(), rtol=1e-9)
+        assert stamp_seconds(info.header) in {s for _, s in stamps}
+    finally:
+        node.stop()
+        probe.close()
