@@ -367,8 +367,11 @@ class Experiment:
                 path = self.eval_file(method, cond)
                 if path.is_file():
                     continue
+                if self.c.execute not in ("first", "chunk"):
+                    raise UserError(f"execute must be 'first' or 'chunk', got {self.c.execute!r}")
+                execute_n = self.c.chunk_size if self.c.execute == "chunk" else 1  # chunk: replay whole chunks
                 result = evaluate_checkpoint(self.finetune_run(method), self.c.suite, self.c.eval_episodes,
-                                             held_out=cond == "unseen", execute=self.c.execute,
+                                             held_out=cond == "unseen", chunk_mode="first_n", execute_n=execute_n,
                                              text_encoder=self.encoder, progress=self.c.progress)
                 write_json(path, result)
                 o = result["overall"]

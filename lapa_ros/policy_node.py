@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lapa.chunking import CHUNK_MODES, DEFAULT_ENSEMBLE_DECAY, ChunkExecutor, TickAction
 from lapa_ros.backends import BACKENDS, BackendError
-from lapa_ros.chunking import CHUNK_MODES, ChunkExecutor, TickAction
 from lapa_ros.inference import Frame, FrameBuffer, InferenceWorker, Request, Result
 from lapa_ros.safety import FAULT, HOLD, SafetyFilter, SafetyLimits
 
@@ -74,7 +74,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "max_robot_state_age_s": (0.5, "a measured robot state older than this stops the robot"),
     "chunk_mode": ("first_n", "how a chunk is executed: first_n | ensemble (temporal ensembling)"),
     "chunk_n": (1, "first_n: actions executed from each chunk before asking again (1 = every tick)"),
-    "ensemble_decay": (0.5, "ensemble: weight exp(-decay * ticks since the prediction)"),
+    "ensemble_decay": (DEFAULT_ENSEMBLE_DECAY, "ensemble: weight exp(-decay * ticks since the prediction)"),
     "image_sync_s": (0.01, "a tick waits for a camera frame received at most this long before it"),
     "max_image_wait_s": (0.05, "... but no longer than this after the tick (then takes the newest)"),
     "control_rt_priority": (0, "1..99: run the control thread SCHED_FIFO at this priority (needs CAP_SYS_NICE; "

@@ -1,10 +1,10 @@
-"""Closed-loop evaluation: Wilson intervals, the chunk executor, seeds, and a real run on a tiny checkpoint."""
+"""Closed-loop evaluation: Wilson intervals, seeds, and a real run on a tiny checkpoint (chunk execution:
+test_eval_chunking.py)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from vla_fakes import FakeEncoder, save_random_action_vla
 
@@ -12,13 +12,11 @@ from lapa.cli import main as lapa_main
 from lapa.errors import UserError
 from lapa.eval.closed_loop import (
     EVAL_SEED_BASE,
-    ChunkExecutor,
     check_disjoint_seeds,
     eval_seeds,
     evaluate_checkpoint,
     wilson_interval,
 )
-from lapa.sim.env import Observation
 from lapa.sim.tasks import FAMILIES
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -52,37 +50,7 @@ def test_wilson_interval_edge_cases():
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
 
 
-# ----------------------------------------------------------------------------- executor and seeds
-
-
-class ChunkPolicy:
-    def __init__(self, k: int = 3):
-        self.k, self.calls, self.resets = k, 0, 0
-
-    def infer(self, obs):
-        assert obs["image"].shape == (16, 16, 3)
-        self.calls += 1
-        actions = np.zeros((self.k, 7), np.float32)
-        actions[:, 0] = np.arange(self.k) + 10 * self.calls
-        return {"actions": actions, "model_ms": 1.0}
-
-    def reset(self):
-        self.resets += 1
-
-
-def _obs(size=32):
-    return Observation(np.zeros((size, size, 3), np.uint8), np.zeros(8, np.float32), "reach the red block")
-
-
-def test_executor_runs_first_action_or_whole_chunk_and_resizes():
-    first = ChunkExecutor(ChunkPolicy(), "first", image_size=16)
-    assert [first(_obs())[0] for _ in range(3)] == [10, 20, 30]
-    chunk = ChunkExecutor(ChunkPolicy(), "chunk", image_size=16)
-    assert [chunk(_obs())[0] for _ in range(5)] == [10, 11, 12, 20, 21]
-    chunk.reset()
-    assert chunk(_obs())[0] == 30 and chunk.policy.resets == 1, "reset drops the rest of the chunk"
-    with pytest.raises(ValueError):
-        ChunkExecutor(ChunkPolicy(), "all")
+# ----------------------------------------------------------------------------- seeds
 
 
 def test_eval_seeds_are_fixed_and_far_from_training_seeds():
@@ -113,9 +81,12 @@ def test_overlapping_training_seeds_are_refused(tmp_path, checkpoint):
 def test_eval_runs_one_episode_per_task_and_reports(checkpoint, tmp_path):
     result = evaluate_checkpoint(checkpoint, "default", 1, text_encoder=FakeEncoder(), videos=tmp_path / "videos",
                                  max_videos_per_task=1, progress=False)
-    assert {"checkpoint", "suite", "instructions", "tasks", "overall", "episodes", "seconds", "execute",
-            "chunk_size", "render_size", "seed_base"} <= set(result)
+    assert {"checkpoint", "suite", "instructions", "tasks", "overall", "episodes", "seconds", "chunk_mode",
+            "execute_n", "ensemble_decay", "success", "chunk_size", "render_size", "seed_base"} <= set(result)
     assert result["instructions"] == "seen" and result["render_size"] == 32
+    assert (result["chunk_mode"], result["execute_n"], result["ensemble_decay"]) == ("first_n", 1, 0.5)
+    assert result["success"] == {f: block["success_rate"] for f, block in result["tasks"].items()}
+    assert result["policy_calls"] == sum(e["steps"] for e in result["episodes"]), "first_n 1 asks every step"
     assert set(result["tasks"]) == {"reach", "push", "pick", "put"}
     for family, block in result["tasks"].items():
         assert block["episodes"] == 1 and 0 <= block["success_rate"] <= 1
@@ -134,12 +105,22 @@ def test_cli_eval_held_out_writes_json(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "load_text_encoder", lambda encoder=None: encoder or FakeEncoder())
     out = tmp_path / "eval.json"
     assert lapa_main(["eval", "--ckpt", str(checkpoint), "--suite", "reach", "--episodes", "1", "--json", str(out),
-                      "--held-out", "--execute", "chunk"]) == 0
+                      "--held-out", "--execute-n", "2"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["instructions"] == "unseen" and doc["execute"] == "chunk" and doc["command"].startswith("lapa eval")
+    assert doc["instructions"] == "unseen" and doc["command"].startswith("lapa eval")
+    assert (doc["chunk_mode"], doc["execute_n"], doc["ensemble_decay"]) == ("first_n", 2, 0.5)
+    assert "--chunk-mode first_n --execute-n 2 --ensemble-decay 0.5" in doc["command"]
+    assert set(doc["success"]) == {"reach"} and 0 <= doc["success"]["reach"] <= 1
     held_out = [t.split("{")[0] for t in FAMILIES["reach"].held_out_templates]
     assert any(doc["episodes"][0]["instruction"].startswith(p) for p in held_out)
-    assert doc["policy_calls"] <= FAMILIES["reach"].max_steps // 2 + 1, "chunk mode asks once per chunk"
+    assert doc["policy_calls"] == -(-doc["episodes"][0]["steps"] // 2), "first_n 2 asks once per chunk of 2"
+
+
+def test_eval_ensemble_asks_every_step(checkpoint):
+    result = evaluate_checkpoint(checkpoint, "reach", 1, text_encoder=FakeEncoder(), chunk_mode="ensemble",
+                                 ensemble_decay=0.0, progress=False)
+    assert (result["chunk_mode"], result["ensemble_decay"]) == ("ensemble", 0.0)
+    assert result["policy_calls"] == result["episodes"][0]["steps"]
 
 
 def test_help_texts_render(capsys):

@@ -43,6 +43,7 @@ class Clip:
     frames: np.ndarray  # (T, H, W, 3) uint8
     fps: float
     actions: np.ndarray | None  # (T, 7) float32 for LeRobot episodes
+    states: np.ndarray | None = None  # (T, 8) float32 proprio for LeRobot episodes that have it
 
 
 def is_lerobot_dataset(root: Path) -> bool:
@@ -82,7 +83,7 @@ class ClipCatalog:
         """Decode a clip; raises VideoReadError (or DatasetError) when it cannot be read."""
         if ref.kind == "lerobot":
             ep = self._lerobot[ref.source].episode(ref.index)
-            return Clip(ClipRef(ref.source, ref.kind, ref.index, ep.task), ep.frames, ep.fps, ep.actions)
+            return Clip(ClipRef(ref.source, ref.kind, ref.index, ep.task), ep.frames, ep.fps, ep.actions, ep.states)
         frames, fps = self._videos[ref.source].read(ref.index)
         return Clip(ref, frames, fps, None)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lapa.eval.closed_loop import EVAL_SEED_BASE, EXECUTE_MODES
+    from lapa.chunking import CHUNK_MODES, DEFAULT_ENSEMBLE_DECAY
+    from lapa.eval.closed_loop import EVAL_SEED_BASE
 
     ev = sub.add_parser("eval", help="closed-loop success rate of a VLA checkpoint, per task, with 95%% intervals")
     ev.add_argument("--ckpt", type=Path, required=True, help="VLA checkpoint or training run directory")
@@ -19,8 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-videos", type=int, default=2, help="videos per task family (default: %(default)s)")
     ev.add_argument("--held-out", action="store_true",
                     help="unseen instructions: held-out paraphrases instead of the training templates")
-    ev.add_argument("--execute", choices=EXECUTE_MODES, default="first",
-                    help="run the first action of each chunk (default) or the whole chunk open loop")
+    ev.add_argument("--chunk-mode", choices=CHUNK_MODES, default="first_n",
+                    help="how each action chunk is executed, as by the ROS policy node: first_n (the first "
+                         "--execute-n actions, then ask again) or ensemble (ask every step, temporal ensembling) "
+                         "(default: %(default)s)")
+    ev.add_argument("--execute-n", type=int, default=1,
+                    help="first_n: actions executed per chunk; 1 is plain closed loop, the chunk size replays "
+                         "whole chunks (default: %(default)s)")
+    ev.add_argument("--ensemble-decay", type=float, default=DEFAULT_ENSEMBLE_DECAY,
+                    help="ensemble: weight exp(-decay * steps since the prediction) (default: %(default)s)")
     ev.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE, help="first evaluation seed")
     ev.add_argument("--render-size", type=int, help="camera size (default: the training dataset's)")
     ev.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
@@ -34,7 +42,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     result = evaluate_checkpoint(args.ckpt, args.suite, args.episodes, held_out=args.held_out,
-                                 execute=args.execute, seed_base=args.seed_base, videos=args.videos,
+                                 chunk_mode=args.chunk_mode, execute_n=args.execute_n,
+                                 ensemble_decay=args.ensemble_decay, seed_base=args.seed_base, videos=args.videos,
                                  max_videos_per_task=args.max_videos, render_size=args.render_size)
     result = {"command": _command(args), **result}
     summary = {k: v for k, v in result.items() if k != "episodes"}
@@ -48,7 +57,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _command(args: argparse.Namespace) -> str:
     """The equivalent command line (from the parsed options, whoever called main)."""
     parts = ["lapa eval", f"--ckpt {args.ckpt}", f"--suite {args.suite}", f"--episodes {args.episodes}",
-             f"--execute {args.execute}", f"--seed-base {args.seed_base}"]
+             f"--chunk-mode {args.chunk_mode}", f"--execute-n {args.execute_n}",
+             f"--ensemble-decay {args.ensemble_decay}", f"--seed-base {args.seed_base}"]
     parts += [f"--{k.replace('_', '-')} {v}" for k, v in (("json", args.json), ("videos", args.videos),
                                                         ("render_size", args.render_size)) if v is not None]
     return " ".join(parts + (["--held-out"] if args.held_out else []))

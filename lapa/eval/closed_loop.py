@@ -7,9 +7,11 @@ their metadata is at hand. The same seeds serve seen instructions (training temp
 ones (held-out paraphrases): the scene and task are identical, only the wording changes.
 
 The scene is rendered at the training dataset's image size and resized to the model's input with
-the same function the training data went through. A policy replies with a chunk of K actions;
-`execute="first"` runs the first action and asks again at the next step (default), `"chunk"`
-replays the whole chunk open loop before asking again.
+the same function the training data went through. A policy replies with a chunk of K actions,
+executed by the ROS policy node's own `lapa.chunking.ChunkExecutor` in simulated time (step i of
+an episode is tick i): `chunk_mode="first_n"` runs the first `execute_n` actions of each chunk
+before asking again (1, the default: plain closed loop; K: the whole chunk open loop),
+`"ensemble"` asks every step and executes ACT's temporal ensemble of the overlapping chunks.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from lapa.chunking import DEFAULT_ENSEMBLE_DECAY, ChunkExecutor
 from lapa.errors import UserError
 from lapa.sim.env import Observation
 
 EVAL_SEED_BASE = 50_000_000
 FAMILY_SEED_STRIDE = 100_000
-EXECUTE_MODES = ("first", "chunk")
 Z_95 = 1.959963984540054
 
 
@@ -57,39 +59,53 @@ def eval_seeds(family_index: int, episodes: int, base: int = EVAL_SEED_BASE) -> 
 # ----------------------------------------------------------------------------- policy adapter
 
 
-class ChunkExecutor:
+class ClosedLoopExecutor:
     """Observation -> one action, over a policy replying with chunks (`infer(obs)["actions"]` (K, 7)).
 
-    `image_size` (model input side): observations rendered at another size are resized first.
+    Chunks go through `lapa.chunking.ChunkExecutor`, as on the robot, in simulated time: the i-th
+    call since `reset()` is tick i; a chunk requested at tick i starts there and arrives at once
+    (the simulator waits for the model). `first_n` asks the policy only when no chunk covers the
+    tick, `ensemble` asks every tick. `image_size` (model input side): observations rendered at
+    another size are resized first. `calls` and `model_ms` add up over all episodes.
     """
 
-    def __init__(self, policy: Any, execute: str = "first", image_size: int | None = None) -> None:
-        if execute not in EXECUTE_MODES:
-            raise ValueError(f"execute must be one of {EXECUTE_MODES}, got {execute!r}")
+    def __init__(self, policy: Any, chunk_mode: str = "first_n", execute_n: int = 1,
+                 ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY, image_size: int | None = None) -> None:
+        self.chunks = ChunkExecutor(chunk_mode, execute_n, ensemble_decay)  # validates the three
         self.policy = policy
-        self.execute = execute
+        self.chunk_mode, self.execute_n, self.ensemble_decay = chunk_mode, execute_n, float(ensemble_decay)
         self.image_size = image_size
-        self._queue: list[np.ndarray] = []
+        self.tick = 0
         self.calls = 0
         self.model_ms = 0.0
 
     def reset(self) -> None:
-        self._queue.clear()
+        """A new episode: no chunks, tick 0, and the policy's own reset."""
+        self.chunks.clear()
+        self.tick = 0
         self.policy.reset()
 
-    def __call__(self, obs: Observation) -> np.ndarray:
-        if not self._queue:
-            image = obs.image
-            if self.image_size is not None and image.shape[0] != self.image_size:
-                from lapa.data.frame_pairs import resize_frames
+    def _model_obs(self, obs: Observation) -> dict[str, Any]:
+        image = obs.image
+        if self.image_size is not None and image.shape[0] != self.image_size:
+            from lapa.data.frame_pairs import resize_frames
 
-                image = resize_frames(image[None], self.image_size)[0]
-            reply = self.policy.infer({"image": image, "instruction": obs.instruction})
+            image = resize_frames(image[None], self.image_size)[0]
+        return {"image": image, "instruction": obs.instruction, "state": obs.state}
+
+    def __call__(self, obs: Observation) -> np.ndarray:
+        tick = self.tick
+        if self.chunks.needs_request(tick):
+            reply = self.policy.infer(self._model_obs(obs))
             self.calls += 1
             self.model_ms += float(reply.get("model_ms", 0.0))
-            actions = np.asarray(reply["actions"], np.float32)  # (K, 7)
-            self._queue = [actions[0]] if self.execute == "first" else list(actions)
-        return self._queue.pop(0)
+            self.chunks.add_chunk(np.asarray(reply["actions"], np.float32), obs_time_s=float(tick),
+                                  start_tick=tick, arrival_tick=tick)
+        tick_action = self.chunks.action_for(tick)
+        if tick_action is None:  # cannot happen: a chunk that just arrived covers its own tick
+            raise RuntimeError(f"no action for tick {tick}")
+        self.tick += 1
+        return tick_action.action.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- the evaluation
@@ -161,9 +177,11 @@ def evaluate_policy(policy: Callable[[Observation], np.ndarray], suite: str, epi
                 bar.update(1)
         bar.close()
     seconds = time.perf_counter() - t0
+    summary = summarize(outcomes, families)
     return {
         "suite": suite, "instructions": "unseen" if held_out else "seen", "episodes_per_task": episodes,
-        "seed_base": seed_base, "render_size": render_size, **summarize(outcomes, families),
+        "seed_base": seed_base, "render_size": render_size, **summary,
+        "success": {f: block["success_rate"] for f, block in summary["tasks"].items()},
         "episodes": [asdict(o) for o in outcomes], "seconds": seconds,
         "steps_per_s": total_steps / max(seconds, 1e-9),
     }
@@ -226,15 +244,23 @@ def check_disjoint_seeds(ckpt: str | os.PathLike, suite_size: int, episodes: int
 
 
 def evaluate_checkpoint(ckpt: str | os.PathLike, suite: str = "default", episodes: int = 10, *,
-                        held_out: bool = False, execute: str = "first", seed_base: int = EVAL_SEED_BASE,
+                        held_out: bool = False, chunk_mode: str = "first_n", execute_n: int = 1,
+                        ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY, seed_base: int = EVAL_SEED_BASE,
                         videos: str | os.PathLike | None = None, max_videos_per_task: int = 2,
                         text_encoder: Any | None = None, render_size: int | None = None,
                         progress: bool = True) -> dict[str, Any]:
-    """Evaluate a finetuned VLA checkpoint (or training run directory) through TorchPolicy."""
+    """Evaluate a finetuned VLA checkpoint (or training run directory) through TorchPolicy.
+
+    `chunk_mode`, `execute_n`, `ensemble_decay`: how chunks are executed (see ClosedLoopExecutor).
+    """
     from lapa.policy.torch_policy import TorchPolicy
     from lapa.policy.train import load_text_encoder, resolve_vla_checkpoint
     from lapa.sim.tasks import get_suite
 
+    try:
+        ChunkExecutor(chunk_mode, execute_n, ensemble_decay)  # bad options fail before the model loads
+    except ValueError as err:
+        raise UserError(str(err)) from err
     path = resolve_vla_checkpoint(ckpt)
     try:
         families = get_suite(suite)
@@ -246,10 +272,11 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, suite: str = "default", episode
     if render_size is None:
         sizes = [s for s in map(dataset_image_size, training_datasets(path)) if s]
         render_size = sizes[0] if sizes else model_size
-    executor = ChunkExecutor(policy, execute=execute, image_size=model_size)
+    executor = ClosedLoopExecutor(policy, chunk_mode, execute_n, ensemble_decay, image_size=model_size)
     result = evaluate_policy(executor, suite, episodes, held_out=held_out, render_size=render_size,
                              seed_base=seed_base, videos=videos, max_videos_per_task=max_videos_per_task,
                              progress=progress, reset=executor.reset)
-    return {"checkpoint": str(path), "execute": execute, "chunk_size": policy.config.chunk_size,
+    return {"checkpoint": str(path), "chunk_mode": chunk_mode, "execute_n": execute_n,
+            "ensemble_decay": float(ensemble_decay), "chunk_size": policy.config.chunk_size,
             "model_image_size": model_size, "policy_calls": executor.calls,
             "mean_model_ms": executor.model_ms / max(executor.calls, 1), **result}

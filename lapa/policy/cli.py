@@ -43,13 +43,20 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--steps", type=int, default=steps, help="global step to train to (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4, help="constant AdamW learning rate")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "base"), help="model size (from scratch)")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "base", "tabletop"),
+                   help="model (from scratch): tiny, base, or tabletop (conv+FiLM encoder, state, l1 head)")
     p.add_argument("--image-size", type=int, help="override the preset's image size (from scratch)")
     p.add_argument("--patch-size", type=int, help="override the preset's patch size (from scratch)")
     p.add_argument("--chunk-size", type=int, help="actions per prediction (default: the preset's / init's)")
     p.add_argument("--num-bins", type=int, help="action bins per dimension (default: the preset's / init's)")
     p.add_argument("--decoder", choices=("parallel", "autoregressive"), help="action decoder")
-    p.add_argument("--augment", action="store_true", help="random resized crop 0.9 + brightness/contrast jitter")
+    p.add_argument("--encoder", choices=("patch", "conv"), help="image encoder (from scratch)")
+    p.add_argument("--no-film", action="store_true", help="conv encoder without FiLM conditioning (ablation)")
+    p.add_argument("--state-dim", type=int, choices=(0, 8), help="proprio state input: 0 none, 8 (from scratch)")
+    p.add_argument("--action-output", choices=("bins", "l1"), help="action head: quantile bins or l1 regression")
+    p.add_argument("--augment", nargs="?", const="crop", choices=("crop", "shift"), default=False,
+                   help="image augmentation: crop (random resized crop 0.9 + jitter; the default when the flag "
+                        "is given alone) or shift (DrQ random shift, 4 px)")
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -68,8 +75,12 @@ def _config(args: argparse.Namespace):
     from lapa.policy.config import VLAConfig
 
     changes = {k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size),
-                                 ("chunk_size", args.chunk_size),
-                                 ("num_bins", args.num_bins), ("decoder", args.decoder)) if v is not None}
+                                 ("chunk_size", args.chunk_size), ("num_bins", args.num_bins),
+                                 ("decoder", args.decoder), ("encoder", args.encoder),
+                                 ("state_dim", args.state_dim), ("action_output", args.action_output))
+               if v is not None}
+    if args.no_film:
+        changes["film"] = False
     return VLAConfig.preset(args.preset, **changes)
 
 
@@ -92,7 +103,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from lapa.policy.train import finetune_actions
 
     return _print(finetune_actions(args.init, args.data, args.out, config=_config(args), chunk_size=args.chunk_size,
-                                   num_bins=args.num_bins, decoder=args.decoder, opts=_options(args),
+                                   num_bins=args.num_bins, decoder=args.decoder,
+                                   action_output=args.action_output, opts=_options(args),
                                    resume=args.resume))
 
 

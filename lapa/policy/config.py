@@ -13,11 +13,14 @@ from typing import Any
 
 import torch
 
-from lapa.action import ACTION_DIM
+from lapa.action import ACTION_DIM, STATE_DIM
 from lapa.config_checks import check_patch_grid, check_positive_ints, from_known_keys, from_preset
 
 HEADS = ("latent", "action")
 DECODERS = ("parallel", "autoregressive")
+ENCODERS = ("patch", "conv")
+ACTION_OUTPUTS = ("bins", "l1")
+STATE_DIMS = (0, STATE_DIM)
 MAX_CHUNK_SIZE = 8
 
 
@@ -38,6 +41,12 @@ class VLAConfig:
     control_hz: float = 10.0  # rate at which the chunk's actions are meant to be executed
     head: str = "latent"  # "latent" (stage 2) or "action" (stage 3)
     decoder: str = "parallel"  # action decoding: "parallel" (one pass) or "autoregressive"
+    # image encoder: "patch" (ViT: linear patch embedding) or "conv" (a strided conv stem with the
+    # instruction FiLM-ed into every layer, one token per patch_size x patch_size cell)
+    encoder: str = "patch"
+    film: bool = True  # conv encoder: FiLM conditioning on the instruction after every conv layer
+    state_dim: int = 0  # proprio input: 0 none, 8 = EE xyz, rpy, gripper width as one token
+    action_output: str = "bins"  # action head: "bins" (cross-entropy over quantile bins) or "l1"
 
     def __post_init__(self) -> None:
         positive = ("image_size", "patch_size", "dim", "depth", "heads", "text_dim", "latent_seq_len")
@@ -61,6 +70,19 @@ class VLAConfig:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.encoder == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"the conv encoder downsamples by powers of 2: patch_size must be 2, 4, 8, ..., "
+                             f"got {self.patch_size}")
+        if not isinstance(self.film, bool):
+            raise ValueError(f"film must be a bool, got {self.film!r}")
+        if self.state_dim not in STATE_DIMS:
+            raise ValueError(f"state_dim must be one of {STATE_DIMS}, got {self.state_dim!r}")
+        if self.action_output not in ACTION_OUTPUTS:
+            raise ValueError(f"action_output must be one of {ACTION_OUTPUTS}, got {self.action_output!r}")
+        if self.action_output == "l1" and self.decoder != "parallel":
+            raise ValueError("the l1 action head regresses the whole chunk in one pass: decoder must be 'parallel'")
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -77,8 +99,8 @@ class VLAConfig:
 
     @property
     def prefix_len(self) -> int:
-        """Tokens before the queries: 1 instruction token + the image patches."""
-        return 1 + self.num_patches
+        """Tokens before the queries: 1 instruction token, the state token (if any), the image patches."""
+        return 1 + (1 if self.state_dim else 0) + self.num_patches
 
     @property
     def num_action_tokens(self) -> int:
@@ -86,7 +108,11 @@ class VLAConfig:
 
     @property
     def num_queries(self) -> int:
-        return self.latent_seq_len if self.head == "latent" else self.num_action_tokens
+        """Latent head: one query per latent token. Bins head: one per action token (K*7). L1 head:
+        one per chunk step (each regresses all 7 dimensions)."""
+        if self.head == "latent":
+            return self.latent_seq_len
+        return self.chunk_size if self.action_output == "l1" else self.num_action_tokens
 
     # ------------------------------------------------------------------ presets and I/O
     @classmethod
@@ -121,4 +147,8 @@ PRESETS: dict[str, VLAConfig] = {
     "tiny": VLAConfig(image_size=64, patch_size=8, dim=128, depth=4, heads=4),
     # ViT-S-sized trunk on 224x224 images (196 patches); about 15M parameters
     "base": VLAConfig(image_size=224, patch_size=16, dim=384, depth=8, heads=6),
+    # the recipe that does the tabletop tasks on a CPU budget (experiments/policy/README.md): a FiLM
+    # conv stem (8x8 tokens on 64x64 images), proprio state token, L1 chunk regression
+    "tabletop": VLAConfig(image_size=64, patch_size=8, dim=128, depth=4, heads=4, encoder="conv",
+                          state_dim=STATE_DIM, action_output="l1"),
 }

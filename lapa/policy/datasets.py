@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from lapa.action import ACTION_DIM
+from lapa.action import ACTION_DIM, STATE_DIM
 from lapa.data.frame_pairs import ClipCatalog, resize_frames
 from lapa.errors import UserError
 from lapa.laq.labels import read_labels
@@ -47,7 +47,8 @@ class Batch:
     codes: torch.Tensor | None = None  # (B, L) int64 latent targets
     bins: torch.Tensor | None = None  # (B, K, 7) int64 action tokens
     mask: torch.Tensor | None = None  # (B, K) bool: False past the episode end
-    actions: torch.Tensor | None = None  # (B, K, 7) float32 true chunk (for error metrics)
+    actions: torch.Tensor | None = None  # (B, K, 7) float32 true chunk (targets of an l1 head, error metrics)
+    states: torch.Tensor | None = None  # (B, 8) float32 proprio at x_t (None: the data has none)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -82,6 +83,7 @@ class ClipFrames:
     instructions: list[str]  # (C,)
     keys: list[tuple[str, int]]  # (C,) (dataset root, clip index in ClipCatalog([root]).refs)
     actions: list[np.ndarray | None]  # (C,) (T_c, 7) float32 when the source has actions
+    states: np.ndarray | None = None  # (F, 8) float32, row-aligned with frames; None unless every clip has states
 
     def length(self, c: int) -> int:
         return int(self.offsets[c + 1] - self.offsets[c])
@@ -92,7 +94,7 @@ def load_clips(keys: Sequence[tuple[str, int]], image_size: int, progress: bool 
     from tqdm import tqdm
 
     catalogs: dict[str, ClipCatalog] = {}
-    frames, lengths, instructions, actions = [], [], [], []
+    frames, lengths, instructions, actions, states = [], [], [], [], []
     for root, index in tqdm(keys, desc="decoding clips", unit="clip", disable=not progress):
         if root not in catalogs:
             catalogs[root] = ClipCatalog([root])
@@ -104,10 +106,14 @@ def load_clips(keys: Sequence[tuple[str, int]], image_size: int, progress: bool 
         lengths.append(len(clip.frames))
         instructions.append(clip.ref.instruction)
         actions.append(None if clip.actions is None else np.asarray(clip.actions, np.float32))
+        states.append(None if clip.states is None else np.asarray(clip.states, np.float32))
     if not frames:
         raise UserError("no clips to load")
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return ClipFrames(np.concatenate(frames), offsets, instructions, list(keys), actions)
+    all_states = None
+    if all(s is not None and s.shape == (len(f), STATE_DIM) for s, f in zip(states, frames, strict=True)):
+        all_states = np.concatenate(states)  # (F, 8)
+    return ClipFrames(np.concatenate(frames), offsets, instructions, list(keys), actions, all_states)
 
 
 def all_clip_keys(roots: Sequence[str | os.PathLike]) -> list[tuple[str, int]]:
@@ -142,6 +148,31 @@ def augment_images(images: torch.Tensor, rng: np.random.Generator) -> torch.Tens
     return x.clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()  # (B, S, S, 3)
 
 
+def shift_images(images: torch.Tensor, rng: np.random.Generator, pad: int = 4) -> torch.Tensor:
+    """DrQ / Diffusion Policy random shift: pad by `pad` pixels (edge replicate), crop back at a
+    random offset. uint8 (B, S, S, 3) -> float (B, S, S, 3) in [0, 1]; integer shifts, no blur."""
+    B, S = images.shape[0], images.shape[1]
+    x = images.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")  # (B, 3, S + 2p, S + 2p)
+    dy, dx = rng.integers(0, 2 * pad + 1, (2, B))
+    out = torch.stack([x[b, :, dy[b]:dy[b] + S, dx[b]:dx[b] + S] for b in range(B)])  # (B, 3, S, S)
+    return out.permute(0, 2, 3, 1).contiguous()  # (B, S, S, 3)
+
+
+AUGMENTATIONS = ("crop", "shift")
+
+
+def apply_augmentation(images: torch.Tensor, rng: np.random.Generator, augment: bool | str) -> torch.Tensor:
+    """augment False: unchanged; True or "crop": augment_images; "shift": shift_images."""
+    if augment is False or augment is None:
+        return images
+    if augment is True or augment == "crop":
+        return augment_images(images, rng)
+    if augment == "shift":
+        return shift_images(images, rng)
+    raise ValueError(f"augment must be False, True or one of {AUGMENTATIONS}, got {augment!r}")
+
+
 # ----------------------------------------------------------------------------- latent pretraining
 
 
@@ -172,11 +203,10 @@ class LatentSet:
     def __len__(self) -> int:
         return len(self.codes)
 
-    def sample(self, rng: np.random.Generator, batch_size: int, augment: bool = False) -> Batch:
+    def sample(self, rng: np.random.Generator, batch_size: int, augment: bool | str = False) -> Batch:
         idx = rng.integers(0, len(self), batch_size)  # (B,)
         images = torch.from_numpy(self.clips.frames[self.frame_rows[idx]])  # (B, S, S, 3) uint8
-        if augment:
-            images = augment_images(images, rng)
+        images = apply_augmentation(images, rng, augment)
         return Batch(images, self.table.embeddings[self.text_ids[idx]], codes=self.codes[idx])
 
 
@@ -265,15 +295,21 @@ class ActionSet:
     def __len__(self) -> int:
         return len(self.frame_rows)
 
-    def sample(self, rng: np.random.Generator, batch_size: int, augment: bool = False) -> Batch:
+    def sample(self, rng: np.random.Generator, batch_size: int, augment: bool | str = False) -> Batch:
+        idx = rng.integers(0, len(self), batch_size)  # (B,)
+        batch = self.batch(idx)
+        batch.images = apply_augmentation(batch.images, rng, augment)
+        return batch
+
+    def batch(self, idx: np.ndarray) -> Batch:
+        """The samples `idx` (B,) in order, unaugmented."""
         if self.bins is None:
             raise RuntimeError("call set_tokenizer(tokenizer) before sampling action batches")
-        idx = rng.integers(0, len(self), batch_size)  # (B,)
-        images = torch.from_numpy(self.clips.frames[self.frame_rows[idx]])  # (B, S, S, 3) uint8
-        if augment:
-            images = augment_images(images, rng)
+        rows = self.frame_rows[idx]  # (B,)
+        images = torch.from_numpy(self.clips.frames[rows])  # (B, S, S, 3) uint8
+        states = None if self.clips.states is None else torch.from_numpy(self.clips.states[rows])  # (B, 8)
         return Batch(images, self.table.embeddings[self.text_ids[idx]], bins=self.bins[idx],
-                     mask=self.masks[idx], actions=torch.from_numpy(self.chunks[idx]))
+                     mask=self.masks[idx], actions=torch.from_numpy(self.chunks[idx]), states=states)
 
 
 # ----------------------------------------------------------------------------- pseudo-action files

@@ -1,12 +1,20 @@
 """VLA: the vision-language-action policy of LAPA stages 2 and 3. Read top-down.
 
-    image uint8 (B, H, W, 3) --/255, [-1, 1], patchify, Linear, + pos--> patches (B, N, D)
+    image uint8 (B, H, W, 3) --/255, [-1, 1]--> image encoder --> + pos --> patches (B, N, D)
+        encoder "patch": patchify, Linear (ViT)
+        encoder "conv":  strided 3x3 convs, the instruction FiLM-ed into every layer (as OFT+ and
+                         FiLM-ed ResNets do: the instruction decides early which block matters)
     instruction embedding (B, 384), precomputed and cached --LayerNorm, Linear--> text (B, 1, D)
+    proprio state (B, 8) (state_dim = 8) --features, Linear--> state (B, 1, D); absent (latent
+        pretraining, a caller without state): a learned "no state" token instead
     head-specific learnable queries                                            --> queries (B, Q, D)
-    trunk: pre-norm transformer over [text, patches, queries] (B, 1 + N + Q, D), final LayerNorm
-    head: Linear on the query outputs -> logits
-        latent_head (stage 2): Q = latent_seq_len queries  -> (B, L, latent_codebook_size)
-        action_head (stage 3): Q = K * 7 queries            -> (B, K, 7, num_bins)
+    trunk: pre-norm transformer over [text, state, patches, queries], final LayerNorm
+    head: Linear on the query outputs
+        latent_head (stage 2): Q = latent_seq_len queries  -> logits (B, L, latent_codebook_size)
+        action_head "bins" (stage 3): Q = K * 7 queries    -> logits (B, K, 7, num_bins)
+        action_head "l1"   (stage 3): Q = K queries        -> normalised actions (B, K, 7), trained
+                         with L1 (OpenVLA-OFT's continuous head); un-normalised with the tokenizer's
+                         1st/99th percentiles, so the same config.json describes both heads
 
 Attention mask: the prefix [text, patches] attends only to itself (it never sees the queries, so
 its features do not depend on the head or on previously decoded tokens); the queries see the whole
@@ -98,6 +106,74 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))  # (B, S, D)
 
 
+# ----------------------------------------------------------------------------- image encoders
+
+
+class FiLM(nn.Module):
+    """Feature-wise affine modulation by the instruction: x * (1 + gamma(t)) + beta(t), identity at init."""
+
+    def __init__(self, text_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(text_dim, 2 * channels)
+
+    def reset_to_identity(self) -> None:
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, text: Tensor) -> Tensor:
+        gamma, beta = self.proj(text).chunk(2, dim=-1)  # (B, C) each
+        return x * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]  # (B, C, H, W)
+
+
+class ConvEncoder(nn.Module):
+    """image (B, 3, S, S) in [-1, 1] + instruction (B, text_dim) -> tokens (B, (S / patch)^2, D).
+
+    A stride-2 3x3 conv per halving (log2(patch_size) of them, plus one stride-1 conv at the first
+    resolution), each followed by GroupNorm, FiLM (when `film`) and ReLU; a 1x1 conv maps to D.
+    """
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        halvings = int(math.log2(config.patch_size))
+        widths = [min(config.dim, 32 * 2**i) for i in range(halvings)]
+        layers: list[tuple[int, int, int]] = [(3, widths[0], 2), (widths[0], widths[0], 1)]
+        layers += [(widths[i - 1], widths[i], 2) for i in range(1, halvings)]
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, stride=s, padding=1) for i, o, s in layers)
+        self.norms = nn.ModuleList(nn.GroupNorm(min(8, o), o) for _, o, _ in layers)
+        self.films = nn.ModuleList(FiLM(config.text_dim, o) for _, o, _ in layers) if config.film else None
+        self.out = nn.Conv2d(widths[-1], config.dim, 1)
+
+    def forward(self, x: Tensor, text: Tensor) -> Tensor:
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            x = norm(conv(x))  # (B, C_i, H_i, W_i)
+            if self.films is not None:
+                x = self.films[i](x, text)
+            x = F.relu(x)
+        x = self.out(x)  # (B, D, g, g)
+        return x.flatten(2).transpose(1, 2)  # (B, g*g, D)
+
+
+# ----------------------------------------------------------------------------- proprio state
+
+STATE_FEATURES = 10  # xyz (3), sin and cos of roll, pitch, yaw (6), gripper width (1)
+_WORKSPACE_CENTRE_M = (0.5, 0.0, 0.15)
+_WORKSPACE_SCALE_M = 0.15
+_GRIPPER_HALF_WIDTH_M = 0.04
+
+
+def state_features(state: Tensor) -> Tensor:
+    """(B, 8) [EE xyz m, EE rpy rad, gripper width m] -> (B, 10) features of order 1.
+
+    Fixed (not fitted) scaling, so no statistics travel with the checkpoint, and angles as sin/cos:
+    a gripper pointing down has roll near +-pi, where the raw angle jumps by 2 pi.
+    """
+    centre = torch.tensor(_WORKSPACE_CENTRE_M, dtype=state.dtype, device=state.device)
+    xyz = (state[:, 0:3] - centre) / _WORKSPACE_SCALE_M  # (B, 3)
+    rpy = state[:, 3:6]  # (B, 3)
+    width = state[:, 6:7] / _GRIPPER_HALF_WIDTH_M - 1.0  # (B, 1): -1 closed, +1 open
+    return torch.cat([xyz, torch.sin(rpy), torch.cos(rpy), width], dim=1)  # (B, 10)
+
+
 # ----------------------------------------------------------------------------- heads
 
 
@@ -171,6 +247,73 @@ class ActionHead(nn.Module):
         return table.gather(-1, bins.unsqueeze(-1)).squeeze(-1)  # (B, K, A)
 
 
+class RegressionHead(nn.Module):
+    """Stage 3, continuous: K queries (one per chunk step) -> 7 normalised values each, L1-trained.
+
+    Normalisation (from the fitted ActionTokenizer's statistics): each motion dimension maps its
+    [q01, q99] to [-1, 1]; the gripper target 0/1 maps to -1/+1. Predictions are clipped to
+    [-1, 1] before un-normalising, so a decoded action never leaves the range the expert used.
+    `decode(bins)` and `nearest_bins(actions)` keep the token view of the bins head for callers
+    that report tokens.
+    """
+
+    autoregressive = False
+
+    def __init__(self, config: VLAConfig, tokenizer: ActionTokenizer | None = None) -> None:
+        super().__init__()
+        K, A, nb, D = config.chunk_size, config.action_dim, config.num_bins, config.dim
+        self.chunk_size, self.action_dim, self.num_bins = K, A, nb
+        self.step_emb = nn.Parameter(torch.randn(1, K, D) * 0.02)  # (1, K, D)
+        self.proj = nn.Linear(D, A)
+        self.register_buffer("bin_centers", torch.zeros(A, nb), persistent=False)  # (7, nb)
+        self.register_buffer("action_mid", torch.zeros(A), persistent=False)  # (7,)
+        self.register_buffer("action_half", torch.ones(A), persistent=False)  # (7,)
+        self.has_bin_centers = False
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+
+    def set_tokenizer(self, tokenizer: ActionTokenizer) -> None:
+        mid, half = regression_scale(tokenizer)
+        self.action_mid.copy_(torch.from_numpy(mid))
+        self.action_half.copy_(torch.from_numpy(half))
+        self.bin_centers.copy_(torch.from_numpy(tokenizer.bin_centers()))
+        self.has_bin_centers = True
+
+    def query_tokens(self, batch: int, bins: Tensor | None) -> Tensor:
+        if bins is not None:
+            raise ValueError("the l1 action head takes no previous bins")
+        return self.step_emb.expand(batch, -1, -1)  # (B, K, D)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Normalised actions (B, K, 7) (not logits; the name keeps one head interface)."""
+        return self.proj(h)  # (B, K, 7)
+
+    def normalize(self, actions: Tensor) -> Tensor:
+        return ((actions - self.action_mid) / self.action_half).clamp(-1.0, 1.0)  # (B, K, 7)
+
+    def to_actions(self, normalized: Tensor) -> Tensor:
+        return normalized.clamp(-1.0, 1.0) * self.action_half + self.action_mid  # (B, K, 7) robot units
+
+    def nearest_bins(self, actions: Tensor) -> Tensor:
+        """The token of each action value: its nearest bin centre. (B, K, 7) -> int64 (B, K, 7)."""
+        return (actions.unsqueeze(-1) - self.bin_centers).abs().argmin(dim=-1)  # (B, K, 7)
+
+    def decode(self, bins: Tensor) -> Tensor:
+        table = self.bin_centers.expand(*bins.shape[:-1], -1, -1)  # (B, K, A, nb)
+        return table.gather(-1, bins.unsqueeze(-1)).squeeze(-1)  # (B, K, A)
+
+
+def regression_scale(tokenizer: ActionTokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """(mid, half) float32 (7,) each: the l1 head's normalisation from the tokenizer's q01 / q99."""
+    if not tokenizer.stats:
+        raise ValueError("the action tokenizer has no statistics (q01/q99): refit it")
+    q01 = np.asarray(tokenizer.stats["q01"], np.float64)
+    q99 = np.asarray(tokenizer.stats["q99"], np.float64)
+    mid, half = (q99 + q01) / 2.0, np.maximum((q99 - q01) / 2.0, 1e-6)
+    mid[-1], half[-1] = 0.5, 0.5  # gripper: 0 closed / 1 open -> -1 / +1
+    return mid.astype(np.float32), half.astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -180,25 +323,32 @@ class VLA(nn.Module):
         self.config = config
         D = config.dim
         # trunk: kept when the latent head is swapped for the action head
-        self.patch_embed = nn.Linear(config.patch_dim, D)
+        self.patch_embed = nn.Linear(config.patch_dim, D) if config.encoder == "patch" else None
+        self.conv_encoder = ConvEncoder(config) if config.encoder == "conv" else None
         self.pos_emb = nn.Parameter(torch.randn(1, config.num_patches, D) * 0.02)  # (1, N, D)
         self.text_norm = nn.LayerNorm(config.text_dim)  # unit-norm sentence vectors -> unit variance
         self.text_proj = nn.Linear(config.text_dim, D)
+        self.state_proj = nn.Linear(STATE_FEATURES, D) if config.state_dim else None
+        self.no_state = nn.Parameter(torch.randn(1, 1, D) * 0.02) if config.state_dim else None  # (1, 1, D)
         self.blocks = nn.ModuleList(Block(D, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.norm = nn.LayerNorm(D)
         # heads: exactly one of them exists
         self.latent_head: LatentHead | None = None
-        self.action_head: ActionHead | None = None
+        self.action_head: ActionHead | RegressionHead | None = None
         if config.head == "latent":
             self.latent_head = LatentHead(config)
         else:
-            self.action_head = ActionHead(config, _centers(tokenizer, config))
+            self.action_head = _new_action_head(config, tokenizer)
         self.apply(_init_weights)
+        for module in self.modules():
+            if isinstance(module, FiLM):
+                module.reset_to_identity()
         self.register_buffer("attn_blocked", _attention_mask(config), persistent=False)  # (S, S)
 
     # ------------------------------------------------------------------ trunk
-    def embed_prefix(self, images: Tensor, text_emb: Tensor) -> Tensor:
-        """uint8 (B, H, W, 3) images (or floats in [0, 1]) + (B, text_dim) -> prefix (B, 1 + N, D)."""
+    def embed_prefix(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> Tensor:
+        """uint8 (B, H, W, 3) images (or floats in [0, 1]) + (B, text_dim) [+ (B, 8) state]
+        -> prefix (B, P, D): [text, state (if state_dim), patches]."""
         c = self.config
         H = W = c.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (H, W, 3):
@@ -207,12 +357,27 @@ class VLA(nn.Module):
             raise ValueError(f"text_emb must be (B, {c.text_dim}), got {tuple(text_emb.shape)}")
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # (B, H, W, 3) in [0, 1]
         x = (x - 0.5) / 0.5  # [-1, 1]
-        g, p = c.grid_size, c.patch_size
-        x = x.reshape(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5)  # (B, g, g, p, p, 3)
-        x = x.reshape(-1, g * g, p * p * 3)  # (B, N, p*p*3)
-        patches = self.patch_embed(x) + self.pos_emb  # (B, N, D)
-        text = self.text_proj(self.text_norm(text_emb.float())).unsqueeze(1)  # (B, 1, D)
-        return torch.cat([text, patches], dim=1)  # (B, 1 + N, D)
+        text_n = self.text_norm(text_emb.float())  # (B, text_dim)
+        if self.conv_encoder is not None:
+            patches = self.conv_encoder(x.permute(0, 3, 1, 2), text_n)  # (B, N, D)
+        else:
+            g, p = c.grid_size, c.patch_size
+            x = x.reshape(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5)  # (B, g, g, p, p, 3)
+            x = x.reshape(-1, g * g, p * p * 3)  # (B, N, p*p*3)
+            patches = self.patch_embed(x)  # (B, N, D)
+        patches = patches + self.pos_emb  # (B, N, D)
+        text = self.text_proj(text_n).unsqueeze(1)  # (B, 1, D)
+        if self.state_proj is None:
+            if state is not None:
+                raise ValueError("this VLA has no state input (state_dim 0)")
+            return torch.cat([text, patches], dim=1)  # (B, 1 + N, D)
+        if state is None:
+            state_tok = self.no_state.expand(images.shape[0], -1, -1)  # (B, 1, D)
+        else:
+            if state.dim() != 2 or state.shape != (images.shape[0], c.state_dim):
+                raise ValueError(f"state must be (B, {c.state_dim}), got {tuple(state.shape)}")
+            state_tok = self.state_proj(state_features(state.float())).unsqueeze(1)  # (B, 1, D)
+        return torch.cat([text, state_tok, patches], dim=1)  # (B, 2 + N, D)
 
     def run_trunk(self, prefix: Tensor, queries: Tensor) -> Tensor:
         """prefix (B, P, D) + queries (B, Q, D) -> normalised query outputs (B, Q, D)."""
@@ -226,13 +391,16 @@ class VLA(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith(("latent_head.", "action_head."))}
 
     # ------------------------------------------------------------------ forward: logits of the head
-    def forward(self, images: Tensor, text_emb: Tensor, bins: Tensor | None = None) -> Tensor:
-        """Latent head: (B, L, codebook) logits. Action head: (B, K, 7, num_bins) logits.
+    def forward(self, images: Tensor, text_emb: Tensor, bins: Tensor | None = None,
+                state: Tensor | None = None) -> Tensor:
+        """Latent head: (B, L, codebook) logits. Bins action head: (B, K, 7, num_bins) logits.
+        L1 action head: normalised actions (B, K, 7).
 
         `bins` (B, K, 7) int64 only for an autoregressive action head: the target tokens (teacher
         forcing; token t sees tokens < t), or during generation the tokens decoded so far.
+        `state` (B, 8) proprio, for a model with state_dim 8 (None: the "no state" token).
         """
-        prefix = self.embed_prefix(images, text_emb)  # (B, P, D)
+        prefix = self.embed_prefix(images, text_emb, state)  # (B, P, D)
         B = prefix.shape[0]
         if self.latent_head is not None:
             if bins is not None:
@@ -253,12 +421,13 @@ class VLA(nn.Module):
 
     # ------------------------------------------------------------------ action decoding
     def predict_actions(
-        self, images: Tensor, text_emb: Tensor, decoder: str | None = None
+        self, images: Tensor, text_emb: Tensor, decoder: str | None = None, state: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Greedy decoding -> (bins int64 (B, K, 7), actions float32 (B, K, 7)).
 
         decoder None uses the config's mode. "parallel": one forward pass (parallel models only).
-        "autoregressive": the KV-free step-by-step loop (any action model; see the module docstring).
+        "autoregressive": the KV-free step-by-step loop (bins models; see the module docstring).
+        An l1 model regresses the chunk in one pass; its bins are the nearest bin centres.
         """
         head = self._action_head()
         if not head.has_bin_centers:
@@ -267,16 +436,21 @@ class VLA(nn.Module):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         with torch.no_grad():
+            if isinstance(head, RegressionHead):
+                if decoder != "parallel":
+                    raise ValueError("an l1 action head regresses the chunk in one pass: decoder must be 'parallel'")
+                actions = head.to_actions(self(images, text_emb, state=state))  # (B, K, 7)
+                return head.nearest_bins(actions), actions
             if decoder == "parallel":
                 if head.autoregressive:
                     raise ValueError("an autoregressive model cannot decode in one pass: use "
                                      "decoder='autoregressive' (or forward(..., bins) for teacher forcing)")
-                bins = self(images, text_emb).argmax(dim=-1)  # (B, K, A)
+                bins = self(images, text_emb, state=state).argmax(dim=-1)  # (B, K, A)
             else:
-                bins = self.generate(images, text_emb)  # (B, K, A)
+                bins = self.generate(images, text_emb, state)  # (B, K, A)
             return bins, head.decode(bins)
 
-    def generate(self, images: Tensor, text_emb: Tensor) -> Tensor:
+    def generate(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> Tensor:
         """Greedy token-by-token decoding without a KV cache: K*7 full passes, pass t fixes token t."""
         head = self._action_head()
         K, A, nb = head.chunk_size, head.action_dim, head.num_bins
@@ -284,19 +458,20 @@ class VLA(nn.Module):
         bins = torch.zeros(B, K * A, dtype=torch.long, device=images.device)  # (B, T) future slots unused
         for t in range(K * A):  # a fixed count, not data-dependent
             prev = bins.reshape(B, K, A) if head.autoregressive else None
-            logits = self(images, text_emb, prev).reshape(B, K * A, nb)  # (B, T, nb)
+            logits = self(images, text_emb, prev, state).reshape(B, K * A, nb)  # (B, T, nb)
             bins = bins.clone()
             bins[:, t] = logits[:, t].argmax(dim=-1)
         return bins.reshape(B, K, A)  # (B, K, A)
 
-    def _action_head(self) -> ActionHead:
+    def _action_head(self) -> ActionHead | RegressionHead:
         if self.action_head is None:
             raise RuntimeError("this VLA has a latent head: call replace_head_for_actions(tokenizer) first")
         return self.action_head
 
     # ------------------------------------------------------------------ stage 2 -> stage 3
     def replace_head_for_actions(
-        self, tokenizer: ActionTokenizer, chunk_size: int | None = None, decoder: str | None = None
+        self, tokenizer: ActionTokenizer, chunk_size: int | None = None, decoder: str | None = None,
+        action_output: str | None = None,
     ) -> VLA:
         """Drop the latent head, add a fresh action head (trunk untouched). Returns self."""
         config = self.config.replace(
@@ -304,9 +479,10 @@ class VLA(nn.Module):
             chunk_size=self.config.chunk_size if chunk_size is None else chunk_size,
             num_bins=tokenizer.num_bins,
             decoder=decoder or self.config.decoder,
+            action_output=action_output or self.config.action_output,
         )
         ref = self.pos_emb
-        head = ActionHead(config, _centers(tokenizer, config))
+        head = _new_action_head(config, tokenizer)
         head.apply(_init_weights)
         self.latent_head = None
         self.action_head = head.to(device=ref.device, dtype=ref.dtype)
@@ -315,13 +491,26 @@ class VLA(nn.Module):
         return self
 
     def set_action_tokenizer(self, tokenizer: ActionTokenizer) -> None:
-        self._action_head().set_bin_centers(_centers(tokenizer, self.config))
+        head = self._action_head()
+        if isinstance(head, RegressionHead):
+            head.set_tokenizer(tokenizer)
+        else:
+            head.set_bin_centers(_centers(tokenizer, self.config))
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
 # ----------------------------------------------------------------------------- losses
+
+
+def l1_action_loss(predicted: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean absolute error of normalised actions (B, K, 7); `mask` (B, K) drops padded chunk steps."""
+    per_value = (predicted.float() - target.float()).abs()  # (B, K, A)
+    if mask is None:
+        return per_value.mean()
+    weights = mask.to(per_value.dtype).unsqueeze(-1).expand_as(per_value)  # (B, K, A)
+    return (per_value * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 def latent_loss(logits: Tensor, codes: Tensor) -> Tensor:
@@ -355,6 +544,14 @@ def _attention_mask(config: VLAConfig) -> Tensor:
     if config.head == "action" and config.decoder == "autoregressive":
         blocked[P:, P:] = torch.ones(Q, Q, dtype=torch.bool).triu(1)
     return blocked
+
+
+def _new_action_head(config: VLAConfig, tokenizer: ActionTokenizer | None) -> ActionHead | RegressionHead:
+    if config.action_output == "l1":
+        if tokenizer is not None and tokenizer.num_bins != config.num_bins:
+            raise ValueError(f"tokenizer has {tokenizer.num_bins} bins, the config {config.num_bins}")
+        return RegressionHead(config, tokenizer)
+    return ActionHead(config, _centers(tokenizer, config))
 
 
 def _centers(tokenizer: ActionTokenizer | None, config: VLAConfig) -> Tensor | None:

@@ -41,7 +41,7 @@ from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
-from lapa.policy.model import VLA, action_loss, latent_loss
+from lapa.policy.model import VLA, RegressionHead, action_loss, l1_action_loss, latent_loss
 from lapa.training import check_same_config, commit_checkpoint, json_float, restore_training, step_dir
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class TrainOptions:
     weight_decay: float = 0.01  # on matrices only (not norms, biases)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    augment: bool = False  # random resized crop + brightness/contrast (datasets.augment_images)
+    augment: bool | str = False  # True/"crop": resized crop + jitter; "shift": DrQ random shift (datasets)
     ckpt_every: int = 500
     log_every: int = 25
     keep_last: int = 2
@@ -141,15 +141,26 @@ def compute_loss(model: VLA, batch: Batch) -> tuple[torch.Tensor, dict[str, floa
         acc = (logits.argmax(-1) == batch.codes).float().mean()
         return loss, {"accuracy": float(acc)}
     assert batch.bins is not None and batch.mask is not None
-    prev = batch.bins if model.config.decoder == "autoregressive" else None  # teacher forcing
-    logits = model(batch.images, batch.text, prev)  # (B, K, 7, nb)
-    loss = action_loss(logits, batch.bins, batch.mask)
+    state = batch.states if model.config.state_dim else None
+    head = model.action_head
+    if isinstance(head, RegressionHead):
+        assert batch.actions is not None
+        normalized = model(batch.images, batch.text, state=state)  # (B, K, 7)
+        loss = l1_action_loss(normalized, head.normalize(batch.actions), batch.mask)
+        with torch.no_grad():
+            decoded = head.to_actions(normalized)  # (B, K, 7)
+            pred = head.nearest_bins(decoded)  # (B, K, 7)
+    else:
+        prev = batch.bins if model.config.decoder == "autoregressive" else None  # teacher forcing
+        logits = model(batch.images, batch.text, prev, state=state)  # (B, K, 7, nb)
+        loss = action_loss(logits, batch.bins, batch.mask)
+        with torch.no_grad():
+            pred = logits.argmax(-1)  # (B, K, 7)
+            decoded = head.decode(pred) if head is not None else None  # (B, K, 7)
     with torch.no_grad():
-        pred = logits.argmax(-1)  # (B, K, 7)
         m = batch.mask.unsqueeze(-1).expand_as(pred)  # (B, K, 7)
         stats = {"accuracy": float(((pred == batch.bins) & m).sum() / m.sum().clamp(min=1))}
-        if batch.actions is not None and model.action_head is not None:
-            decoded = model.action_head.decode(pred)  # (B, K, 7)
+        if batch.actions is not None and decoded is not None:
             valid = batch.mask.float()  # (B, K)
             err = (decoded[..., :3] - batch.actions[..., :3]).abs().mean(-1)  # (B, K) metres
             stats["translation_mae_mm"] = float((err * valid).sum() / valid.sum().clamp(min=1) * 1000.0)
@@ -339,8 +350,9 @@ def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | o
 
 def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike,
                      *, config: VLAConfig | None = None, preset: str = "tiny", chunk_size: int | None = None,
-                     num_bins: int | None = None, decoder: str | None = None, opts: TrainOptions | None = None,
-                     resume: bool = False, encoder: Any | None = None) -> VLATrainResult:
+                     num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
+                     opts: TrainOptions | None = None, resume: bool = False,
+                     encoder: Any | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
 
     `config`/`preset` only matter from scratch; chunk_size, num_bins, decoder default to the
@@ -362,16 +374,20 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     chunk_size = chunk_size or base.chunk_size
     num_bins = num_bins or base.num_bins
     decoder = decoder or base.decoder
+    action_output = action_output or base.action_output
     data = _action_data(data, base.image_size, chunk_size, encoder, opts.progress)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=num_bins)
     data.set_tokenizer(tokenizer)
+    same_head = (base.chunk_size, base.num_bins, base.decoder, base.action_output) == (
+        chunk_size, num_bins, decoder, action_output)
     if model is None:
-        model = VLA(base.replace(head="action", chunk_size=chunk_size, num_bins=num_bins, decoder=decoder), tokenizer)
-    elif base.head == "action" and (base.chunk_size, base.num_bins, base.decoder) == (chunk_size, num_bins, decoder):
+        model = VLA(base.replace(head="action", chunk_size=chunk_size, num_bins=num_bins, decoder=decoder,
+                                 action_output=action_output), tokenizer)
+    elif base.head == "action" and same_head:
         model.set_action_tokenizer(tokenizer)  # keep the pretrained action head, re-fitted bins
         head_choice = "kept (re-fitted bins)"
     else:
-        model.replace_head_for_actions(tokenizer, chunk_size=chunk_size, decoder=decoder)
+        model.replace_head_for_actions(tokenizer, chunk_size=chunk_size, decoder=decoder, action_output=action_output)
         head_choice = "new (latent head dropped)" if base.head == "latent" else "new (shape changed)"
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune")
@@ -398,13 +414,12 @@ def evaluate_actions(ckpt: str | os.PathLike, data: list[str | os.PathLike], *, 
     losses, accs, preds = [], [], []
     for start in range(0, len(actions), batch_size):
         idx = np.arange(start, min(start + batch_size, len(actions)))
-        batch = Batch(torch.from_numpy(actions.clips.frames[actions.frame_rows[idx]]),
-                      actions.table.embeddings[actions.text_ids[idx]], bins=actions.bins[idx],
-                      mask=actions.masks[idx], actions=torch.from_numpy(actions.chunks[idx]))
+        batch = actions.batch(idx)
         loss, stats = compute_loss(model, batch)
         losses.append(float(loss) * len(idx))
         accs.append(stats["accuracy"] * len(idx))
-        _, decoded = model.predict_actions(batch.images, batch.text)  # (B, K, 7)
+        state = batch.states if config.state_dim else None
+        _, decoded = model.predict_actions(batch.images, batch.text, state=state)  # (B, K, 7)
         preds.append(decoded[:, 0].numpy())
     n = len(actions)
     first = compare_actions(np.concatenate(preds), actions.chunks[:, 0])

@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="caption episodes with held-out paraphrases (for unseen-instruction tests)")
     rec.add_argument("--control-hz", type=float, default=10.0)
     rec.add_argument("--expert-noise", type=float, default=0.002, help="expert action noise std (metres)")
+    rec.add_argument("--dart-noise", type=float, default=0.0,
+                     help="DART: noise std (metres) on the executed translation, the clean expert action recorded")
+    rec.add_argument("--until-done", action="store_true",
+                     help="record past the success check until the expert's plan ends (the final approach)")
+    rec.add_argument("--settle-steps", type=int, default=0,
+                     help="with --until-done: steps of the expert holding still at the end")
     rec.set_defaults(func=_record)
 
     play = sim_sub.add_parser("play", help="run one episode and write an mp4 to watch")
@@ -39,11 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from lapa.sim.record import record_dataset, summary_dict
+    from lapa.sim.record import ExpertOptions, record_dataset, summary_dict
 
+    expert = ExpertOptions(noise_m=args.expert_noise, dart_noise_m=args.dart_noise, until_done=args.until_done,
+                           settle_steps=args.settle_steps)
     summary = record_dataset(args.suite, args.episodes, args.out, seed=args.seed, no_actions=args.no_actions,
                              image_size=args.image_size, held_out=args.held_out, control_hz=args.control_hz,
-                             expert_noise_m=args.expert_noise)
+                             expert=expert)
     print(json.dumps(summary_dict(summary), indent=2))
     return 0
 

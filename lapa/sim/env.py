@@ -78,27 +78,41 @@ class TabletopEnv:
 
 def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy | None = None,
                 instruction: str | None = None, record: bool = True, stop_on_success: bool = True,
-                expert_noise_m: float = 0.0) -> EpisodeResult:
-    """Roll out one episode; `policy=None` runs the scripted expert."""
+                expert_noise_m: float = 0.0, dart_noise_m: float = 0.0, settle_steps: int = 0) -> EpisodeResult:
+    """Roll out one episode; `policy=None` runs the scripted expert.
+
+    Expert only: `dart_noise_m` (DART) adds Gaussian noise to the *executed* translation while
+    the expert's clean, corrective action is what gets recorded, so the data covers the states a
+    learned policy drifts into. `settle_steps` (with `stop_on_success=False`) keeps recording the
+    expert holding still at its final pose, so the data shows the last centimetres and the stop.
+    """
     obs = env.reset(task, seed, instruction)
     expert = None
+    noise_rng = np.random.default_rng([seed, 13])
     if policy is None:
         expert = ScriptedExpert(task, env.driver, np.random.default_rng([seed, 11]), noise_m=expert_noise_m)
         policy = lambda _obs: expert.act(env.driver)  # noqa: E731
     frames, states, actions = [], [], []
     success = False
+    settled = 0
     while env.steps < env.max_steps:
         action = np.asarray(policy(obs), dtype=np.float32)
         if record:
             frames.append(obs.image)
             states.append(obs.state)
             actions.append(action)
-        obs = env.step(action)
+        executed = action
+        if expert is not None and dart_noise_m > 0 and not expert.done:
+            executed = action.copy()
+            executed[:3] += noise_rng.normal(0.0, dart_noise_m, 3).astype(np.float32)
+        obs = env.step(executed)
         success = env.success
         if success and stop_on_success:
             break
         if expert is not None and expert.done:
-            break
+            if settled >= settle_steps:
+                break
+            settled += 1
     result = EpisodeResult(task, env.instruction, seed, success, env.steps)
     if record:
         hold = np.zeros(7, np.float32)

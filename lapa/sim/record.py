@@ -63,13 +63,34 @@ def _episode_seed(base_seed: int, index: int, attempt: int) -> int:
     return base_seed + index + attempt * 1_000_003
 
 
+@dataclass(frozen=True)
+class ExpertOptions:
+    """How the scripted expert is recorded.
+
+    noise_m: noise on the recorded *and* executed translation. dart_noise_m: noise on the executed
+    translation only, the clean corrective action recorded (DART). until_done: keep recording past
+    the success check until the expert's plan ends, then `settle_steps` steps of holding still.
+    """
+
+    noise_m: float = 0.002
+    dart_noise_m: float = 0.0
+    until_done: bool = False
+    settle_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.noise_m < 0 or self.dart_noise_m < 0 or self.settle_steps < 0:
+            raise UserError("expert noise, DART noise and settle steps must be >= 0")
+
+
 def _rollout(env: TabletopEnv, family: str, base_seed: int, index: int, held_out: bool,
-             expert_noise_m: float) -> tuple[EpisodeResult, int]:
+             expert: ExpertOptions) -> tuple[EpisodeResult, int]:
     """The first successful expert episode for this index; returns it and the attempts used."""
     for attempt in range(MAX_ATTEMPTS_PER_EPISODE):
         seed = _episode_seed(base_seed, index, attempt)
         task, instruction = episode_task(family, seed, held_out=held_out)
-        result = run_episode(env, task, seed, instruction=instruction, expert_noise_m=expert_noise_m)
+        result = run_episode(env, task, seed, instruction=instruction, expert_noise_m=expert.noise_m,
+                             dart_noise_m=expert.dart_noise_m, stop_on_success=not expert.until_done,
+                             settle_steps=expert.settle_steps)
         if result.success:
             return result, attempt + 1
     raise RuntimeError(f"the scripted expert failed {MAX_ATTEMPTS_PER_EPISODE} times in a row on {family}; "
@@ -78,8 +99,13 @@ def _rollout(env: TabletopEnv, family: str, base_seed: int, index: int, held_out
 
 def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_actions: bool = False,
                    image_size: int = 128, held_out: bool = False, control_hz: float = 10.0,
-                   expert_noise_m: float = 0.002, progress: bool = True) -> RecordSummary:
-    """Record `episodes` successful expert episodes of `suite` into `out`."""
+                   expert_noise_m: float = 0.002, progress: bool = True,
+                   expert: ExpertOptions | None = None) -> RecordSummary:
+    """Record `episodes` successful expert episodes of `suite` into `out`.
+
+    `expert` overrides `expert_noise_m` with the full set of expert options.
+    """
+    expert = expert or ExpertOptions(noise_m=expert_noise_m)
     try:
         families = get_suite(suite)
     except KeyError as err:
@@ -104,7 +130,7 @@ def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_ac
             if index in done:
                 continue
             family = families[index % len(families)]
-            result, attempts = _rollout(env, family, seed, index, held_out, expert_noise_m)
+            result, attempts = _rollout(env, family, seed, index, held_out, expert)
             summary.attempts += attempts
             summary.expert_failures += attempts - 1
             summary.frames += len(result.frames)
@@ -114,7 +140,8 @@ def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_ac
         bar.close()
     sink.finalize(
         {"suite": suite, "episodes": episodes, "seed": seed, "held_out_instructions": held_out,
-         "control_hz": control_hz, "image_size": image_size, "expert_noise_m": expert_noise_m}
+         "control_hz": control_hz, "image_size": image_size, "expert_noise_m": expert.noise_m,
+         "dart_noise_m": expert.dart_noise_m, "until_done": expert.until_done, "settle_steps": expert.settle_steps}
     )
     summary.seconds = time.perf_counter() - start
     return summary

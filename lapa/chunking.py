@@ -1,6 +1,7 @@
 """From the policy's action chunks (K actions per call) to one action per control tick.
 
-Two ways to execute a chunk (the `chunk_mode` parameter of the policy node):
+Two ways to execute a chunk (the `chunk_mode` parameter of the ROS policy node, and `lapa eval
+--chunk-mode`, so the evaluation in simulation executes chunks the way the robot does):
 
 - `first_n`: execute the first n actions of the newest chunk, one per tick; a tick the newest
   chunk does not cover asks for a new one. n = 1 is plain closed-loop control (one model call
@@ -29,6 +30,7 @@ import numpy as np
 from lapa.action import ACTION_DIM
 
 CHUNK_MODES = ("first_n", "ensemble")
+DEFAULT_ENSEMBLE_DECAY = 0.5
 MAX_LIVE_CHUNKS = 16
 
 
@@ -50,7 +52,7 @@ class _Chunk:
 
 
 class ChunkExecutor:
-    def __init__(self, mode: str = "first_n", n: int = 1, ensemble_decay: float = 0.5) -> None:
+    def __init__(self, mode: str = "first_n", n: int = 1, ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY) -> None:
         if mode not in CHUNK_MODES:
             raise ValueError(f"chunk_mode must be one of {CHUNK_MODES}, got {mode!r}")
         if not isinstance(n, int) or n < 1:

@@ -1,11 +1,11 @@
-"""Chunk execution (lapa_ros/chunking.py): first n actions, temporal ensembling."""
+"""Chunk execution (lapa/chunking.py, the ROS policy node's and `lapa eval`'s): first n actions, temporal ensembling."""
 
 import threading
 
 import numpy as np
 import pytest
 
-from lapa_ros.chunking import ChunkExecutor
+from lapa.chunking import ChunkExecutor
 
 
 def chunk(values, k=4):
