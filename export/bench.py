@@ -11,12 +11,14 @@ instruction).
 - ort_variants: the knobs tried to get ORT faster (exporter dynamo vs legacy, graph optimisation
   level, intra-op spinning);
 - decoders: time per action of a parallel model vs an autoregressive model of the same size
-  (K*7 passes per chunk), torch eager;
+  (K*7 passes per chunk), torch eager (for an l1 model the autoregressive one has the bins head:
+  regression has no token-by-token mode);
 - FLOPs of one forward pass (torch.utils.flop_counter), the GFLOP/s each engine achieves, and the
   same CPU's float32 matmul peak measured in this run (percentage of peak).
 
 Without `--ckpt` a randomly initialised `tiny` action model (random weights, an action tokenizer
-fitted on random actions) is built and the JSON says so. The latency histogram is saved as a PNG
+fitted on random actions) is built and the JSON says so. A model with a proprio input gets a random
+plausible state (lapa/action.py's fake_state) in both engines. The latency histogram is saved as a PNG
 next to the JSON.
 """
 
@@ -168,11 +170,11 @@ def _matmul_peak_gflops(torch: Any, n: int = 1024, repeats: int = 30) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
-def _forward_flops(torch: Any, model: Any, images: Any, text: Any) -> int:
+def _forward_flops(torch: Any, model: Any, images: Any, text: Any, state: Any = None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(images, text)
+        model(images, text, state=state)
     return int(counter.get_total_flops())
 
 
@@ -206,21 +208,25 @@ def _ort_variants(args: argparse.Namespace, model: Any, export_dir: Path, work: 
 
 
 def _decoders(torch: Any, config: Any, tokenizer: Any, model: Any, images: Any, text: Any,
-              runs: int, budget_s: float) -> dict[str, Any]:
-    """Time per action: the parallel model (1 pass per chunk) vs an autoregressive one of the same size (K*7)."""
+              runs: int, budget_s: float, state: Any = None) -> dict[str, Any]:
+    """Time per action: the parallel model (1 pass per chunk) vs an autoregressive one of the same size (K*7).
+
+    An l1 model's autoregressive counterpart has the bins head (the l1 head has no token-by-token mode).
+    """
     from lapa.policy.model import VLA
 
     torch.manual_seed(1)
-    ar = VLA(config.replace(decoder="autoregressive"), tokenizer).eval()
+    ar = VLA(config.replace(decoder="autoregressive", action_output="bins"), tokenizer).eval()
     K = config.chunk_size
-    out: dict[str, Any] = {"chunk_size": K, "passes_per_chunk": {"parallel": 1, "autoregressive": K * 7}}
+    out: dict[str, Any] = {"chunk_size": K, "passes_per_chunk": {"parallel": 1, "autoregressive": K * 7},
+                           "heads": {"parallel": config.action_output, "autoregressive": "bins"}}
     for name, m in (("parallel", model), ("autoregressive", ar)):
         with torch.inference_mode():
-            m.predict_actions(images, text)
+            m.predict_actions(images, text, state=state)
             times: list[float] = []
             while len(times) < runs and (len(times) < 2 or sum(times) < budget_s):
                 start = time.perf_counter()
-                m.predict_actions(images, text)
+                m.predict_actions(images, text, state=state)
                 times.append(time.perf_counter() - start)
         s = _stats(times)
         out[name] = {"chunk_ms": s["median_ms"], "per_action_ms": round(s["median_ms"] / K, 4),
@@ -257,9 +263,10 @@ def _histogram(path: Path, times: dict[str, list[float]], title: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from export.metadata import ACTIONS_OUTPUT, BINS_OUTPUT, IMAGE_INPUT, TEXT_EMB_INPUT, ExportError
+    from export.metadata import ACTIONS_OUTPUT, BINS_OUTPUT, IMAGE_INPUT, STATE_INPUT, TEXT_EMB_INPUT, ExportError
     from export.onnx_export import export_onnx
     from export.ort_policy import OrtPolicy
+    from lapa.action import fake_state
     from lapa.policy.checkpoint_io import load_vla, read_vla_config
 
     if args.threads < 1 or args.runs < 1 or args.warmup < 0 or args.decoder_runs < 1:
@@ -292,11 +299,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         images, text = config.fake_inputs(batch=1, seed=123)
         feeds = {IMAGE_INPUT: images.numpy(), TEXT_EMB_INPUT: text.numpy()}
+        state = None
+        if config.state_dim:  # a model with a proprio input needs it, in both engines
+            feeds[STATE_INPUT] = fake_state(1, seed=123)
+            state = torch.from_numpy(feeds[STATE_INPUT])
         session = policy.session
 
         def eager() -> None:
             with torch.inference_mode():
-                model.predict_actions(images, text)
+                model.predict_actions(images, text, state=state)
 
         def ort() -> None:
             session.run([ACTIONS_OUTPUT, BINS_OUTPUT], feeds)
@@ -314,9 +325,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         variants = None if args.no_variants else _ort_variants(args, model, work / "export", work, feeds)
         decoders = _decoders(torch, config, tokenizer, model, images, text, args.decoder_runs,
-                             args.decoder_seconds)
+                             args.decoder_seconds, state)
 
-        flops = _forward_flops(torch, model, images, text)
+        flops = _forward_flops(torch, model, images, text, state)
         peak = max(peak, _matmul_peak_gflops(torch))
         text_times = []
         for i in range(max(5, args.runs // 20)):

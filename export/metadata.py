@@ -3,7 +3,10 @@
 An export directory holds
 
     policy.onnx         per-step graph: image uint8 (B, H, W, 3) + text_emb float32 (B, D)
-                        -> actions float32 (B, K, 7), bins int64 (B, K, 7), logits float32 (B, K, 7, nb)
+                        [+ state float32 (B, 8), models with a proprio input (state_dim 8)]
+                        -> actions float32 (B, K, 7), bins int64 (B, K, 7), then by action head:
+                           "bins": logits float32 (B, K, 7, nb)
+                           "l1":   normalized_actions float32 (B, K, 7) (the head's raw output)
     text_encoder.onnx   input_ids, attention_mask int64 (B, T) -> text_emb float32 (B, D)
     tokenizer.json      the text encoder's tokenizer (the `tokenizers` library reads it, no torch)
     metadata.json       everything a backend needs to feed bytes and read actions (below)
@@ -34,9 +37,13 @@ ENGINE_FILE = "policy.plan"
 # graph I/O names (the contract between the exporter and every runtime)
 IMAGE_INPUT = "image"
 TEXT_EMB_INPUT = "text_emb"
+STATE_INPUT = "state"  # float32 (B, 8), lapa/action.py's STATE_NAMES; only when state_dim is 8
 ACTIONS_OUTPUT = "actions"
 BINS_OUTPUT = "bins"
-LOGITS_OUTPUT = "logits"
+LOGITS_OUTPUT = "logits"  # bins head: (B, K, 7, nb)
+NORMALIZED_OUTPUT = "normalized_actions"  # l1 head: (B, K, 7), each dimension's [q01, q99] -> [-1, 1]
+ACTION_OUTPUTS = ("bins", "l1")
+STATE_DIMS = (0, 8)
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 # not "embedding": the dynamo exporter already names an internal value so (aten::embedding) and the
@@ -46,6 +53,13 @@ TEXT_EMB_OUTPUT = "text_emb"
 
 class ExportError(UserError):
     """An export or an export directory that cannot be used; the message names the file and the fix."""
+
+
+def policy_io_names(state_dim: int, action_output: str) -> tuple[list[str], list[str]]:
+    """(input names, output names) of policy.onnx for a model with this state input and action head."""
+    inputs = [IMAGE_INPUT, TEXT_EMB_INPUT] + ([STATE_INPUT] if state_dim else [])
+    score = NORMALIZED_OUTPUT if action_output == "l1" else LOGITS_OUTPUT
+    return inputs, [ACTIONS_OUTPUT, BINS_OUTPUT, score]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -70,6 +84,21 @@ class ExportMetadata:
     model_hash: str
     files: dict[str, str]  # file name -> sha256
     raw: dict[str, Any]
+    state_dim: int = 0  # 8: policy.onnx takes `state` (B, 8) and needs it; 0: no state input
+    action_output: str = "bins"  # "bins" (logits output) or "l1" (normalized_actions output)
+
+    @property
+    def input_names(self) -> list[str]:
+        return policy_io_names(self.state_dim, self.action_output)[0]
+
+    @property
+    def output_names(self) -> list[str]:
+        return policy_io_names(self.state_dim, self.action_output)[1]
+
+    @property
+    def score_output(self) -> str:
+        """The third output: the logits (bins head) or the normalised predictions (l1 head)."""
+        return self.output_names[2]
 
     def runtime_metadata(self, backend: str) -> dict[str, Any]:
         """The Policy.metadata dict (same keys as the torch backend's)."""
@@ -84,6 +113,8 @@ class ExportMetadata:
             "model_hash": self.model_hash,
             "decoder": r.get("decoder", "parallel"),
             "num_bins": self.num_bins,
+            "state_dim": self.state_dim,
+            "action_output": self.action_output,
             "text_encoder": r.get("text_encoder", {}).get("name", ""),
             "opset": r.get("opset"),
         }
@@ -131,9 +162,13 @@ def read_metadata(directory: str | os.PathLike, verify_hashes: bool = True) -> E
             model_hash=str(doc["checkpoint"]["sha256"]),
             files={str(k): str(v) for k, v in doc["files"].items()},
             raw=doc,
+            # exports older than the proprio state and the l1 head lack these keys: no state, bins
+            state_dim=int(doc.get("state_dim", 0)),
+            action_output=str(doc.get("action_output", "bins")),
         )
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ExportError(f"{path}: malformed ({err!r})") from err
+    _check_policy_io(path, meta)
     for name in (POLICY_ONNX, TEXT_ONNX, TOKENIZER_FILE):
         if name not in meta.files:
             raise ExportError(f"{path}: lists no {name}")
@@ -144,6 +179,24 @@ def read_metadata(directory: str | os.PathLike, verify_hashes: bool = True) -> E
             raise ExportError(f"{file} does not match {METADATA_FILE} (sha256 differs): the file was changed "
                               "or truncated after export; re-export with `lapa export onnx`")
     return meta
+
+
+def _check_policy_io(path: Path, meta: ExportMetadata) -> None:
+    """state_dim, action_output and the recorded policy I/O names agree with each other."""
+    doc = meta.raw
+    if meta.state_dim not in STATE_DIMS:
+        raise ExportError(f"{path}: state_dim {meta.state_dim}, expected one of {STATE_DIMS}")
+    if meta.action_output not in ACTION_OUTPUTS:
+        raise ExportError(f"{path}: action_output {meta.action_output!r}, expected one of {ACTION_OUTPUTS}")
+    want_state = STATE_INPUT if meta.state_dim else None
+    if "state_input" in doc and doc["state_input"] != want_state:
+        raise ExportError(f"{path}: state_input {doc['state_input']!r} does not match state_dim {meta.state_dim} "
+                          f"(expected {want_state!r}); re-export")
+    inputs, outputs = policy_io_names(meta.state_dim, meta.action_output)
+    for key, want in (("policy_inputs", inputs), ("policy_outputs", outputs)):
+        if key in doc and doc[key] != want:
+            raise ExportError(f"{path}: {key} {doc[key]} do not match state_dim {meta.state_dim} and "
+                              f"action_output {meta.action_output!r} (expected {want}); re-export")
 
 
 def _dims(shape: Any) -> list[int | str | None]:
@@ -164,7 +217,17 @@ def check_io(meta: ExportMetadata, graph: str, inputs: dict[str, Any], outputs: 
     K, A, nb, D = meta.chunk_size, meta.action_dim, meta.num_bins, meta.text_dim
     if graph == POLICY_ONNX:
         want_in = {IMAGE_INPUT: [None, H, W, 3], TEXT_EMB_INPUT: [None, D]}
-        want_out = {ACTIONS_OUTPUT: [None, K, A], BINS_OUTPUT: [None, K, A], LOGITS_OUTPUT: [None, K, A, nb]}
+        if meta.state_dim:
+            want_in[STATE_INPUT] = [None, meta.state_dim]
+        want_out = {ACTIONS_OUTPUT: [None, K, A], BINS_OUTPUT: [None, K, A]}
+        if meta.action_output == "l1":
+            want_out[NORMALIZED_OUTPUT] = [None, K, A]
+        else:
+            want_out[LOGITS_OUTPUT] = [None, K, A, nb]
+        extra = sorted(set(inputs) - set(want_in))
+        if extra:  # e.g. a state graph under metadata without state_dim: every call would fail
+            raise ExportError(f"{graph}: takes inputs {extra} that {METADATA_FILE} does not describe (its "
+                              f"state_dim is {meta.state_dim}): the graph and metadata do not belong together")
     else:
         want_in = {INPUT_IDS: [None, None], ATTENTION_MASK: [None, None]}
         want_out = {TEXT_EMB_OUTPUT: [None, D]}

@@ -2,10 +2,14 @@
 
 Two graphs, both with a dynamic batch:
 - policy.onnx, the per-step graph. Everything a backend would otherwise have to re-implement is
-  inside it: uint8 -> [-1, 1] normalisation, the VLA's one parallel pass, argmax over the bins and
-  the bin-centre lookup. The centres are the action tokenizer's, already in robot units (metres,
-  radians, gripper 0/1), so that lookup *is* the un-normalisation: a backend feeds bytes and reads
-  actions.
+  inside it: uint8 -> [-1, 1] normalisation, the proprio state's features (a model with
+  `state_dim` 8 takes a third input `state` float32 (B, 8)), the VLA's one parallel pass, and the
+  decoding into robot units (metres, radians, gripper 0/1): a backend feeds bytes and reads actions.
+  Bins head: argmax over the bins and the bin-centre lookup (the centres are the action
+  tokenizer's, so that lookup *is* the un-normalisation); outputs actions, bins, logits.
+  L1 head: clip to [-1, 1] and un-normalise with the tokenizer's q01/q99; outputs actions, bins
+  (the nearest bin centre of each action value, the token view), normalized_actions (the head's
+  raw output, before clipping).
 - text_encoder.onnx, MiniLM (input_ids, attention_mask) -> unit embedding with dynamic batch and
   sequence, run once per new instruction; its `tokenizer.json` is copied next to it.
 
@@ -37,29 +41,27 @@ from torch import Tensor, nn
 
 from export import graph_check, parity
 from export.metadata import (
-    ACTIONS_OUTPUT,
     ATTENTION_MASK,
-    BINS_OUTPUT,
     FORMAT_VERSION,
-    IMAGE_INPUT,
     INPUT_IDS,
-    LOGITS_OUTPUT,
     METADATA_FILE,
+    NORMALIZED_OUTPUT,
     POLICY_ONNX,
-    TEXT_EMB_INPUT,
+    STATE_INPUT,
     TEXT_EMB_OUTPUT,
     TEXT_ONNX,
     TOKENIZER_FILE,
     ExportError,
     file_sha256,
+    policy_io_names,
     write_metadata,
 )
-from lapa.action import ACTION_NAMES
+from lapa.action import ACTION_NAMES, STATE_NAMES, fake_state
 from lapa.checkpoint import MODEL_FILE, CheckpointError
 from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import checkpoint_extra, load_vla, read_vla_config
 from lapa.policy.config import VLAConfig
-from lapa.policy.model import VLA
+from lapa.policy.model import VLA, RegressionHead
 from lapa.policy.text_encoder import TextEncoder
 
 EXPORTERS = ("dynamo", "legacy")
@@ -68,7 +70,12 @@ MAX_BATCH = 1024  # upper bound of the dynamic batch dimension (TensorRT's profi
 
 
 class PolicyStep(nn.Module):
-    """image uint8 (B, H, W, 3) + text_emb (B, D) -> (actions (B, K, 7), bins (B, K, 7), logits (B, K, 7, nb))."""
+    """image uint8 (B, H, W, 3) + text_emb (B, D) [+ state (B, 8)] -> (actions (B, K, 7), bins (B, K, 7), score).
+
+    score: logits (B, K, 7, nb) for the bins head, normalized_actions (B, K, 7) for the l1 head.
+    A model with state_dim 8 must get `state`: it was finetuned with it (None would be its "no
+    state" token, a latent-pretraining input).
+    """
 
     def __init__(self, model: VLA) -> None:
         super().__init__()
@@ -76,11 +83,18 @@ class PolicyStep(nn.Module):
             raise ValueError("PolicyStep needs an action-head VLA")
         self.model = model
 
-    def forward(self, image: Tensor, text_emb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits = self.model(image, text_emb)  # (B, K, 7, nb), normalisation inside embed_prefix
-        bins = logits.argmax(dim=-1)  # (B, K, 7) int64
-        actions = self.model.action_head.decode(bins)  # (B, K, 7) bin centres in robot units
-        return actions, bins, logits
+    def forward(self, image: Tensor, text_emb: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        head = self.model.action_head
+        out = self.model(image, text_emb, state=state)  # normalisation inside embed_prefix
+        if isinstance(head, RegressionHead):
+            # a static (K, 7) for the graph's shape inference (a slice of the query outputs would leave
+            # K symbolic, and TensorRT's buffers need every dimension but the batch fixed)
+            out = out.reshape(-1, head.chunk_size, head.action_dim)  # (B, K, 7)
+            actions = head.to_actions(out)  # (B, K, 7) clipped, un-normalised: robot units
+            return actions, head.nearest_bins(actions), out  # bins (B, K, 7) int64, out (B, K, 7)
+        bins = out.argmax(dim=-1)  # (B, K, 7) int64 from logits (B, K, 7, nb)
+        actions = head.decode(bins)  # (B, K, 7) bin centres in robot units
+        return actions, bins, out
 
 
 def check_exportable(directory: Path, config: VLAConfig, tokenizer: ActionTokenizer | None) -> None:
@@ -155,10 +169,14 @@ def export_graph(
 
 
 def export_policy_graph(model: VLA, path: Path, exporter: str = "dynamo", opset: int = DEFAULT_OPSET) -> None:
-    images, text = model.config.fake_inputs(batch=2, seed=0)  # batch 2: dynamo specialises a batch of 1
+    c = model.config
+    images, text = c.fake_inputs(batch=2, seed=0)  # batch 2: dynamo specialises a batch of 1
+    args: tuple[Tensor, ...] = (images, text)
+    if c.state_dim:
+        args += (torch.from_numpy(fake_state(2, seed=0)),)
+    inputs, outputs = policy_io_names(c.state_dim, c.action_output)
     batch = ("batch", 1, MAX_BATCH)
-    export_graph(PolicyStep(model), (images, text), path, [IMAGE_INPUT, TEXT_EMB_INPUT],
-                 [ACTIONS_OUTPUT, BINS_OUTPUT, LOGITS_OUTPUT], {IMAGE_INPUT: {0: batch}, TEXT_EMB_INPUT: {0: batch}},
+    export_graph(PolicyStep(model), args, path, inputs, outputs, {name: {0: batch} for name in inputs},
                  exporter, opset)
 
 
@@ -293,6 +311,14 @@ def _metadata(
     c = config
     mc = encoder.model.config
     pad_id = encoder.tokenizer.token_to_id("[PAD]")
+    inputs, outputs = policy_io_names(c.state_dim, c.action_output)
+    if c.action_output == "l1":
+        decoding = (f"inside the graph: the head's normalised output ({NORMALIZED_OUTPUT}) clipped to [-1, 1], then "
+                    "x * (q99 - q01) / 2 + (q99 + q01) / 2 per motion dimension (action_statistics), gripper "
+                    "x * 0.5 + 0.5 (continuous in [0, 1]: >= 0.5 is open); bins: each action's nearest bin centre")
+    else:
+        decoding = ("inside the graph: argmax over the bins, then the bin's centre in robot units "
+                    "(per-dimension quantile bins; gripper: bin >= num_bins/2 -> 1.0)")
     return {
         "format_version": FORMAT_VERSION,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -304,8 +330,13 @@ def _metadata(
         "num_bins": c.num_bins,
         "control_hz": float(c.control_hz),
         "decoder": c.decoder,
-        "action_decoding": "inside the graph: argmax over the bins, then the bin's centre in robot units "
-                           "(per-dimension quantile bins; gripper: bin >= num_bins/2 -> 1.0)",
+        "action_output": c.action_output,
+        "action_decoding": decoding,
+        "state_dim": c.state_dim,
+        "state_input": STATE_INPUT if c.state_dim else None,
+        "state_names": list(STATE_NAMES) if c.state_dim else [],
+        "policy_inputs": inputs,
+        "policy_outputs": outputs,
         "action_statistics": {k: list(v) for k, v in tokenizer.stats.items()},
         "opset": opset,
         "exporter": exporter,

@@ -1,8 +1,10 @@
 """The ONNX Runtime backend of the Policy protocol, over an export directory (export/metadata.py).
 
 No torch anywhere: numpy, onnxruntime and `tokenizers` only, so a policy server built on it
-installs without the training stack. Per call only the image runs through policy.onnx; the
-instruction embedding comes from an LRU cache filled by text_encoder.onnx (once per new string).
+installs without the training stack. Per call only the image (and, for a model with a proprio
+input, the observation's `state`) runs through policy.onnx; the instruction embedding comes from an
+LRU cache filled by text_encoder.onnx (once per new string). A state model needs the state: an
+observation without one is refused with PolicyInputError (the server's 422), as in the torch backend.
 
 Execution providers: `providers=None` takes what the installed onnxruntime offers, in the order
 TensorRT, CUDA, CPU. The CPU package (`onnxruntime`) offers only the CPU provider; the GPU ones come
@@ -34,8 +36,8 @@ from export.metadata import (
     BINS_OUTPUT,
     IMAGE_INPUT,
     INPUT_IDS,
-    LOGITS_OUTPUT,
     POLICY_ONNX,
+    STATE_INPUT,
     TEXT_EMB_INPUT,
     TEXT_EMB_OUTPUT,
     TEXT_ONNX,
@@ -45,7 +47,15 @@ from export.metadata import (
     check_io,
     read_metadata,
 )
-from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation
+from lapa.action import fake_state
+from policy_server.policy import (
+    REPLY_ACTIONS,
+    REPLY_MODEL_MS,
+    STATE_REQUIRED,
+    PolicyInputError,
+    check_observation,
+    require_state,
+)
 
 REPLY_BINS = "bins"  # int64 (K, 7), as the torch backend
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -118,6 +128,21 @@ def open_session(path: Path, options: Any, providers: list[Any]):
 def session_io(session: Any) -> tuple[dict[str, list], dict[str, list]]:
     return ({i.name: list(i.shape) for i in session.get_inputs()},
             {o.name: list(o.shape) for o in session.get_outputs()})
+
+
+def state_feed(state_dim: int, state: np.ndarray | None, batch: int) -> dict[str, np.ndarray]:
+    """{"state": float32 (B, 8)} for a graph with a state input, {} for one without; PolicyInputError when a
+    state model gets none, ValueError for a state given to a model without state input or misshapen."""
+    if not state_dim:
+        if state is not None:
+            raise ValueError("this policy graph has no state input (state_dim 0): pass state=None")
+        return {}
+    if state is None:
+        raise PolicyInputError(STATE_REQUIRED)
+    state = np.ascontiguousarray(state, dtype=np.float32)
+    if state.shape != (batch, state_dim):
+        raise ValueError(f"state must be float32 ({batch}, {state_dim}), got {tuple(state.shape)}")
+    return {STATE_INPUT: state}
 
 
 class OnnxTextEncoder:
@@ -206,6 +231,7 @@ class OrtPolicy:
         chosen = choose_providers(providers, self.export_dir)
         self.session = open_session(self.export_dir / POLICY_ONNX, options, chosen)
         check_io(self.meta, POLICY_ONNX, *session_io(self.session))
+        self.state_dim = self.meta.state_dim
         self.instructions = OnnxTextEncoder(self.export_dir, self.meta, options, chosen, cache_size)
         self._outputs = [ACTIONS_OUTPUT, BINS_OUTPUT]
         self._metadata = {**self.meta.runtime_metadata(self.backend),
@@ -215,19 +241,24 @@ class OrtPolicy:
     def metadata(self) -> dict[str, Any]:
         return dict(self._metadata)
 
-    def run(self, images: np.ndarray, text_emb: np.ndarray, logits: bool = False) -> dict[str, np.ndarray]:
-        """Batched step: uint8 (B, H, W, 3) + float32 (B, D) -> actions, bins (and logits) by output name."""
-        names = [*self._outputs, LOGITS_OUTPUT] if logits else self._outputs
+    def run(self, images: np.ndarray, text_emb: np.ndarray, state: np.ndarray | None = None,
+            logits: bool = False) -> dict[str, np.ndarray]:
+        """Batched step: uint8 (B, H, W, 3) + float32 (B, D) [+ float32 (B, 8) state, a state model's and
+        only its] -> actions, bins (and with `logits` the third output: logits, or an l1 model's
+        normalized_actions) by output name."""
+        names = [*self._outputs, self.meta.score_output] if logits else self._outputs
         feeds = {IMAGE_INPUT: np.ascontiguousarray(images, dtype=np.uint8),
                  TEXT_EMB_INPUT: np.ascontiguousarray(text_emb, dtype=np.float32)}
+        feeds.update(state_feed(self.state_dim, state, len(feeds[IMAGE_INPUT])))
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         """Validate (PolicyInputError on a malformed observation), encode (cached), decode one chunk."""
-        image, instruction, _state = check_observation(obs, self.meta.image_size)
+        image, instruction, state = check_observation(obs, self.meta.image_size)
+        state = require_state(state, self.state_dim)  # PolicyInputError when the model needs it
         start = time.perf_counter()
         text = self.instructions.get(instruction)[None]  # (1, D)
-        out = self.run(image[None], text)
+        out = self.run(image[None], text, None if state is None else state[None])
         model_ms = (time.perf_counter() - start) * 1000.0
         return {REPLY_ACTIONS: out[ACTIONS_OUTPUT][0].astype(np.float32, copy=False), REPLY_MODEL_MS: model_ms,
                 REPLY_BINS: out[BINS_OUTPUT][0].astype(np.int64, copy=False)}
@@ -238,8 +269,9 @@ class OrtPolicy:
         H, W = self.meta.image_size
         text = rng.normal(size=(1, self.meta.text_dim)).astype(np.float32)
         text /= np.linalg.norm(text)
+        state = fake_state(1) if self.state_dim else None
         for _ in range(steps):
-            self.run(rng.integers(0, 256, (1, H, W, 3), dtype=np.uint8), text)
+            self.run(rng.integers(0, 256, (1, H, W, 3), dtype=np.uint8), text, state)
 
     def reset(self) -> None:
         """Nothing to clear: stateless between calls (the instruction cache is kept)."""

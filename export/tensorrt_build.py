@@ -2,10 +2,11 @@
 
 TensorRT 10 Python API: Builder -> network (explicit batch is the only mode in 10.x) -> OnnxParser
 -> builder config (workspace pool limit, optional FP16, one optimisation profile for the batch
-dimension min/opt/max, a timing cache loaded from and saved to `--timing-cache`) ->
-`build_serialized_network`. A sidecar `policy.plan.json` records what the engine is tied to
-(TensorRT version, GPU name and compute capability, precision, profile, the ONNX file's sha256):
-engines do not move between GPUs or TensorRT versions, and the runtime refuses a mismatch.
+dimension min/opt/max of every input: image, text_emb and, for a model with a proprio input,
+state; a timing cache loaded from and saved to `--timing-cache`) -> `build_serialized_network`.
+A sidecar `policy.plan.json` records what the engine is tied to (TensorRT version, GPU name and
+compute capability, precision, profile, the ONNX file's sha256): engines do not move between GPUs
+or TensorRT versions, and the runtime refuses a mismatch.
 
 FP16: the pitfall reported for transformer policies is NaN/inf from attention scores in fp16.
 The exported attention computes its scores and softmax in float32 (export/graph_check.py checks
@@ -14,8 +15,9 @@ it and its score MatMul (scale, mask, the MatMul itself) to float32 with
 OBEY_PRECISION_CONSTRAINTS, so TensorRT may run everything else in fp16 but never the scores.
 
 After the build, the engine is checked against ONNX Runtime (CPU) on random inputs at the profile's
-batch sizes: the decoded bins must agree (>= 99.9% fp32, >= 99% fp16) and the logits' cosine be
->= 0.999.
+batch sizes (random states for a state model): the decoded bins must agree (>= 99.9% fp32, >= 99%
+fp16; for an l1 model away from bin boundaries) and the cosine of the logits (l1: of the normalised
+predictions) be >= 0.999.
 
 TensorRT is imported only inside these functions: the module imports on machines without it,
 and using it there fails with an ExportError that says what to install.
@@ -34,6 +36,7 @@ from export.metadata import (
     ENGINE_FILE,
     IMAGE_INPUT,
     POLICY_ONNX,
+    STATE_INPUT,
     TEXT_EMB_INPUT,
     ExportError,
     file_sha256,
@@ -174,6 +177,9 @@ def build_engine(onnx_dir: str | os.PathLike, out: str | os.PathLike | None = No
     b = (options.min_batch, options.opt_batch, options.max_batch)
     profile.set_shape(IMAGE_INPUT, (b[0], H, W, 3), (b[1], H, W, 3), (b[2], H, W, 3))
     profile.set_shape(TEXT_EMB_INPUT, (b[0], meta.text_dim), (b[1], meta.text_dim), (b[2], meta.text_dim))
+    if meta.state_dim:
+        S = meta.state_dim
+        profile.set_shape(STATE_INPUT, (b[0], S), (b[1], S), (b[2], S))
     config.add_optimization_profile(profile)
 
     cache_bytes = b""
@@ -209,6 +215,7 @@ def build_engine(onnx_dir: str | os.PathLike, out: str | os.PathLike | None = No
         "precision": "fp16" if options.fp16 else "fp32",
         "fp32_pinned_layers": len(pinned),
         "profile": {"min": b[0], "opt": b[1], "max": b[2]},
+        "inputs": meta.input_names,
         "workspace_mb": options.workspace_mb,
         "build_seconds": round(build_seconds, 2),
     }
@@ -237,6 +244,7 @@ def engine_parity(onnx_dir: Path, engine: Path, options: BuildOptions):
     from export import parity
     from export.ort_policy import OrtPolicy
     from export.trt_policy import TrtRunner
+    from lapa.action import fake_state
 
     ort_policy = OrtPolicy(onnx_dir, providers=["cpu"])
     runner = TrtRunner(engine)
@@ -249,8 +257,9 @@ def engine_parity(onnx_dir: Path, engine: Path, options: BuildOptions):
             images = rng.integers(0, 256, (size, *meta.image_size, 3), dtype=np.uint8)
             text = rng.normal(size=(size, meta.text_dim)).astype(np.float32)
             text /= np.linalg.norm(text, axis=1, keepdims=True)
-            refs.append(ort_policy.run(images, text, logits=True))
-            gots.append(runner.run(images, text))
+            state = fake_state(size, seed=done) if meta.state_dim else None
+            refs.append(ort_policy.run(images, text, state, logits=True))
+            gots.append(runner.run(images, text, state))
             done += size
     ref = {k: np.concatenate([r[k] for r in refs]) for k in refs[0]}
     got = {k: np.concatenate([g[k] for g in gots]) for k in ref}

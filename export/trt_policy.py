@@ -7,7 +7,10 @@ allocation, host<->device copies and streams without another CUDA binding); they
 once for the profile's maximum batch and reused, a call of batch B using their first B rows.
 
 The instruction embedding comes from text_encoder.onnx through ONNX Runtime (once per new
-instruction, LRU-cached), exactly as in the ONNX Runtime backend.
+instruction, LRU-cached), exactly as in the ONNX Runtime backend. An engine built from a graph with
+a proprio input has a third input tensor `state` (B, 8) with the same dynamic batch; it is fed
+like the others (shape, address), and an observation without state is refused with
+PolicyInputError, as in the other backends.
 
 Engines are tied to the GPU and the TensorRT version they were built with: the sidecar
 `policy.plan.json` written by `lapa export tensorrt` records both and a mismatch is refused with
@@ -29,14 +32,14 @@ from export.metadata import (
     BINS_OUTPUT,
     ENGINE_FILE,
     IMAGE_INPUT,
-    LOGITS_OUTPUT,
+    STATE_INPUT,
     TEXT_EMB_INPUT,
     ExportError,
     read_metadata,
 )
-from export.ort_policy import REPLY_BINS, OnnxTextEncoder, choose_providers, session_options
+from export.ort_policy import REPLY_BINS, OnnxTextEncoder, choose_providers, session_options, state_feed
 from export.tensorrt_build import gpu_identity, import_tensorrt, require_cuda, sidecar_path
-from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation
+from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
 
 
 def _torch_dtype(trt: Any, torch: Any, dtype: Any) -> Any:
@@ -59,7 +62,8 @@ def read_sidecar(engine: Path) -> dict[str, Any]:
 
 
 class TrtRunner:
-    """One engine, one context, one stream; `run(images, text_emb) -> {actions, bins, logits}` as numpy."""
+    """One engine, one context, one stream; `run(images, text_emb[, state]) -> {actions, bins, logits or
+    normalized_actions}` as numpy (every output of the engine, by name)."""
 
     def __init__(self, engine_path: str | os.PathLike) -> None:
         trt = import_tensorrt()
@@ -87,8 +91,12 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if sorted(self.inputs) != sorted([IMAGE_INPUT, TEXT_EMB_INPUT]):
-            raise ExportError(f"{self.engine_path}: inputs {self.inputs}, expected {[IMAGE_INPUT, TEXT_EMB_INPUT]}")
+        expected = [IMAGE_INPUT, TEXT_EMB_INPUT] + ([STATE_INPUT] if STATE_INPUT in self.inputs else [])
+        if sorted(self.inputs) != sorted(expected):
+            raise ExportError(f"{self.engine_path}: inputs {self.inputs}, expected {expected} "
+                              f"(+ {STATE_INPUT!r} for a model with a proprio input)")
+        # 8 for an engine with a state input (B, 8), else 0
+        self.state_dim = int(self.engine.get_tensor_shape(STATE_INPUT)[1]) if STATE_INPUT in self.inputs else 0
         _, _, max_shape = self.engine.get_tensor_profile_shape(IMAGE_INPUT, 0)
         min_shape = self.engine.get_tensor_profile_shape(IMAGE_INPUT, 0)[0]
         self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
@@ -104,13 +112,17 @@ class TrtRunner:
             dtype = _torch_dtype(trt, torch, self.engine.get_tensor_dtype(name))
             self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
 
-    def run(self, images: np.ndarray, text_emb: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, images: np.ndarray, text_emb: np.ndarray, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """images uint8 (B, H, W, 3), text_emb float32 (B, D), state float32 (B, 8) for an engine with a state
+        input (PolicyInputError without one), None otherwise."""
         torch = self.torch
         B = images.shape[0]
         if not self.min_batch <= B <= self.max_batch:
             raise ExportError(f"batch {B} is outside the engine's profile [{self.min_batch}, {self.max_batch}]")
         feeds = {IMAGE_INPUT: np.require(images, np.uint8, ["C", "W"]),  # writable: torch.from_numpy
                  TEXT_EMB_INPUT: np.require(text_emb, np.float32, ["C", "W"])}
+        feeds.update({name: np.require(array, np.float32, ["C", "W"])
+                      for name, array in state_feed(self.state_dim, state, B).items()})
         with torch.cuda.stream(self.stream):
             for name, array in feeds.items():
                 self.buffers[name][:B].copy_(torch.from_numpy(array), non_blocking=False)
@@ -146,6 +158,14 @@ class TrtPolicy:
         K, A = self.meta.chunk_size, self.meta.action_dim
         if shapes.get(ACTIONS_OUTPUT, ())[1:] != (K, A):
             raise ExportError(f"{engine_path}: actions {shapes.get(ACTIONS_OUTPUT)}, metadata says (N, {K}, {A})")
+        if self.runner.state_dim != self.meta.state_dim:
+            raise ExportError(f"{engine_path}: the engine's state input has {self.runner.state_dim} values, "
+                              f"metadata.json says state_dim {self.meta.state_dim}; rebuild it from this export "
+                              "directory")
+        if self.meta.score_output not in self.runner.outputs:
+            raise ExportError(f"{engine_path}: outputs {self.runner.outputs} lack {self.meta.score_output!r} "
+                              f"(action_output {self.meta.action_output!r}); rebuild it from this export directory")
+        self.state_dim = self.meta.state_dim
         ort_providers = [p for p in choose_providers(None, None) if p != "TensorrtExecutionProvider"]
         self.instructions = OnnxTextEncoder(self.export_dir, self.meta, session_options(threads), ort_providers,
                                             cache_size)
@@ -158,17 +178,20 @@ class TrtPolicy:
         return dict(self._metadata)
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
-        image, instruction, _state = check_observation(obs, self.meta.image_size)
+        image, instruction, state = check_observation(obs, self.meta.image_size)
+        state = require_state(state, self.state_dim)  # PolicyInputError when the model needs it
         start = time.perf_counter()
         text = self.instructions.get(instruction)[None]  # (1, D)
-        out = self.runner.run(image[None], text)
+        out = self.runner.run(image[None], text, None if state is None else state[None])
         model_ms = (time.perf_counter() - start) * 1000.0
         return {REPLY_ACTIONS: out[ACTIONS_OUTPUT][0].astype(np.float32), REPLY_MODEL_MS: model_ms,
                 REPLY_BINS: out[BINS_OUTPUT][0].astype(np.int64)}
 
-    def run(self, images: np.ndarray, text_emb: np.ndarray, logits: bool = False) -> dict[str, np.ndarray]:
-        out = self.runner.run(images, text_emb)
-        return out if logits else {k: v for k, v in out.items() if k != LOGITS_OUTPUT}
+    def run(self, images: np.ndarray, text_emb: np.ndarray, state: np.ndarray | None = None,
+            logits: bool = False) -> dict[str, np.ndarray]:
+        """As OrtPolicy.run: actions, bins, and with `logits` the third output (logits / normalized_actions)."""
+        out = self.runner.run(images, text_emb, state)
+        return out if logits else {k: v for k, v in out.items() if k in (ACTIONS_OUTPUT, BINS_OUTPUT)}
 
     def reset(self) -> None:
         """Nothing to clear: stateless between calls (the instruction cache is kept)."""

@@ -489,7 +489,8 @@ def collect_results(exp: Experiment) -> dict[str, Any]:
     return {
         "command": exp.command, "config": asdict(exp.c), "timings_s": exp.timings,
         "eval": {"suite": any_eval["suite"], "episodes_per_task": any_eval["episodes_per_task"],
-                 "seed_base": any_eval["seed_base"], "execute": any_eval.get("execute")},
+                 "seed_base": any_eval["seed_base"], "chunk_mode": any_eval.get("chunk_mode"),
+                 "execute_n": any_eval.get("execute_n")},
         **doc, "diagnostics": diagnostics,
     }
 

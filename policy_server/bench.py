@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from lapa.action import fake_state
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_BACKEND = "policy_fakes:make_policy"
 TARGET_OVERHEAD_P50_MS = 1.0
@@ -84,15 +86,15 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def _sequential(url: str, image: np.ndarray, n: int, warmup: int) -> dict[str, Any]:
+def _sequential(url: str, image: np.ndarray, n: int, warmup: int, state: np.ndarray | None = None) -> dict[str, Any]:
     from policy_server.client import PolicyClient
 
     overhead, round_trip, model, server_overhead = [], [], [], []
     with PolicyClient(url, timeout_s=30.0) as client:
         for i in range(warmup):
-            client.act(image, f"warm up {i % 2}")
+            client.act(image, f"warm up {i % 2}", state)
         for i in range(n):
-            reply = client.act(image, "pick up the red block" if i % 10 else "push the blue block left")
+            reply = client.act(image, "pick up the red block" if i % 10 else "push the blue block left", state)
             round_trip.append(reply.round_trip_ms)
             model.append(reply.model_ms)
             overhead.append(reply.round_trip_ms - reply.model_ms)
@@ -107,7 +109,8 @@ def _sequential(url: str, image: np.ndarray, n: int, warmup: int) -> dict[str, A
     }
 
 
-def _concurrent(url: str, image: np.ndarray, clients: int, duration_s: float) -> dict[str, Any]:
+def _concurrent(url: str, image: np.ndarray, clients: int, duration_s: float,
+                state: np.ndarray | None = None) -> dict[str, Any]:
     from policy_server.client import PolicyClient
 
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -118,12 +121,12 @@ def _concurrent(url: str, image: np.ndarray, clients: int, duration_s: float) ->
 
     def worker(i: int) -> None:
         with PolicyClient(url, timeout_s=30.0) as client:
-            client.act(image, "warm up")
+            client.act(image, "warm up", state)
             warmed.wait()
             go.wait()
             while time.perf_counter() < stop_at[0]:
                 try:
-                    latencies[i].append(client.act(image, "pick up the red block").round_trip_ms)
+                    latencies[i].append(client.act(image, "pick up the red block", state).round_trip_ms)
                 except Exception:  # noqa: BLE001 - counted, the run goes on
                     errors[0] += 1
 
@@ -181,6 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             with PolicyClient("http://" + base) as client:
                 meta = dict(client.metadata)
+            # a model with a proprio input refuses requests without one: send a plausible random state
+            state = fake_state(1)[0] if meta.get("state_dim") else None
             results: dict[str, Any] = {
                 "policy": (f"{args.backend} backend, model {args.model}" if args.model else
                            "fake numpy policy (tests/policy_fakes.py): no --model given, model_ms is near zero"),
@@ -193,9 +198,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "connection per client, client and server on the same machine",
             }
             for name, scheme in TRANSPORTS.items():
-                results[name] = _sequential(f"{scheme}://{base}", image, args.requests, args.warmup)
+                results[name] = _sequential(f"{scheme}://{base}", image, args.requests, args.warmup, state)
             results["concurrency"] = {
-                name: {str(c): _concurrent(f"{scheme}://{base}", image, c, args.duration) for c in levels}
+                name: {str(c): _concurrent(f"{scheme}://{base}", image, c, args.duration, state) for c in levels}
                 for name, scheme in TRANSPORTS.items()
             }
         except Exception:

@@ -6,6 +6,11 @@ OpenVLA's clients send `{"image": uint8 (H, W, 3), "instruction": str}` through 
 float32 (7,), json_numpy-encoded (double-encoded when the request was). The reply body is the
 bare array, as OpenVLA's clients expect, so the timings travel in `X-Server-Ms` / `X-Model-Ms`.
 Unlike OpenVLA's server, errors are real 4xx/5xx answers with a JSON message, never a 200.
+
+OpenVLA's request carries no proprio state, so a model that takes one (metadata `state_dim` 8)
+answers /act with 422 and says where to send the state. A `state` key in the body is not read:
+OpenVLA-family clients that send one (OpenVLA-OFT) use another convention (axis-angle, not
+roll/pitch/yaw), which would be fed to the model silently wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ if TYPE_CHECKING:
     from policy_server.app import Server
 
 TRANSPORT = "openvla"
+STATE_UNSUPPORTED = ("this model takes the proprio state, which OpenVLA's /act request does not carry: use "
+                     "POST /v1/act or WS /v1/stream with 'state' (8 floats [x, y, z, roll, pitch, yaw, finger_left, "
+                     "finger_right]), or openpi's protocol with 'observation/state'")
 
 
 def register(app: FastAPI, server: Server) -> None:
@@ -38,6 +46,8 @@ def register(app: FastAPI, server: Server) -> None:
             service.check_ready()
             body = await server.read_body(request)
             payload, double = decode_payload(body, server.codec_limits)
+            if service.metadata.get("state_dim"):
+                raise RequestError(422, STATE_UNSUPPORTED)
             parsed = await service.parse({"image": payload.get("image"), "instruction": payload.get("instruction"),
                                           "request_id": payload.get("request_id")}, text_images=True)
             metrics.observe_stage("decode", time.perf_counter() - t0)

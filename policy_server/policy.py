@@ -13,9 +13,13 @@ import numpy as np
 
 OBS_IMAGE = "image"  # uint8 (H, W, 3) RGB, scene camera
 OBS_INSTRUCTION = "instruction"  # str
-OBS_STATE = "state"  # optional float32 (8,): EE xyz, EE rpy, gripper width
+OBS_STATE = "state"  # optional float32 (8,): EE xyz, EE rpy, finger positions (lapa/action.py STATE_NAMES)
 REPLY_ACTIONS = "actions"  # float32 (K, 7): a chunk of delta-EE actions, first one to execute now
 REPLY_MODEL_MS = "model_ms"  # float: time spent in the model for this call
+# the PolicyInputError of a model with a proprio input (state_dim 8) given an observation without state
+STATE_REQUIRED = ("this model takes the proprio state: send 'state', 8 floats [x, y, z, roll, pitch, yaw, "
+                  "finger_left, finger_right] (EE position m, EE roll/pitch/yaw rad, each finger's position m: "
+                  "half the gripper width)")
 
 
 class PolicyInputError(ValueError):
@@ -60,3 +64,15 @@ def check_observation(obs: dict[str, Any], image_size: tuple[int, int]) -> tuple
             raise PolicyInputError(f"'state' must be 8 finite floats, got {state.dtype} {tuple(state.shape)}")
         state = state.astype(np.float32)
     return image, instruction, state
+
+
+def require_state(state: np.ndarray | None, state_dim: int) -> np.ndarray | None:
+    """The state a model with `state_dim` inputs gets: None for a model without state input (a state
+    sent anyway is ignored), the (8,) state for one with it; PolicyInputError when it is missing."""
+    if not state_dim:
+        return None
+    if state is None:
+        raise PolicyInputError(STATE_REQUIRED)
+    if state.shape != (state_dim,):
+        raise PolicyInputError(f"'state' must be {state_dim} floats, got {tuple(state.shape)}")
+    return state

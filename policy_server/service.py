@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lapa.action import fake_state
 from policy_server.metrics import Metrics
 from policy_server.observation import ActRequest, InputLimits, RequestError, parse_request
 from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, Policy, PolicyInputError
@@ -95,7 +96,7 @@ class PolicyService:
             meta = dict(policy.metadata)
             h, w = (int(v) for v in meta["image_size"])
             self.image_size = (h, w)
-            self._warm_up(policy)
+            self._warm_up(policy, int(meta.get("state_dim") or 0))
             import cv2  # noqa: F401 - JPEG/PNG decoding and resizing: imported now, not on the first request
             self.metadata = self._server_metadata(meta)
             self.policy = policy
@@ -114,13 +115,17 @@ class PolicyService:
         self._model_thread.shutdown(wait=False, cancel_futures=True)
         self._decode_threads.shutdown(wait=False, cancel_futures=True)
 
-    def _warm_up(self, policy: Policy) -> None:
+    def _warm_up(self, policy: Policy, state_dim: int = 0) -> None:
+        """A few infer calls on random observations; with a plausible random state for a model that
+        takes the proprio state (metadata `state_dim` 8), which refuses an observation without one."""
         rng = np.random.default_rng(0)
         h, w = self.image_size
         for i in range(self.config.warmup_steps):
             image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            out = policy.infer({"image": image, "instruction": f"warm up {i % 2}"})
-            _check_actions(out)
+            obs: dict[str, Any] = {"image": image, "instruction": f"warm up {i % 2}"}
+            if state_dim:
+                obs["state"] = fake_state(1, seed=i)[0]
+            _check_actions(policy.infer(obs))
 
     def _server_metadata(self, meta: dict[str, Any]) -> dict[str, Any]:
         limits = self.config.limits

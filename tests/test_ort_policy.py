@@ -15,6 +15,7 @@ from export.bench import random_checkpoint, random_text_encoder
 from export.metadata import METADATA_FILE, POLICY_ONNX, ExportError, file_sha256
 from export.onnx_export import export_onnx
 from export.ort_policy import OrtPolicy
+from lapa.action import fake_state
 from lapa.policy.text_encoder import TextEncoder
 from lapa.policy.torch_policy import TorchPolicy
 from policy_server.backends import load_backend
@@ -153,3 +154,58 @@ def test_unavailable_providers_say_what_to_install(export_dir):
         OrtPolicy(export_dir / "export", providers=["cuda"])
     with pytest.raises(ValueError, match="threads"):
         OrtPolicy(export_dir / "export", threads=0)
+
+
+# ------------------------------------------------------------------ a model with a proprio input and the l1 head
+
+STATE_SMALL = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, num_bins=16, chunk_size=2, text_dim=32)
+
+
+@pytest.fixture(scope="module")
+def state_export_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ort_state")
+    ckpt = random_checkpoint(root / "ckpt", preset="tabletop", seed=3, **STATE_SMALL)
+    text = random_text_encoder(root / "text_encoder", hidden=32)
+    export_onnx(ckpt, root / "export", text_encoder_dir=text, exporter="legacy", parity_samples=16,
+                log=lambda _m: None)
+    return root
+
+
+def test_a_state_model_equals_the_torch_backend_given_the_same_state(state_export_dir):
+    policy = OrtPolicy(state_export_dir / "export", threads=1)
+    reference = TorchPolicy(state_export_dir / "ckpt",
+                            text_encoder=TextEncoder.load(state_export_dir / "text_encoder"))
+    assert policy.metadata["state_dim"] == reference.metadata["state_dim"] == 8
+    assert policy.metadata["action_output"] == reference.metadata["action_output"] == "l1"
+    states = fake_state(3, seed=7)
+    for seed, instruction in ((0, "pick up the red block"), (1, "push the blue block left"), (2, "go")):
+        obs = {**_obs(seed, instruction), "state": states[seed]}
+        got, want = policy.infer(obs), reference.infer(obs)
+        assert got["actions"].dtype == np.float32 and got["actions"].shape == (2, 7)
+        assert got["bins"].dtype == np.int64 and got["bins"].shape == (2, 7)
+        np.testing.assert_allclose(got["actions"], want["actions"], atol=1e-5)
+        assert (got["bins"] == want["bins"]).mean() >= 13 / 14  # a bin flips only at a bin boundary
+    batch = policy.run(np.stack([_obs(s)["image"] for s in range(3)]),
+                       np.stack([policy.instructions.get("go")] * 3), states, logits=True)
+    assert set(batch) == {"actions", "bins", "normalized_actions"} and batch["actions"].shape == (3, 2, 7)
+    policy.warmup(1)  # a fake state of its own
+    policy.reset()
+
+
+def test_a_state_model_refuses_an_observation_without_state(state_export_dir):
+    policy = OrtPolicy(state_export_dir / "export", threads=1)
+    with pytest.raises(PolicyInputError, match=r"this model takes the proprio state: send 'state', 8 floats"):
+        policy.infer(_obs())
+    with pytest.raises(PolicyInputError, match="proprio state"):
+        policy.run(_obs()["image"][None], policy.instructions.get("go")[None])
+    with pytest.raises(ValueError, match=r"state must be float32 \(1, 8\)"):
+        policy.run(_obs()["image"][None], policy.instructions.get("go")[None], np.zeros((2, 8), np.float32))
+
+
+def test_a_model_without_state_input_ignores_a_state(export_dir):
+    policy = OrtPolicy(export_dir / "export", threads=1)
+    assert policy.metadata["state_dim"] == 0 and policy.metadata["action_output"] == "bins"
+    with_state = policy.infer({**_obs(), "state": fake_state(1)[0]})
+    np.testing.assert_array_equal(with_state["actions"], policy.infer(_obs())["actions"])
+    with pytest.raises(ValueError, match="no state input"):
+        policy.run(_obs()["image"][None], policy.instructions.get("go")[None], fake_state(1))

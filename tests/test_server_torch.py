@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import numpy as np
 import pytest
 from policy_fakes import ServerProcess
@@ -61,3 +64,74 @@ def test_torch_backend_serves_the_checkpoint(server, local_policy):
             np.testing.assert_allclose(reply.actions, expected, atol=1e-5)
             big = np.kron(image, np.ones((7, 7, 1), np.uint8))  # 224x224: the server resizes to 32x32
             assert client.act(big, "pick up the red block").actions.shape == (3, 7)
+
+
+# ------------------------------------------------------------------ a model that takes the proprio state
+
+
+@pytest.fixture(scope="module")
+def state_checkpoint(tmp_path_factory):
+    """The `tabletop` recipe (conv + FiLM, proprio state token, l1 head), small; 384-d text (the bundled MiniLM)."""
+    from vla_fakes import save_random_action_vla
+
+    return save_random_action_vla(tmp_path_factory.mktemp("vla") / "state", preset="tabletop", image_size=32,
+                                  patch_size=8, dim=32, depth=1, heads=2, num_bins=16, chunk_size=2)
+
+
+@pytest.fixture(scope="module")
+def local_state_policy(state_checkpoint, local_policy):
+    return torch_policy.TorchPolicy(state_checkpoint, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def state_server(tmp_path_factory, state_checkpoint, local_state_policy):
+    # the server warms the model up with a state of its own: it would not become ready otherwise
+    srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log", backend="torch",
+                        args=["--model", str(state_checkpoint), "--threads", "1"])
+    yield from srv.running(timeout_s=120)
+
+
+def test_a_state_model_is_served_with_the_state(state_server, local_state_policy):
+    from lapa.action import fake_state
+
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    state = fake_state(1, seed=2)[0]
+    expected = local_state_policy.infer({"image": image, "instruction": "stack the blocks", "state": state})
+    for url in (state_server.ws_url, state_server.http_url):
+        with PolicyClient(url, timeout_s=30) as client:
+            assert client.metadata["state_dim"] == 8 and client.metadata["action_output"] == "l1"
+            reply = client.act(image, "stack the blocks", state)
+            assert reply.actions.shape == (2, 7)
+            np.testing.assert_allclose(reply.actions, expected["actions"], atol=1e-5)
+    # openpi's protocol carries it as `observation/state`
+    from policy_fakes import openpi_packb, openpi_unpackb
+    from websockets.sync.client import connect
+
+    with connect(state_server.ws_url, compression=None, max_size=None, open_timeout=10) as ws:
+        assert openpi_unpackb(ws.recv(timeout=30))["state_dim"] == 8
+        ws.send(openpi_packb({"observation/image": image, "prompt": "stack the blocks", "observation/state": state}))
+        np.testing.assert_allclose(openpi_unpackb(ws.recv(timeout=30))["actions"], expected["actions"], atol=1e-5)
+
+
+def test_a_state_model_without_state_is_a_422_that_says_what_to_send(state_server):
+    import httpx
+
+    from policy_server import codec
+    from policy_server.client import PolicyServerError
+
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    r = httpx.post(state_server.http_url + "/v1/act", content=codec.packb({"image": image, "instruction": "go"}),
+                   headers={"Content-Type": "application/msgpack", "Accept": "application/json"}, timeout=30)
+    assert r.status_code == 422
+    assert "this model takes the proprio state: send 'state', 8 floats" in r.json()["error"]
+    with PolicyClient(state_server.ws_url, timeout_s=30) as client:  # the stream answers and stays open
+        with pytest.raises(PolicyServerError, match="proprio state") as err:
+            client.act(image, "go")
+        assert err.value.status == 422
+        assert client.act(image, "go", np.zeros(8, np.float32)).actions.shape == (2, 7)
+    # OpenVLA's /act carries no state: a 422 that says where to send it, never a 500
+    body = json.dumps({"image": {"__numpy__": base64.b64encode(image.tobytes()).decode(), "dtype": "|u1",
+                                 "shape": list(image.shape)}, "instruction": "go"})
+    r = httpx.post(state_server.http_url + "/act", content=body, headers={"Content-Type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 422 and "OpenVLA's /act request does not carry" in r.json()["error"]

@@ -87,3 +87,42 @@ def test_an_engine_from_elsewhere_is_refused(export_dir, tmp_path):
     sidecar_path(engine).write_text(json.dumps(doc))
     with pytest.raises(ExportError, match="specific to the GPU and TensorRT version"):
         TrtRunner(engine)
+
+
+STATE_SMALL = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, num_bins=16, chunk_size=2, text_dim=32)
+
+
+@pytest.fixture(scope="module")
+def state_export_dir(tmp_path_factory):
+    """The `tabletop` recipe (conv + FiLM, proprio state input, l1 head), small."""
+    root = tmp_path_factory.mktemp("trt_state")
+    ckpt = random_checkpoint(root / "ckpt", preset="tabletop", **STATE_SMALL)
+    text = random_text_encoder(root / "text_encoder", hidden=32)
+    export_onnx(ckpt, root / "export", text_encoder_dir=text, exporter="legacy", log=lambda _m: None)
+    return root / "export"
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_a_state_model_engine_matches_onnxruntime(state_export_dir, tmp_path, fp16):
+    from lapa.action import fake_state
+
+    engine = tmp_path / "policy.plan"
+    sidecar = build_engine(state_export_dir, engine, BuildOptions(fp16=fp16, min_batch=1, opt_batch=2, max_batch=4),
+                           log=lambda _m: None)
+    assert sidecar["parity"]["passed"] and sidecar["parity"]["head"] == "l1", sidecar["parity"]
+    assert sidecar["inputs"] == ["image", "text_emb", "state"]
+    policy = TrtPolicy(state_export_dir, engine=engine)
+    reference = OrtPolicy(state_export_dir, providers=["cpu"])
+    assert policy.metadata["state_dim"] == 8 and policy.metadata["action_output"] == "l1"
+    states = fake_state(3, seed=5)
+    for seed in range(3):
+        obs = {**_obs(seed), "state": states[seed]}
+        got, want = policy.infer(obs), reference.infer(obs)
+        assert got["actions"].dtype == np.float32 and got["actions"].shape == (2, 7)
+        np.testing.assert_allclose(got["actions"], want["actions"], atol=2e-3 if fp16 else 1e-5)
+    with pytest.raises(PolicyInputError, match="proprio state"):
+        policy.infer(_obs())
+    text = np.ones((3, 32), np.float32) / np.sqrt(32)
+    images = np.stack([_obs(s)["image"] for s in range(3)])
+    out = policy.run(images, text, states, logits=True)
+    assert set(out) == {"actions", "bins", "normalized_actions"} and out["actions"].shape == (3, 2, 7)

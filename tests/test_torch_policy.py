@@ -7,6 +7,7 @@ import pytest
 import torch
 from vla_fakes import FakeEncoder, save_random_action_vla
 
+from lapa.action import fake_state
 from lapa.checkpoint import CheckpointError
 from lapa.policy.checkpoint_io import save_vla
 from lapa.policy.config import VLAConfig
@@ -114,3 +115,48 @@ def test_refuses_latent_checkpoints_and_wrong_encoders(checkpoint, tmp_path):
     small.embedding_dim = 128
     with pytest.raises(CheckpointError, match="384-d"):
         TorchPolicy(checkpoint, text_encoder=small)
+
+
+# ------------------------------------------------------------------ a model with a proprio input and the l1 head
+
+STATE_SMALL = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, num_bins=16, chunk_size=2)
+
+
+@pytest.fixture(scope="module")
+def state_checkpoint(tmp_path_factory):
+    return save_random_action_vla(tmp_path_factory.mktemp("vla") / "state", preset="tabletop", **STATE_SMALL)
+
+
+def test_a_state_model_gets_the_observations_state(state_checkpoint):
+    encoder = FakeEncoder()
+    policy = TorchPolicy(state_checkpoint, text_encoder=encoder)
+    assert policy.config.state_dim == 8 and policy.config.action_output == "l1"
+    meta = policy.metadata
+    assert meta["state_dim"] == 8 and meta["action_output"] == "l1"
+    states = fake_state(2, seed=1)
+    assert states.shape == (2, 8) and states.dtype == np.float32 and np.all(states != 0)
+    obs = {**_obs(seed=5), "state": states[0]}
+    reply = policy.infer(obs)
+    assert reply["actions"].dtype == np.float32 and reply["actions"].shape == (2, 7)
+    assert reply["bins"].dtype == np.int64 and reply["bins"].shape == (2, 7)
+    text = encoder.encode([obs["instruction"]])
+    bins, actions = policy.model.predict_actions(torch.from_numpy(obs["image"])[None], text,
+                                                 state=torch.from_numpy(states[:1]))
+    np.testing.assert_array_equal(reply["bins"], bins[0].numpy())
+    np.testing.assert_array_equal(reply["actions"], actions[0].numpy())
+    other = policy.infer({**obs, "state": states[1]})
+    assert not np.array_equal(other["actions"], reply["actions"])  # the state reaches the model
+    policy.warmup(1)  # feeds a fake state itself
+
+
+def test_a_state_model_refuses_an_observation_without_state(state_checkpoint):
+    policy = TorchPolicy(state_checkpoint, text_encoder=FakeEncoder())
+    with pytest.raises(PolicyInputError, match=r"this model takes the proprio state: send 'state', 8 floats"):
+        policy.infer(_obs())
+    with pytest.raises(PolicyInputError, match="state"):
+        policy.infer({**_obs(), "state": np.zeros(7, dtype=np.float32)})
+
+
+def test_a_model_without_state_input_reports_it(checkpoint):
+    meta = TorchPolicy(checkpoint, text_encoder=FakeEncoder()).metadata
+    assert meta["state_dim"] == 0 and meta["action_output"] == "bins"

@@ -47,9 +47,11 @@ def fit_tokenizer(samples: int = 300, num_bins: int = 256) -> ActionTokenizer:
     return ActionTokenizer.fit_new(a, num_bins=num_bins)
 
 
-def save_random_action_vla(path: Path, *, extra: dict[str, Any] | None = None, **config: Any) -> Path:
-    """A random (torch seed 0) `tiny`-preset action VLA with `config` overrides and its tokenizer, saved at path."""
-    vla_config = VLAConfig.preset("tiny", **config)
+def save_random_action_vla(path: Path, *, preset: str = "tiny", extra: dict[str, Any] | None = None,
+                           **config: Any) -> Path:
+    """A random (torch seed 0) action VLA of a VLAConfig preset (`tiny`; `tabletop`: conv encoder, proprio
+    state, l1 head) with `config` overrides and its tokenizer, saved at path."""
+    vla_config = VLAConfig.preset(preset, **config)
     tok = fit_tokenizer(num_bins=vla_config.num_bins)
     torch.manual_seed(0)
     model = VLA(vla_config).replace_head_for_actions(tok)

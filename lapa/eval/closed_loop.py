@@ -119,6 +119,21 @@ class EpisodeOutcome:
     instruction: str
     success: bool
     steps: int
+    # where the gripper ended relative to the instructed block: grounding and final-approach evidence
+    target_xy_m: float = float("nan")  # TCP to the instructed block, in the table plane
+    height_above_target_m: float = float("nan")  # TCP above the instructed block's top face
+    nearest_is_target: bool = False  # the block nearest the TCP (in the plane) is the instructed one
+
+
+def final_geometry(driver: Any, colour: str) -> tuple[float, float, bool]:
+    """(xy distance, height above the top face, nearest block is `colour`) at the episode's end."""
+    from lapa.sim.scene import BLOCK_HALF_SIZE_M
+
+    tcp = driver.robot_state().ee_pos_m
+    blocks = driver.block_positions()
+    xy = {c: float(np.linalg.norm(tcp[:2] - p[:2])) for c, p in blocks.items()}
+    target = blocks[colour]
+    return xy[colour], float(tcp[2] - target[2] - BLOCK_HALF_SIZE_M), min(xy, key=xy.get) == colour
 
 
 def summarize(outcomes: list[EpisodeOutcome], families: tuple[str, ...]) -> dict[str, Any]:
@@ -127,8 +142,13 @@ def summarize(outcomes: list[EpisodeOutcome], families: tuple[str, ...]) -> dict
     def block(rows: list[EpisodeOutcome]) -> dict[str, Any]:
         k, n = sum(r.success for r in rows), len(rows)
         lo, hi = wilson_interval(k, n)
+        failed = [r for r in rows if not r.success]
         return {"successes": k, "episodes": n, "success_rate": k / n if n else 0.0, "ci95": [lo, hi],
-                "mean_steps": float(np.mean([r.steps for r in rows])) if rows else 0.0}
+                "mean_steps": float(np.mean([r.steps for r in rows])) if rows else 0.0,
+                "nearest_is_target": float(np.mean([r.nearest_is_target for r in rows])) if rows else 0.0,
+                "failed_median_target_xy_m": float(np.median([r.target_xy_m for r in failed])) if failed else None,
+                "failed_median_height_above_target_m":
+                    float(np.median([r.height_above_target_m for r in failed])) if failed else None}
 
     return {"tasks": {f: block([o for o in outcomes if o.family == f]) for f in families},
             "overall": block(outcomes)}
@@ -169,7 +189,7 @@ def evaluate_policy(policy: Callable[[Observation], np.ndarray], suite: str, epi
                 record = video_dir is not None and i < max_videos_per_task
                 result = run_episode(env, task, seed, policy=policy, instruction=instruction, record=record)
                 outcomes.append(EpisodeOutcome(family, seed, task.name, instruction, bool(result.success),
-                                               int(result.steps)))
+                                               int(result.steps), *final_geometry(driver, task.colour)))
                 total_steps += result.steps
                 if record and result.frames is not None:
                     tag = "success" if result.success else "failure"

@@ -54,6 +54,8 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--no-film", action="store_true", help="conv encoder without FiLM conditioning (ablation)")
     p.add_argument("--state-dim", type=int, choices=(0, 8), help="proprio state input: 0 none, 8 (from scratch)")
     p.add_argument("--action-output", choices=("bins", "l1"), help="action head: quantile bins or l1 regression")
+    p.add_argument("--goal-aux", action="store_true",
+                   help="l1 head: auxiliary loss predicting the episode's final end-effector position")
     p.add_argument("--augment", nargs="?", const="crop", choices=("crop", "shift"), default=False,
                    help="image augmentation: crop (random resized crop 0.9 + jitter; the default when the flag "
                         "is given alone) or shift (DrQ random shift, 4 px)")
@@ -81,6 +83,8 @@ def _config(args: argparse.Namespace):
                if v is not None}
     if args.no_film:
         changes["film"] = False
+    if args.goal_aux:
+        changes["goal_aux"] = True
     return VLAConfig.preset(args.preset, **changes)
 
 
@@ -104,7 +108,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
     return _print(finetune_actions(args.init, args.data, args.out, config=_config(args), chunk_size=args.chunk_size,
                                    num_bins=args.num_bins, decoder=args.decoder,
-                                   action_output=args.action_output, opts=_options(args),
+                                   action_output=args.action_output, goal_aux=args.goal_aux or None,
+                                   opts=_options(args),
                                    resume=args.resume))
 
 

@@ -47,6 +47,9 @@ class VLAConfig:
     film: bool = True  # conv encoder: FiLM conditioning on the instruction after every conv layer
     state_dim: int = 0  # proprio input: 0 none, 8 = EE xyz, rpy, gripper width as one token
     action_output: str = "bins"  # action head: "bins" (cross-entropy over quantile bins) or "l1"
+    # l1 head: one more query that predicts where the episode's end effector ends up (xyz), an
+    # auxiliary loss in training only: a dense signal that ties the instruction to its block
+    goal_aux: bool = False
 
     def __post_init__(self) -> None:
         positive = ("image_size", "patch_size", "dim", "depth", "heads", "text_dim", "latent_seq_len")
@@ -81,6 +84,8 @@ class VLAConfig:
             raise ValueError(f"state_dim must be one of {STATE_DIMS}, got {self.state_dim!r}")
         if self.action_output not in ACTION_OUTPUTS:
             raise ValueError(f"action_output must be one of {ACTION_OUTPUTS}, got {self.action_output!r}")
+        if not isinstance(self.goal_aux, bool):
+            raise ValueError(f"goal_aux must be a bool, got {self.goal_aux!r}")
         if self.action_output == "l1" and self.decoder != "parallel":
             raise ValueError("the l1 action head regresses the whole chunk in one pass: decoder must be 'parallel'")
 
@@ -109,10 +114,12 @@ class VLAConfig:
     @property
     def num_queries(self) -> int:
         """Latent head: one query per latent token. Bins head: one per action token (K*7). L1 head:
-        one per chunk step (each regresses all 7 dimensions)."""
+        one per chunk step (each regresses all 7 dimensions), plus the goal query with goal_aux."""
         if self.head == "latent":
             return self.latent_seq_len
-        return self.chunk_size if self.action_output == "l1" else self.num_action_tokens
+        if self.action_output == "l1":
+            return self.chunk_size + (1 if self.goal_aux else 0)
+        return self.num_action_tokens
 
     # ------------------------------------------------------------------ presets and I/O
     @classmethod

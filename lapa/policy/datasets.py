@@ -49,6 +49,7 @@ class Batch:
     mask: torch.Tensor | None = None  # (B, K) bool: False past the episode end
     actions: torch.Tensor | None = None  # (B, K, 7) float32 true chunk (targets of an l1 head, error metrics)
     states: torch.Tensor | None = None  # (B, 8) float32 proprio at x_t (None: the data has none)
+    goals: torch.Tensor | None = None  # (B, 3) float32 EE xyz at the episode's last frame (goal_aux)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -253,6 +254,8 @@ class ActionSet:
             kept.append(acts[:n])
             clip_ids.append(np.full(n, c))
         self.frame_rows = np.concatenate(rows)  # (N,)
+        # the episode's last frame of every sample: its EE position is the goal_aux target
+        self.last_rows = clips.offsets[np.concatenate(clip_ids) + 1] - 1  # (N,)
         self.chunks = np.concatenate(chunks).astype(np.float32)  # (N, K, 7)
         self.masks = torch.from_numpy(np.concatenate(masks))  # (N, K) bool
         self.actions = kept  # per clip (n_c, 7): what the tokenizer is fitted on
@@ -307,9 +310,13 @@ class ActionSet:
             raise RuntimeError("call set_tokenizer(tokenizer) before sampling action batches")
         rows = self.frame_rows[idx]  # (B,)
         images = torch.from_numpy(self.clips.frames[rows])  # (B, S, S, 3) uint8
-        states = None if self.clips.states is None else torch.from_numpy(self.clips.states[rows])  # (B, 8)
+        states = goals = None
+        if self.clips.states is not None:
+            states = torch.from_numpy(self.clips.states[rows])  # (B, 8)
+            goals = torch.from_numpy(self.clips.states[self.last_rows[idx], :3])  # (B, 3)
         return Batch(images, self.table.embeddings[self.text_ids[idx]], bins=self.bins[idx],
-                     mask=self.masks[idx], actions=torch.from_numpy(self.chunks[idx]), states=states)
+                     mask=self.masks[idx], actions=torch.from_numpy(self.chunks[idx]), states=states,
+                     goals=goals)
 
 
 # ----------------------------------------------------------------------------- pseudo-action files

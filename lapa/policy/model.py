@@ -161,14 +161,19 @@ _WORKSPACE_SCALE_M = 0.15
 _GRIPPER_HALF_WIDTH_M = 0.04
 
 
+def goal_features(xyz: Tensor) -> Tensor:
+    """EE positions (B, 3) in metres -> the scaled xyz that state_features uses (B, 3)."""
+    centre = torch.tensor(_WORKSPACE_CENTRE_M, dtype=xyz.dtype, device=xyz.device)
+    return (xyz - centre) / _WORKSPACE_SCALE_M
+
+
 def state_features(state: Tensor) -> Tensor:
     """(B, 8) [EE xyz m, EE rpy rad, gripper width m] -> (B, 10) features of order 1.
 
     Fixed (not fitted) scaling, so no statistics travel with the checkpoint, and angles as sin/cos:
     a gripper pointing down has roll near +-pi, where the raw angle jumps by 2 pi.
     """
-    centre = torch.tensor(_WORKSPACE_CENTRE_M, dtype=state.dtype, device=state.device)
-    xyz = (state[:, 0:3] - centre) / _WORKSPACE_SCALE_M  # (B, 3)
+    xyz = goal_features(state[:, 0:3])  # (B, 3)
     rpy = state[:, 3:6]  # (B, 3)
     width = state[:, 6:7] / _GRIPPER_HALF_WIDTH_M - 1.0  # (B, 1): -1 closed, +1 open
     return torch.cat([xyz, torch.sin(rpy), torch.cos(rpy), width], dim=1)  # (B, 10)
@@ -265,6 +270,9 @@ class RegressionHead(nn.Module):
         self.chunk_size, self.action_dim, self.num_bins = K, A, nb
         self.step_emb = nn.Parameter(torch.randn(1, K, D) * 0.02)  # (1, K, D)
         self.proj = nn.Linear(D, A)
+        # goal_aux: one more query, read out as the episode's final EE xyz (state_features scaling)
+        self.goal_query = nn.Parameter(torch.randn(1, 1, D) * 0.02) if config.goal_aux else None  # (1, 1, D)
+        self.goal_proj = nn.Linear(D, 3) if config.goal_aux else None
         self.register_buffer("bin_centers", torch.zeros(A, nb), persistent=False)  # (7, nb)
         self.register_buffer("action_mid", torch.zeros(A), persistent=False)  # (7,)
         self.register_buffer("action_half", torch.ones(A), persistent=False)  # (7,)
@@ -282,11 +290,20 @@ class RegressionHead(nn.Module):
     def query_tokens(self, batch: int, bins: Tensor | None) -> Tensor:
         if bins is not None:
             raise ValueError("the l1 action head takes no previous bins")
-        return self.step_emb.expand(batch, -1, -1)  # (B, K, D)
+        q = self.step_emb.expand(batch, -1, -1)  # (B, K, D)
+        if self.goal_query is not None:
+            q = torch.cat([q, self.goal_query.expand(batch, -1, -1)], dim=1)  # (B, K + 1, D)
+        return q
 
     def logits(self, h: Tensor) -> Tensor:
         """Normalised actions (B, K, 7) (not logits; the name keeps one head interface)."""
-        return self.proj(h)  # (B, K, 7)
+        return self.proj(h[:, :self.chunk_size])  # (B, K, 7)
+
+    def goal(self, h: Tensor) -> Tensor:
+        """goal_aux: predicted final EE position (B, 3), scaled as `goal_features`."""
+        if self.goal_proj is None:
+            raise RuntimeError("this head has no goal query (goal_aux false)")
+        return self.goal_proj(h[:, self.chunk_size])  # (B, 3)
 
     def normalize(self, actions: Tensor) -> Tensor:
         return ((actions - self.action_mid) / self.action_half).clamp(-1.0, 1.0)  # (B, K, 7)
@@ -409,6 +426,15 @@ class VLA(nn.Module):
         head = self._action_head()
         return head.logits(self.run_trunk(prefix, head.query_tokens(B, bins)))  # (B, K, A, nb)
 
+    def action_outputs(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """L1 head with goal_aux: (normalised actions (B, K, 7), predicted final EE xyz (B, 3)) of one pass."""
+        head = self._action_head()
+        if not isinstance(head, RegressionHead) or head.goal_proj is None:
+            raise RuntimeError("action_outputs needs an l1 action head with goal_aux")
+        prefix = self.embed_prefix(images, text_emb, state)  # (B, P, D)
+        h = self.run_trunk(prefix, head.query_tokens(prefix.shape[0], None))  # (B, K + 1, D)
+        return head.logits(h), head.goal(h)
+
     def latent_logits(self, images: Tensor, text_emb: Tensor) -> Tensor:
         if self.latent_head is None:
             raise RuntimeError("this VLA has an action head, not a latent head")
@@ -471,7 +497,7 @@ class VLA(nn.Module):
     # ------------------------------------------------------------------ stage 2 -> stage 3
     def replace_head_for_actions(
         self, tokenizer: ActionTokenizer, chunk_size: int | None = None, decoder: str | None = None,
-        action_output: str | None = None,
+        action_output: str | None = None, goal_aux: bool | None = None,
     ) -> VLA:
         """Drop the latent head, add a fresh action head (trunk untouched). Returns self."""
         config = self.config.replace(
@@ -480,6 +506,7 @@ class VLA(nn.Module):
             num_bins=tokenizer.num_bins,
             decoder=decoder or self.config.decoder,
             action_output=action_output or self.config.action_output,
+            goal_aux=self.config.goal_aux if goal_aux is None else goal_aux,
         )
         ref = self.pos_emb
         head = _new_action_head(config, tokenizer)

@@ -1,8 +1,11 @@
 """The PyTorch backend of the Policy protocol (policy_server/policy.py) over a finetuned VLA checkpoint.
 
 Per call only the image goes through the VLA: the instruction embedding comes from an LRU cache,
-so the text encoder runs once per distinct instruction. `state` in the observation is validated
-but not used (the VLA has no proprio input). The policy keeps no per-episode state: chunks are
+so the text encoder runs once per distinct instruction. `state` in the observation (8 floats,
+lapa/action.py's STATE_NAMES) goes to a model with a proprio input (`state_dim` 8), which needs it:
+such a model was finetuned with the state, so an observation without one is refused with
+PolicyInputError (the server's 422) instead of falling back to the "no state" token; a model
+without state input validates and ignores it. The policy keeps no per-episode state: chunks are
 replayed by the caller, so `reset()` has nothing to clear.
 """
 
@@ -17,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lapa.action import ACTION_NAMES
+from lapa.action import ACTION_NAMES, fake_state
 from lapa.checkpoint import MODEL_FILE, CheckpointError
 from lapa.policy.checkpoint_io import load_vla
 from lapa.policy.config import DECODERS
 from lapa.policy.text_encoder import TEXT_ENCODER_NAME, InstructionCache, TextEncoder
-from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation
+from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
 
 REPLY_BINS = "bins"  # int64 (K, 7): the action tokens the actions were decoded from
 
@@ -40,7 +43,7 @@ class TorchPolicy:
 
     text_encoder: anything with `encode(list[str]) -> (B, D)` and `embedding_dim` (default: the
     bundled all-MiniLM-L6-v2). num_threads: torch intra-op threads (process-wide), None = leave.
-    decoder: None = the checkpoint's mode; "autoregressive" also works on a parallel model.
+    decoder: None = the checkpoint's mode; "autoregressive" also works on a parallel bins model.
     """
 
     backend = "torch"
@@ -69,6 +72,9 @@ class TorchPolicy:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.decoder == "parallel" and self.config.decoder == "autoregressive":
             raise ValueError(f"{checkpoint}: an autoregressive model cannot decode in parallel")
+        if self.decoder != "parallel" and self.config.action_output == "l1":
+            raise ValueError(f"{checkpoint}: an l1 (regression) model predicts the chunk in one pass: "
+                             "decoder must be 'parallel'")
         encoder = text_encoder if text_encoder is not None else TextEncoder.load()
         if encoder.embedding_dim != self.config.text_dim:
             raise CheckpointError(f"{checkpoint}: the model takes {self.config.text_dim}-d instruction "
@@ -85,6 +91,8 @@ class TorchPolicy:
             "model_hash": file_sha256(checkpoint / MODEL_FILE),
             "decoder": self.decoder,
             "num_bins": c.num_bins,
+            "state_dim": c.state_dim,
+            "action_output": c.action_output,
             "text_encoder": getattr(encoder, "name", TEXT_ENCODER_NAME),
             "device": str(self.device),
             "num_threads": torch.get_num_threads(),
@@ -96,14 +104,17 @@ class TorchPolicy:
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         """Validate (PolicyInputError on a malformed observation), encode, decode one chunk."""
-        image, instruction, _state = check_observation(obs, (self.config.image_size, self.config.image_size))
+        image, instruction, state = check_observation(obs, (self.config.image_size, self.config.image_size))
+        state = require_state(state, self.config.state_dim)  # PolicyInputError when the model needs it
         if not image.flags.c_contiguous or not image.flags.writeable:
             image = image.copy()  # msgpack buffers are read-only; torch wants a writable array
         start = time.perf_counter()
         with torch.inference_mode():
             text = self.instructions.get(instruction).to(self.device).unsqueeze(0)  # (1, text_dim)
             images = torch.from_numpy(image).to(self.device).unsqueeze(0)  # (1, H, W, 3) uint8
-            bins, actions = self.model.predict_actions(images, text, decoder=self.decoder)  # (1, K, 7) each
+            states = None if state is None else torch.from_numpy(state).to(self.device).unsqueeze(0)  # (1, 8)
+            bins, actions = self.model.predict_actions(images, text, decoder=self.decoder,
+                                                       state=states)  # (1, K, 7) each
             bins_np = bins[0].cpu().numpy().astype(np.int64)
             actions_np = actions[0].cpu().numpy().astype(np.float32)
         model_ms = (time.perf_counter() - start) * 1000.0
@@ -112,9 +123,11 @@ class TorchPolicy:
     def warmup(self, steps: int = 2) -> None:
         """Run a few calls on random inputs so the first real call is not the slow one."""
         images, text = self.config.fake_inputs(1)
+        state = torch.from_numpy(fake_state(1)).to(self.device) if self.config.state_dim else None  # (1, 8)
         with torch.inference_mode():
             for _ in range(steps):
-                self.model.predict_actions(images.to(self.device), text.to(self.device), decoder=self.decoder)
+                self.model.predict_actions(images.to(self.device), text.to(self.device), decoder=self.decoder,
+                                           state=state)
 
     def reset(self) -> None:
         """Nothing to clear: the policy is stateless between calls (the instruction cache is kept)."""

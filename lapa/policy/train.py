@@ -41,12 +41,14 @@ from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
-from lapa.policy.model import VLA, RegressionHead, action_loss, l1_action_loss, latent_loss
+from lapa.policy.model import VLA, RegressionHead, action_loss, goal_features, l1_action_loss, latent_loss
 from lapa.training import check_same_config, commit_checkpoint, json_float, restore_training, step_dir
 
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
+GOAL_LOSS_WEIGHT = 1.0  # goal_aux: L1 on the scaled final EE xyz, beside the action L1
+GOAL_SCALE_MM = 150.0  # goal_features divides metres by 0.15: back to millimetres for the log
 
 
 @dataclass
@@ -143,10 +145,17 @@ def compute_loss(model: VLA, batch: Batch) -> tuple[torch.Tensor, dict[str, floa
     assert batch.bins is not None and batch.mask is not None
     state = batch.states if model.config.state_dim else None
     head = model.action_head
+    goal_loss = None
     if isinstance(head, RegressionHead):
         assert batch.actions is not None
-        normalized = model(batch.images, batch.text, state=state)  # (B, K, 7)
+        if head.goal_proj is not None and batch.goals is not None:
+            normalized, goal = model.action_outputs(batch.images, batch.text, state)  # (B, K, 7), (B, 3)
+            goal_loss = (goal - goal_features(batch.goals)).abs().mean()
+        else:
+            normalized = model(batch.images, batch.text, state=state)  # (B, K, 7)
         loss = l1_action_loss(normalized, head.normalize(batch.actions), batch.mask)
+        if goal_loss is not None:
+            loss = loss + GOAL_LOSS_WEIGHT * goal_loss
         with torch.no_grad():
             decoded = head.to_actions(normalized)  # (B, K, 7)
             pred = head.nearest_bins(decoded)  # (B, K, 7)
@@ -160,6 +169,8 @@ def compute_loss(model: VLA, batch: Batch) -> tuple[torch.Tensor, dict[str, floa
     with torch.no_grad():
         m = batch.mask.unsqueeze(-1).expand_as(pred)  # (B, K, 7)
         stats = {"accuracy": float(((pred == batch.bins) & m).sum() / m.sum().clamp(min=1))}
+        if goal_loss is not None:
+            stats["goal_mae_mm"] = float(goal_loss) * GOAL_SCALE_MM
         if batch.actions is not None and decoded is not None:
             valid = batch.mask.float()  # (B, K)
             err = (decoded[..., :3] - batch.actions[..., :3]).abs().mean(-1)  # (B, K) metres
@@ -351,7 +362,7 @@ def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | o
 def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike,
                      *, config: VLAConfig | None = None, preset: str = "tiny", chunk_size: int | None = None,
                      num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
-                     opts: TrainOptions | None = None, resume: bool = False,
+                     goal_aux: bool | None = None, opts: TrainOptions | None = None, resume: bool = False,
                      encoder: Any | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
 
@@ -375,11 +386,14 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     num_bins = num_bins or base.num_bins
     decoder = decoder or base.decoder
     action_output = action_output or base.action_output
+    goal_aux = base.goal_aux if goal_aux is None else goal_aux
+    if goal_aux != base.goal_aux:
+        base = base.replace(goal_aux=goal_aux)
     data = _action_data(data, base.image_size, chunk_size, encoder, opts.progress)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=num_bins)
     data.set_tokenizer(tokenizer)
     same_head = (base.chunk_size, base.num_bins, base.decoder, base.action_output) == (
-        chunk_size, num_bins, decoder, action_output)
+        chunk_size, num_bins, decoder, action_output) and model is not None and model.config.goal_aux == goal_aux
     if model is None:
         model = VLA(base.replace(head="action", chunk_size=chunk_size, num_bins=num_bins, decoder=decoder,
                                  action_output=action_output), tokenizer)
@@ -387,7 +401,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
         model.set_action_tokenizer(tokenizer)  # keep the pretrained action head, re-fitted bins
         head_choice = "kept (re-fitted bins)"
     else:
-        model.replace_head_for_actions(tokenizer, chunk_size=chunk_size, decoder=decoder, action_output=action_output)
+        model.replace_head_for_actions(tokenizer, chunk_size=chunk_size, decoder=decoder, action_output=action_output,
+                                       goal_aux=goal_aux)
         head_choice = "new (latent head dropped)" if base.head == "latent" else "new (shape changed)"
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune")

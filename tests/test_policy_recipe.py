@@ -1,0 +1,184 @@
+"""The policy recipe's parts: FiLM conv encoder, proprio state token, l1 head with the goal query,
+random-shift augmentation, and expert recordings with DART noise that continue to the final pose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from vla_fakes import FakeEncoder, fit_tokenizer
+
+from lapa.policy.checkpoint_io import load_vla
+from lapa.policy.config import VLAConfig
+from lapa.policy.datasets import ActionSet, apply_augmentation, shift_images
+from lapa.policy.model import VLA, FiLM, state_features
+from lapa.policy.train import TrainOptions, compute_loss, finetune_actions
+from lapa.sim.env import TabletopEnv, episode_task, run_episode
+from lapa.sim.fast_driver import FastDriver
+from lapa.sim.record import ExpertOptions, record_dataset
+from lapa.sim.scene import SceneConfig
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+SMALL = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, chunk_size=2, num_bins=16)
+
+
+def _model(**overrides) -> VLA:
+    config = VLAConfig.preset("tabletop", head="action", **{**SMALL, **overrides})
+    torch.manual_seed(0)
+    return VLA(config, fit_tokenizer(num_bins=config.num_bins)).eval()
+
+
+def _state(batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    s = torch.rand(batch, 8, generator=g)
+    s[:, 3] += 2.5  # roll near pi, as a gripper pointing down
+    return s
+
+
+@pytest.fixture(scope="module")
+def robot(tmp_path_factory):
+    """4 reach episodes recorded past the success check, with DART noise and settle steps."""
+    root = tmp_path_factory.mktemp("data") / "robot"
+    record_dataset("reach", 4, root, seed=3, image_size=32, progress=False,
+                   expert=ExpertOptions(noise_m=0.0, dart_noise_m=0.004, until_done=True, settle_steps=3))
+    return root
+
+
+# ----------------------------------------------------------------------------- model parts
+
+
+def test_conv_encoder_makes_one_token_per_cell_and_film_starts_as_identity():
+    model = _model()
+    assert model.conv_encoder is not None and model.patch_embed is None
+    films = [m for m in model.modules() if isinstance(m, FiLM)]
+    assert films and all(torch.count_nonzero(f.proj.weight) == 0 for f in films)
+    images, text = model.config.fake_inputs(3)
+    prefix = model.embed_prefix(images, text, _state(3))
+    assert prefix.shape == (3, model.config.prefix_len, 32) and model.config.prefix_len == 1 + 1 + 16
+
+
+def test_film_makes_the_image_tokens_depend_on_the_instruction():
+    model = _model()
+    for f in model.modules():
+        if isinstance(f, FiLM):
+            torch.nn.init.normal_(f.proj.weight, std=0.5)
+    images, text = model.config.fake_inputs(2)
+    same_image = images[:1].expand(2, -1, -1, -1)
+    tokens = model.conv_encoder(same_image.permute(0, 3, 1, 2).float() / 127.5 - 1, model.text_norm(text))
+    assert not torch.allclose(tokens[0], tokens[1], atol=1e-4)
+    no_film = _model(film=False)
+    assert not any(isinstance(m, FiLM) for m in no_film.modules())
+
+
+def test_state_changes_the_prediction_and_none_uses_the_no_state_token():
+    model = _model()
+    images, text = model.config.fake_inputs(2)
+    a = model(images, text, state=_state(2, 0))
+    b = model(images, text, state=_state(2, 1))
+    assert a.shape == (2, 2, 7) and not torch.allclose(a, b)
+    c = model(images, text)  # the learned "no state" token
+    assert torch.isfinite(c).all()
+    with pytest.raises(ValueError, match="state must be"):
+        model(images, text, state=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="no state input"):
+        _model(state_dim=0)(images, text, state=_state(2))
+
+
+def test_state_features_are_continuous_across_the_roll_wrap():
+    s = torch.zeros(2, 8)
+    s[0, 3], s[1, 3] = np.pi - 1e-4, -np.pi + 1e-4
+    f = state_features(s)
+    assert f.shape == (2, 10) and torch.allclose(f[0], f[1], atol=1e-3)
+
+
+def test_l1_head_decodes_within_the_expert_range_and_reports_nearest_bins():
+    model = _model()
+    head = model.action_head
+    images, text = model.config.fake_inputs(4)
+    bins, actions = model.predict_actions(images, text, state=_state(4))
+    assert bins.dtype == torch.int64 and actions.shape == (4, 2, 7)
+    tok = fit_tokenizer(num_bins=16)
+    lo, hi = np.array(tok.stats["q01"]), np.array(tok.stats["q99"])
+    motion = actions[..., :6].numpy()
+    assert np.all(motion >= lo[:6] - 1e-6) and np.all(motion <= hi[:6] + 1e-6)
+    assert torch.equal(head.nearest_bins(head.decode(bins)), bins)
+    target = torch.tensor(tok.stats["q99"]).expand(1, 1, 7)
+    assert torch.allclose(head.normalize(target)[..., :6], torch.ones(6))
+    with pytest.raises(ValueError, match="one pass"):
+        model.predict_actions(images, text, decoder="autoregressive", state=_state(4))
+
+
+def test_goal_query_adds_one_query_and_does_not_change_the_action_shape():
+    model = _model(goal_aux=True)
+    assert model.config.num_queries == model.config.chunk_size + 1
+    images, text = model.config.fake_inputs(2)
+    actions, goal = model.action_outputs(images, text, _state(2))
+    assert actions.shape == (2, 2, 7) and goal.shape == (2, 3)
+    assert torch.allclose(model(images, text, state=_state(2)), actions)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_random_shift_moves_whole_pixels_within_the_pad():
+    rng = np.random.default_rng(0)
+    images = torch.zeros(8, 16, 16, 3, dtype=torch.uint8)
+    images[:, 8, 8] = 255  # one bright pixel
+    out = shift_images(images, rng, pad=2)
+    assert out.shape == (8, 16, 16, 3) and out.dtype == torch.float32
+    for b in range(8):
+        y, x = np.argwhere(out[b, :, :, 0].numpy() == 1.0)[0]
+        assert abs(y - 8) <= 2 and abs(x - 8) <= 2
+    assert apply_augmentation(images, rng, False) is images
+    with pytest.raises(ValueError, match="augment"):
+        apply_augmentation(images, rng, "blur")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_until_done_records_the_final_approach_and_the_hold():
+    with FastDriver(SceneConfig(image_size=32)) as driver:
+        env = TabletopEnv(driver)
+        task, instruction = episode_task("reach", 5)
+        short = run_episode(env, task, 5, instruction=instruction)
+        long = run_episode(env, task, 5, instruction=instruction, stop_on_success=False, settle_steps=4)
+    assert short.success and long.success and long.steps > short.steps
+    assert np.all(long.actions[-5:, :6] == 0.0), "the expert holds still at the end"
+
+
+def test_dart_records_the_clean_action_and_executes_a_noisy_one():
+    with FastDriver(SceneConfig(image_size=32), render=False) as driver:
+        env = TabletopEnv(driver)
+        task, instruction = episode_task("reach", 9)
+        clean = run_episode(env, task, 9, instruction=instruction, stop_on_success=False)
+        dart = run_episode(env, task, 9, instruction=instruction, stop_on_success=False, dart_noise_m=0.005)
+    # same first observation and clean first action; the executed noise moves the states apart
+    assert np.allclose(clean.actions[0], dart.actions[0])
+    assert not np.allclose(clean.states[3], dart.states[3])
+    # recorded translations are the expert's bounded steps, never the noisy ones
+    assert np.all(np.linalg.norm(dart.actions[:, :3], axis=1) <= 0.02 + 1e-6)
+
+
+def test_action_set_carries_states_and_episode_goals(robot):
+    data = ActionSet.from_lerobot([robot], 32, 2, FakeEncoder())
+    data.set_tokenizer(fit_tokenizer(num_bins=16))
+    batch = data.batch(np.arange(len(data)))
+    assert batch.states.shape == (len(data), 8) and batch.goals.shape == (len(data), 3)
+    # every sample of an episode has that episode's last EE position as its goal
+    first_episode = data.last_rows == data.last_rows[0]
+    assert torch.all(batch.goals[first_episode] == batch.goals[0])
+    assert torch.allclose(batch.goals[0], torch.from_numpy(data.clips.states[data.last_rows[0], :3]))
+
+
+def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):
+    config = VLAConfig.preset("tabletop", **SMALL, goal_aux=True)
+    opts = TrainOptions(steps=2, batch_size=4, ckpt_every=2, log_every=1, progress=False, augment="shift")
+    r = finetune_actions("scratch", [robot], tmp_path / "ft", config=config, opts=opts, encoder=FakeEncoder())
+    model, loaded, tok = load_vla(r.checkpoint)
+    assert loaded.action_output == "l1" and loaded.state_dim == 8 and loaded.goal_aux and np.isfinite(r.final_loss)
+    data = ActionSet.from_lerobot([robot], 32, 2, FakeEncoder())
+    data.set_tokenizer(tok)
+    loss, stats = compute_loss(model, data.batch(np.arange(4)))
+    assert torch.isfinite(loss) and "goal_mae_mm" in stats and "translation_mae_mm" in stats
