@@ -22,6 +22,7 @@ SUBSYSTEMS: list[tuple[str, str]] = [
     ("bringup", "lapa_ros.bringup"),
     ("train", "lapa.policy.cli"),
     ("eval", "lapa.eval.cli"),
+    ("ablation", "lapa.eval.ablation"),
     ("experiment", "lapa.experiment"),
     ("calibration", "calibration.cli"),
 ]

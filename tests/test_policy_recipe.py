@@ -20,7 +20,8 @@ from lapa.sim.scene import SceneConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-SMALL = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, chunk_size=2, num_bins=16)
+SMALL = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, chunk_size=2, num_bins=16, keypoints=0,
+             goal_aux=False)
 
 
 def _model(**overrides) -> VLA:
@@ -65,7 +66,7 @@ def test_film_makes_the_image_tokens_depend_on_the_instruction():
             torch.nn.init.normal_(f.proj.weight, std=0.5)
     images, text = model.config.fake_inputs(2)
     same_image = images[:1].expand(2, -1, -1, -1)
-    tokens = model.conv_encoder(same_image.permute(0, 3, 1, 2).float() / 127.5 - 1, model.text_norm(text))
+    tokens, _ = model.conv_encoder(same_image.permute(0, 3, 1, 2).float() / 127.5 - 1, model.text_norm(text))
     assert not torch.allclose(tokens[0], tokens[1], atol=1e-4)
     no_film = _model(film=False)
     assert not any(isinstance(m, FiLM) for m in no_film.modules())
@@ -173,7 +174,7 @@ def test_action_set_carries_states_and_episode_goals(robot):
 
 
 def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):
-    config = VLAConfig.preset("tabletop", **SMALL, goal_aux=True)
+    config = VLAConfig.preset("tabletop", **{**SMALL, "goal_aux": True, "keypoints": 4})
     opts = TrainOptions(steps=2, batch_size=4, ckpt_every=2, log_every=1, progress=False, augment="shift")
     r = finetune_actions("scratch", [robot], tmp_path / "ft", config=config, opts=opts, encoder=FakeEncoder())
     model, loaded, tok = load_vla(r.checkpoint)
@@ -182,3 +183,18 @@ def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):
     data.set_tokenizer(tok)
     loss, stats = compute_loss(model, data.batch(np.arange(4)))
     assert torch.isfinite(loss) and "goal_mae_mm" in stats and "translation_mae_mm" in stats
+
+
+def test_keypoints_add_one_token_of_image_coordinates_selected_by_the_instruction():
+    model = _model(keypoints=4)
+    assert model.config.prefix_len == 1 + 1 + 1 + 16
+    for f in model.modules():
+        if isinstance(f, FiLM):
+            torch.nn.init.normal_(f.proj.weight, std=0.5)
+    images, text = model.config.fake_inputs(2)
+    same_image = images[:1].expand(2, -1, -1, -1)
+    prefix = model.embed_prefix(same_image, text, _state(1).expand(2, -1))
+    assert prefix.shape == (2, model.config.prefix_len, 32)
+    assert not torch.allclose(prefix[0, 2], prefix[1, 2], atol=1e-5), "the keypoint token follows the instruction"
+    with pytest.raises(ValueError, match="keypoints need the conv encoder"):
+        VLAConfig.preset("tiny", keypoints=4)

@@ -52,6 +52,7 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--decoder", choices=("parallel", "autoregressive"), help="action decoder")
     p.add_argument("--encoder", choices=("patch", "conv"), help="image encoder (from scratch)")
     p.add_argument("--no-film", action="store_true", help="conv encoder without FiLM conditioning (ablation)")
+    p.add_argument("--keypoints", type=int, help="conv encoder: spatial-softmax keypoints as one more token (0: none)")
     p.add_argument("--state-dim", type=int, choices=(0, 8), help="proprio state input: 0 none, 8 (from scratch)")
     p.add_argument("--action-output", choices=("bins", "l1"), help="action head: quantile bins or l1 regression")
     p.add_argument("--goal-aux", action="store_true",
@@ -79,7 +80,8 @@ def _config(args: argparse.Namespace):
     changes = {k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size),
                                  ("chunk_size", args.chunk_size), ("num_bins", args.num_bins),
                                  ("decoder", args.decoder), ("encoder", args.encoder),
-                                 ("state_dim", args.state_dim), ("action_output", args.action_output))
+                                 ("state_dim", args.state_dim), ("action_output", args.action_output),
+                                 ("keypoints", args.keypoints))
                if v is not None}
     if args.no_film:
         changes["film"] = False

@@ -45,6 +45,10 @@ class VLAConfig:
     # instruction FiLM-ed into every layer, one token per patch_size x patch_size cell)
     encoder: str = "patch"
     film: bool = True  # conv encoder: FiLM conditioning on the instruction after every conv layer
+    # conv encoder: spatial-softmax keypoints (robomimic) of the FiLM-ed stride-4 feature map, as one
+    # more prefix token: image coordinates of what the instruction selected, a short path from the
+    # instruction to "where is the block" (0: none)
+    keypoints: int = 0
     state_dim: int = 0  # proprio input: 0 none, 8 = EE xyz, rpy, gripper width as one token
     action_output: str = "bins"  # action head: "bins" (cross-entropy over quantile bins) or "l1"
     # l1 head: one more query that predicts where the episode's end effector ends up (xyz), an
@@ -78,6 +82,10 @@ class VLAConfig:
         if self.encoder == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
             raise ValueError(f"the conv encoder downsamples by powers of 2: patch_size must be 2, 4, 8, ..., "
                              f"got {self.patch_size}")
+        if not isinstance(self.keypoints, int) or self.keypoints < 0:
+            raise ValueError(f"keypoints must be an int >= 0, got {self.keypoints!r}")
+        if self.keypoints and (self.encoder != "conv" or self.patch_size < 4):
+            raise ValueError("keypoints need the conv encoder with patch_size >= 4 (a stride-4 feature map)")
         if not isinstance(self.film, bool):
             raise ValueError(f"film must be a bool, got {self.film!r}")
         if self.state_dim not in STATE_DIMS:
@@ -104,8 +112,8 @@ class VLAConfig:
 
     @property
     def prefix_len(self) -> int:
-        """Tokens before the queries: 1 instruction token, the state token (if any), the image patches."""
-        return 1 + (1 if self.state_dim else 0) + self.num_patches
+        """Tokens before the queries: instruction, state (if any), keypoints (if any), image patches."""
+        return 1 + (1 if self.state_dim else 0) + (1 if self.keypoints else 0) + self.num_patches
 
     @property
     def num_action_tokens(self) -> int:
@@ -154,8 +162,9 @@ PRESETS: dict[str, VLAConfig] = {
     "tiny": VLAConfig(image_size=64, patch_size=8, dim=128, depth=4, heads=4),
     # ViT-S-sized trunk on 224x224 images (196 patches); about 15M parameters
     "base": VLAConfig(image_size=224, patch_size=16, dim=384, depth=8, heads=6),
-    # the recipe that does the tabletop tasks on a CPU budget (experiments/policy/README.md): a FiLM
-    # conv stem (8x8 tokens on 64x64 images), proprio state token, L1 chunk regression
-    "tabletop": VLAConfig(image_size=64, patch_size=8, dim=128, depth=4, heads=4, encoder="conv",
-                          state_dim=STATE_DIM, action_output="l1"),
+    # the recipe for the tabletop tasks on a CPU budget (experiments/policy/README.md): a FiLM conv
+    # stem (8x8 tokens on 64x64 images) with spatial-softmax keypoints, a proprio state token, L1
+    # chunk regression with the goal query
+    "tabletop": VLAConfig(image_size=64, patch_size=8, dim=128, depth=4, heads=4, encoder="conv", keypoints=32,
+                          state_dim=STATE_DIM, action_output="l1", goal_aux=True),
 }

@@ -142,15 +142,43 @@ class ConvEncoder(nn.Module):
         self.norms = nn.ModuleList(nn.GroupNorm(min(8, o), o) for _, o, _ in layers)
         self.films = nn.ModuleList(FiLM(config.text_dim, o) for _, o, _ in layers) if config.film else None
         self.out = nn.Conv2d(widths[-1], config.dim, 1)
+        # keypoints: read from the output of layer 2 (stride 4)
+        self.keypoint_layer = 2 if config.keypoints else None
+        self.keypoints = SpatialSoftmax(widths[1], config.keypoints, config.dim) if config.keypoints else None
 
-    def forward(self, x: Tensor, text: Tensor) -> Tensor:
+    def forward(self, x: Tensor, text: Tensor) -> tuple[Tensor, Tensor | None]:
+        """-> (patch tokens (B, g*g, D), keypoint token (B, 1, D) or None)."""
+        keypoint_token = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = norm(conv(x))  # (B, C_i, H_i, W_i)
             if self.films is not None:
                 x = self.films[i](x, text)
             x = F.relu(x)
+            if i == self.keypoint_layer:
+                keypoint_token = self.keypoints(x)  # (B, 1, D)
         x = self.out(x)  # (B, D, g, g)
-        return x.flatten(2).transpose(1, 2)  # (B, g*g, D)
+        return x.flatten(2).transpose(1, 2), keypoint_token  # (B, g*g, D)
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature map (B, C, H, W) -> K expected image coordinates in [-1, 1] (robomimic's spatial softmax)
+    -> one token (B, 1, D). A learned temperature sharpens the softmax as training goes."""
+
+    def __init__(self, channels: int, num_keypoints: int, dim: int) -> None:
+        super().__init__()
+        self.to_maps = nn.Conv2d(channels, num_keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.proj = nn.Linear(2 * num_keypoints, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, _, H, W = x.shape
+        maps = self.to_maps(x).flatten(2)  # (B, K, H*W)
+        attn = (maps / self.log_temperature.exp()).softmax(dim=-1)  # (B, K, H*W)
+        ys = torch.linspace(-1.0, 1.0, H, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1.0, 1.0, W, device=x.device, dtype=x.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(H * W, 2)  # (H*W, 2) as (x, y)
+        points = attn @ grid  # (B, K, 2)
+        return self.proj(points.flatten(1)).unsqueeze(1)  # (B, 1, D)
 
 
 # ----------------------------------------------------------------------------- proprio state
@@ -365,7 +393,7 @@ class VLA(nn.Module):
     # ------------------------------------------------------------------ trunk
     def embed_prefix(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> Tensor:
         """uint8 (B, H, W, 3) images (or floats in [0, 1]) + (B, text_dim) [+ (B, 8) state]
-        -> prefix (B, P, D): [text, state (if state_dim), patches]."""
+        -> prefix (B, P, D): [text, state (if state_dim), keypoints (if any), patches]."""
         c = self.config
         H = W = c.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (H, W, 3):
@@ -375,26 +403,28 @@ class VLA(nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # (B, H, W, 3) in [0, 1]
         x = (x - 0.5) / 0.5  # [-1, 1]
         text_n = self.text_norm(text_emb.float())  # (B, text_dim)
+        keypoint_token = None
         if self.conv_encoder is not None:
-            patches = self.conv_encoder(x.permute(0, 3, 1, 2), text_n)  # (B, N, D)
+            patches, keypoint_token = self.conv_encoder(x.permute(0, 3, 1, 2), text_n)  # (B, N, D), (B, 1, D)
         else:
             g, p = c.grid_size, c.patch_size
             x = x.reshape(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5)  # (B, g, g, p, p, 3)
             x = x.reshape(-1, g * g, p * p * 3)  # (B, N, p*p*3)
             patches = self.patch_embed(x)  # (B, N, D)
         patches = patches + self.pos_emb  # (B, N, D)
-        text = self.text_proj(text_n).unsqueeze(1)  # (B, 1, D)
+        tokens = [self.text_proj(text_n).unsqueeze(1)]  # [(B, 1, D)]
         if self.state_proj is None:
             if state is not None:
                 raise ValueError("this VLA has no state input (state_dim 0)")
-            return torch.cat([text, patches], dim=1)  # (B, 1 + N, D)
-        if state is None:
-            state_tok = self.no_state.expand(images.shape[0], -1, -1)  # (B, 1, D)
+        elif state is None:
+            tokens.append(self.no_state.expand(images.shape[0], -1, -1))  # (B, 1, D)
         else:
             if state.dim() != 2 or state.shape != (images.shape[0], c.state_dim):
                 raise ValueError(f"state must be (B, {c.state_dim}), got {tuple(state.shape)}")
-            state_tok = self.state_proj(state_features(state.float())).unsqueeze(1)  # (B, 1, D)
-        return torch.cat([text, state_tok, patches], dim=1)  # (B, 2 + N, D)
+            tokens.append(self.state_proj(state_features(state.float())).unsqueeze(1))  # (B, 1, D)
+        if keypoint_token is not None:
+            tokens.append(keypoint_token)  # (B, 1, D)
+        return torch.cat([*tokens, patches], dim=1)  # (B, P, D)
 
     def run_trunk(self, prefix: Tensor, queries: Tensor) -> Tensor:
         """prefix (B, P, D) + queries (B, Q, D) -> normalised query outputs (B, Q, D)."""
