@@ -48,7 +48,8 @@ def _cell(block: dict[str, Any] | None) -> str:
     if block is None:
         return "—"
     lo, hi = block["ci95"]
-    return f"**{100 * block['success_rate']:.0f}%** ({block['successes']}/{block['episodes']}, {100 * lo:.0f}-{100 * hi:.0f})"
+    rate, k, n = 100 * block["success_rate"], block["successes"], block["episodes"]
+    return f"**{rate:.0f}%** ({k}/{n}, {100 * lo:.0f}-{100 * hi:.0f})"
 
 
 def _diag(block: dict[str, Any] | None) -> str:
