@@ -198,3 +198,20 @@ def test_keypoints_add_one_token_of_image_coordinates_selected_by_the_instructio
     assert not torch.allclose(prefix[0, 2], prefix[1, 2], atol=1e-5), "the keypoint token follows the instruction"
     with pytest.raises(ValueError, match="keypoints need the conv encoder"):
         VLAConfig.preset("tiny", keypoints=4)
+
+
+def test_random_start_moves_the_gripper_before_the_episode_and_is_seeded():
+    from lapa.sim.env import move_to_random_start
+
+    with FastDriver(SceneConfig(image_size=32), render=False) as driver:
+        env = TabletopEnv(driver)
+        task, instruction = episode_task("reach", 4)
+        env.reset(task, 4, instruction)
+        home = driver.robot_state().ee_pos_m
+        obs = move_to_random_start(env, np.random.default_rng([4, 17]), 0.1)
+        start = driver.robot_state().ee_pos_m
+        assert env.steps == 0 and np.allclose(obs.state[:3], start)
+        assert 0.005 < np.linalg.norm(start - home) and np.all(np.abs(start - home)[:2] <= 0.1 + 0.005)
+        assert start[2] <= home[2] + 0.005
+        result = run_episode(env, task, 4, instruction=instruction, start_jitter_m=0.1)
+        assert result.success and np.allclose(result.states[0, :3], start, atol=1e-3), "same seed, same start"

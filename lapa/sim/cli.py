@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="record past the success check until the expert's plan ends (the final approach)")
     rec.add_argument("--settle-steps", type=int, default=0,
                      help="with --until-done: steps of the expert holding still at the end")
+    rec.add_argument("--start-jitter", type=float, default=0.0,
+                     help="random gripper start: up to this many metres from home in x/y, half of it down")
     rec.set_defaults(func=_record)
 
     play = sim_sub.add_parser("play", help="run one episode and write an mp4 to watch")
@@ -48,7 +50,7 @@ def _record(args: argparse.Namespace) -> int:
     from lapa.sim.record import ExpertOptions, record_dataset, summary_dict
 
     expert = ExpertOptions(noise_m=args.expert_noise, dart_noise_m=args.dart_noise, until_done=args.until_done,
-                           settle_steps=args.settle_steps)
+                           settle_steps=args.settle_steps, start_jitter_m=args.start_jitter)
     summary = record_dataset(args.suite, args.episodes, args.out, seed=args.seed, no_actions=args.no_actions,
                              image_size=args.image_size, held_out=args.held_out, control_hz=args.control_hz,
                              expert=expert)

@@ -76,17 +76,38 @@ class TabletopEnv:
         return FAMILIES[self.task.family].max_steps
 
 
+START_MOVE_STEP_M = 0.03  # per control step while moving to a random start
+
+
+def move_to_random_start(env: TabletopEnv, rng: np.random.Generator, jitter_m: float) -> Observation:
+    """Move the gripper (open, unrecorded) by up to `jitter_m` in x and y and down by up to half of it,
+    in steps of at most 3 cm; the episode's step count starts after it."""
+    offset = np.array([rng.uniform(-jitter_m, jitter_m), rng.uniform(-jitter_m, jitter_m),
+                       -rng.uniform(0.0, jitter_m / 2)])
+    n = max(1, int(np.ceil(np.linalg.norm(offset) / START_MOVE_STEP_M)))
+    for _ in range(n):
+        env.driver.apply_action(np.array([*(offset / n), 0.0, 0.0, 0.0, 1.0], np.float32))
+    env.steps = 0
+    return env.observe()
+
+
 def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy | None = None,
                 instruction: str | None = None, record: bool = True, stop_on_success: bool = True,
-                expert_noise_m: float = 0.0, dart_noise_m: float = 0.0, settle_steps: int = 0) -> EpisodeResult:
+                expert_noise_m: float = 0.0, dart_noise_m: float = 0.0, settle_steps: int = 0,
+                start_jitter_m: float = 0.0) -> EpisodeResult:
     """Roll out one episode; `policy=None` runs the scripted expert.
 
     Expert only: `dart_noise_m` (DART) adds Gaussian noise to the *executed* translation while
     the expert's clean, corrective action is what gets recorded, so the data covers the states a
     learned policy drifts into. `settle_steps` (with `stop_on_success=False`) keeps recording the
     expert holding still at its final pose, so the data shows the last centimetres and the stop.
+    `start_jitter_m` moves the gripper to a random start (seeded) before the episode begins: from
+    a fixed home pose, where the arm is on its straight path tells where it goes, and a policy
+    learns that shortcut instead of looking at the blocks and the instruction.
     """
     obs = env.reset(task, seed, instruction)
+    if start_jitter_m > 0:
+        obs = move_to_random_start(env, np.random.default_rng([seed, 17]), start_jitter_m)
     expert = None
     noise_rng = np.random.default_rng([seed, 13])
     if policy is None:

@@ -83,6 +83,7 @@ FAMILIES: dict[str, TaskFamily] = {
 
 SUITES: dict[str, tuple[str, ...]] = {
     "default": ("reach", "push", "pick", "put"),
+    "reach_push": ("reach", "push"),
     "reach": ("reach",),
     "push": ("push",),
     "pick": ("pick",),
