@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE, help="first evaluation seed")
     ev.add_argument("--render-size", type=int, help="camera size (default: the training dataset's)")
     ev.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    ev.add_argument("--grounding-probe", type=int, metavar="SCENES",
+                    help="instead of closed-loop episodes: the grounding probe on this many scenes "
+                         "(lapa/eval/grounding.py: does the first move follow the named colour?)")
     ev.set_defaults(func=_eval)
 
 
@@ -41,6 +44,15 @@ def _eval(args: argparse.Namespace) -> int:
     from lapa.eval.closed_loop import evaluate_checkpoint
 
     torch.set_num_threads(args.threads)
+    if args.grounding_probe:
+        from lapa.eval.grounding import grounding_probe
+
+        probe = grounding_probe(args.ckpt, args.grounding_probe)
+        print(json.dumps(probe, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(probe, indent=2) + "\n")
+        return 0
     result = evaluate_checkpoint(args.ckpt, args.suite, args.episodes, held_out=args.held_out,
                                  chunk_mode=args.chunk_mode, execute_n=args.execute_n,
                                  ensemble_decay=args.ensemble_decay, seed_base=args.seed_base, videos=args.videos,
