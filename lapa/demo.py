@@ -7,11 +7,11 @@ fixture through the speech recogniser), runs the episodes, prints success, the c
 achieved and the camera-to-command latency percentiles, writes an mp4 of the camera view, and
 stops every process it started.
 
-The model: `models/lapa_tiny/`, the tiny VLA shipped with the repo (LAPA: latent pretraining on
-action-free videos, then finetuning on 24 robot episodes of the `reach` suite; see its README.md).
-It is a small CPU model and succeeds on only a minority of reach episodes; the demo reports what
-happens. `--model expert` serves the scripted expert instead (lapa_ros/expert_policy.py, which
-reads the simulator's block poses) to show the whole loop completing every task family. The exit
+The model: `models/lapa_tabletop/`, the VLA shipped with the repo (LAPA: LAQ and latent
+pretraining on the reach and push episodes as action-free videos, then action finetuning; see its
+README.md for its measured success). The demo reports what happens. `--model expert` serves the
+scripted expert instead (lapa_ros/expert_policy.py, which reads the simulator's block poses) to
+show the whole loop on every task family. The exit
 status is non-zero only when the loop itself broke (an error, a process that died), not when the
 policy missed the block.
 """
@@ -29,8 +29,8 @@ from lapa_ros.launch_plan import DEFAULT_MODEL_DIR as DEFAULT_MODEL
 from lapa_ros.launch_plan import DEFAULT_MODEL_SUITE, REPO_ROOT
 
 SPEECH_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "speech"
-# (typed instruction, spoken WAV, suite of the further episodes): for a model trained on the reach
-# suite, and for the scripted expert, which does every task family
+# (typed instruction, spoken WAV, suite of the further episodes): for the shipped model (reach and
+# push), and for the scripted expert, which does every task family
 MODEL_SCRIPT = ("reach the red block", "reach_the_green_block.wav", DEFAULT_MODEL_SUITE)
 EXPERT_SCRIPT = ("pick up the red block", "push_the_blue_block_left.wav", "default")
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the full ROS loop on simulated Franka: typed + spoken instruction, mp4, numbers",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default: %(default)s)")
-    p.add_argument("--model", help="checkpoint directory, or 'expert' (default: models/lapa_tiny if present, "
+    p.add_argument("--model", help="checkpoint directory, or 'expert' (default: models/lapa_tabletop if present, "
                                    "else the scripted expert)")
     p.add_argument("--episodes", type=int, default=2,
                    help="episodes: the typed one, the spoken one, then tasks of the suite (default: %(default)s)")
@@ -57,7 +57,7 @@ def choose_model(requested: str | None) -> tuple[str, str]:
     if requested:
         return requested, f"model: {requested}"
     if (DEFAULT_MODEL / "config.json").is_file():
-        return str(DEFAULT_MODEL), f"model: the finetuned tiny VLA at {DEFAULT_MODEL}"
+        return str(DEFAULT_MODEL), f"model: the finetuned VLA at {DEFAULT_MODEL}"
     return "expert", (f"model: NONE FOUND at {DEFAULT_MODEL} (the shipped finetuned model is not there yet). "
                       "Training a VLA that solves these tasks takes far longer than a few minutes on this CPU, "
                       "so the policy server serves the SCRIPTED EXPERT instead (it reads the simulator's block "

@@ -7,11 +7,11 @@ For each control rate (default 10 and 30 Hz): the policy server with the default
   - camera-to-command latency: wall time from the camera frame's capture (its header stamp, taken
     before rendering) to the franky command computed from it, p50/p90/p99, and a histogram PNG.
 Then (`--episodes N`, 0 to skip) the demo's episodes, N per task, give success rates for each of
-`--success-models`: the default model on the suite it was trained for (`reach`), and `expert`
+`--success-models`: the default model on the families it was trained for (`reach_push`), and `expert`
 (the scripted expert served by the policy server) on the full `default` suite.
 
-The default model is `models/lapa_tiny` when present. Without it, latency is measured with a
-random-weight VLA of the same `tiny` preset (same architecture, same cost per call); the JSON says
+The default model is `models/lapa_tabletop` when present. Without it, latency is measured with a
+random-weight VLA of the same `tabletop` preset (same architecture, same cost per call); the JSON says
 which.
 """
 
@@ -38,22 +38,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=10,
                         help="success: episodes per task of the suite (0 skips; default: %(default)s)")
     parser.add_argument("--success-models", nargs="+", default=["default", EXPERT_MODEL],
-                        help="models for the success episodes: 'default' (models/lapa_tiny), 'expert', or a "
+                        help="models for the success episodes: 'default' (models/lapa_tabletop), 'expert', or a "
                              "checkpoint directory (default: %(default)s)")
-    parser.add_argument("--suite", help="task suite for the success episodes (default: reach for the default "
+    parser.add_argument("--suite", help="task suite for the success episodes (default: reach_push for the default "
                                         "model, the full default suite otherwise)")
-    parser.add_argument("--model", help="checkpoint for the latency runs (default: models/lapa_tiny, else a "
-                                        "random-weight tiny VLA)")
+    parser.add_argument("--model", help="checkpoint for the latency runs (default: models/lapa_tabletop, else a "
+                                        "random-weight VLA of its preset)")
     parser.add_argument("--camera-hz", type=float, default=30.0)
     parser.add_argument("--rt-priority", type=int, default=0,
                         help="lapa_policy's control_rt_priority (SCHED_FIFO control thread; default: off)")
-    parser.add_argument("--image-size", type=int, default=64,
-                        help="scene camera side in pixels (default: the tiny model's input, %(default)s)")
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="scene camera side in pixels (default: %(default)s, the training recordings' size; "
+                             "the server resizes to the model's input as the training data was)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_loop"), help="logs and the histogram PNG")
 
 
-def random_tiny_checkpoint(directory: Path, control_hz: float = 10.0) -> Path:
-    """A VLA of the `tiny` preset with random weights: the cost of the default model, not its skill."""
+def random_default_checkpoint(directory: Path, control_hz: float = 10.0) -> Path:
+    """A VLA of the default model's preset (`tabletop`) with random weights: its cost, not its skill."""
     import torch
 
     from lapa.policy.action_tokenizer import ActionTokenizer
@@ -66,7 +67,7 @@ def random_tiny_checkpoint(directory: Path, control_hz: float = 10.0) -> Path:
     actions[:, 6] = rng.random(1000) < 0.5
     tokenizer = ActionTokenizer.fit_new(actions)
     torch.manual_seed(0)
-    model = VLA(VLAConfig.preset("tiny", control_hz=control_hz)).replace_head_for_actions(tokenizer)
+    model = VLA(VLAConfig.preset("tabletop", control_hz=control_hz)).replace_head_for_actions(tokenizer)
     save_vla(directory, model.eval(), model.config, tokenizer)
     return directory
 
@@ -158,8 +159,8 @@ def run(args: argparse.Namespace) -> dict:
         elif trained:
             model, model_note = str(DEFAULT_MODEL_DIR), f"the default model {DEFAULT_MODEL_DIR}"
         else:
-            model = str(random_tiny_checkpoint(Path(tmp) / "tiny"))
-            model_note = (f"random-weight VLA of the tiny preset ({DEFAULT_MODEL_DIR} not found): "
+            model = str(random_default_checkpoint(Path(tmp) / "random"))
+            model_note = (f"random-weight VLA of the tabletop preset ({DEFAULT_MODEL_DIR} not found): "
                           "the default model's architecture and cost, not its skill")
         per_rate, latencies = {}, {}
         for rate in rates:

@@ -17,8 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "lapa_tiny"
-DEFAULT_MODEL_SUITE = "reach"  # the task suite the shipped model was finetuned on (its README.md)
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "lapa_tabletop"
+DEFAULT_MODEL_SUITE = "reach_push"  # the task families the shipped model was finetuned on (its README.md)
 EXPERT_MODEL = "expert"  # model:=expert serves the scripted expert (simulation only)
 PACKAGE = "lapa_ros"
 
@@ -28,7 +28,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "sim": ("true", "true: franky-sim with the tabletop scene and its camera instead of a robot"),
     "server_url": ("ws://127.0.0.1:8000", "policy server URL (ws:// or http://)"),
     "start_server": ("true", "start a policy server on server_url's port (false: use a running one)"),
-    "model": ("", "checkpoint/export directory the started server loads (default: models/lapa_tiny; "
+    "model": ("", "checkpoint/export directory the started server loads (default: models/lapa_tabletop; "
                   "'expert' serves the scripted expert, simulation only)"),
     "server_backend": ("torch", "torch | onnxruntime: the started server's backend"),
     "server_threads": ("1", "intra-op threads of the started server's model"),

@@ -20,12 +20,12 @@ def test_every_scripted_wav_is_a_fixture():
         assert (SPEECH_FIXTURES / wav).is_file()
 
 
-def test_the_trained_model_gets_reach_instructions_and_the_expert_every_family():
-    model_plan = episode_plan(demo_args("--episodes", "5"), "models/lapa_tiny")
+def test_the_trained_model_gets_its_families_and_the_expert_every_family():
+    model_plan = episode_plan(demo_args("--episodes", "5"), "models/lapa_tabletop")
     assert [source for _, _, source in model_plan] == ["typed", "spoken", "typed", "typed", "typed"]
     assert Path(model_plan[1][0]).name == "reach_the_green_block.wav"
     typed = [text for text, _, source in model_plan if source == "typed"]
-    assert {parse_instruction(t).family for t in typed} == {"reach"}
+    assert {parse_instruction(t).family for t in typed} == {"reach", "push"}
 
     expert_plan = episode_plan(demo_args("--episodes", "6"), "expert")
     families = {parse_instruction(text).family for text, _, source in expert_plan if source == "typed"}
@@ -35,5 +35,5 @@ def test_the_trained_model_gets_reach_instructions_and_the_expert_every_family()
 
 def test_flags_override_the_script():
     typed, wav, suite = demo_script(demo_args("--typed", "pick up the blue block", "--wav", "x.wav",
-                                              "--suite", "default"), "models/lapa_tiny")
+                                              "--suite", "default"), "models/lapa_tabletop")
     assert (typed, wav, suite) == ("pick up the blue block", Path("x.wav"), "default")
