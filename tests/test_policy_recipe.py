@@ -215,3 +215,24 @@ def test_random_start_moves_the_gripper_before_the_episode_and_is_seeded():
         assert start[2] <= home[2] + 0.005
         result = run_episode(env, task, 4, instruction=instruction, start_jitter_m=0.1)
         assert result.success and np.allclose(result.states[0, :3], start, atol=1e-3), "same seed, same start"
+
+
+def test_paraphrase_draws_training_wordings_of_the_same_task_never_held_out_ones(robot):
+    from lapa.sim.tasks import FAMILIES, parse_instruction
+
+    data = ActionSet.from_lerobot([robot], 32, 2, FakeEncoder(), paraphrase=True)
+    data.set_tokenizer(fit_tokenizer(num_bins=16))
+    held_out = {t.format(colour=c) for t in FAMILIES["reach"].held_out_templates
+                for c in ("red", "green", "blue", "yellow")}
+    assert not held_out & set(data.table.texts)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(20):
+        idx = rng.integers(0, len(data), 16)
+        batch = data.batch(idx)
+        drawn = data.sample(np.random.default_rng(int(rng.integers(1 << 30))), 16)
+        seen |= {data.table.texts[i] for i in data.wording_ids.ravel()}
+        assert torch.equal(batch.text, data.table.embeddings[data.text_ids[idx]]), "batch() keeps the recording's"
+        assert drawn.text.shape == batch.text.shape
+    recorded = parse_instruction(data.clips.instructions[0])
+    assert set(recorded.wordings()) <= seen and len(seen) > len(set(data.clips.instructions))

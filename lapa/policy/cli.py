@@ -60,6 +60,8 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--augment", nargs="?", const="crop", choices=("crop", "shift"), default=False,
                    help="image augmentation: crop (random resized crop 0.9 + jitter; the default when the flag "
                         "is given alone) or shift (DrQ random shift, 4 px)")
+    p.add_argument("--paraphrase", action="store_true",
+                   help="instruction augmentation: each sample gets any training wording of its task (action data)")
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -71,6 +73,7 @@ def _options(args: argparse.Namespace):
     from lapa.policy.train import TrainOptions
 
     return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+                        paraphrase=args.paraphrase,
                         ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads)
 
 

@@ -231,7 +231,7 @@ class ActionSet:
     """
 
     def __init__(self, clips: ClipFrames, actions: Sequence[np.ndarray], chunk_size: int, encoder: Any,
-                 drop_final_hold: bool = True) -> None:
+                 drop_final_hold: bool = True, paraphrase: bool = False) -> None:
         if len(actions) != len(clips.instructions):
             raise ValueError(f"{len(actions)} action arrays for {len(clips.instructions)} clips")
         self.clips = clips
@@ -259,21 +259,26 @@ class ActionSet:
         self.chunks = np.concatenate(chunks).astype(np.float32)  # (N, K, 7)
         self.masks = torch.from_numpy(np.concatenate(masks))  # (N, K) bool
         self.actions = kept  # per clip (n_c, 7): what the tokenizer is fitted on
-        self.table = InstructionTable(clips.instructions, encoder)
-        self.text_ids = self.table.ids(clips.instructions)[np.concatenate(clip_ids)]  # (N,)
+        self.sample_clip = np.concatenate(clip_ids)  # (N,) the clip of each sample
+        wordings = [_wordings(text) if paraphrase else [text] for text in clips.instructions]  # per clip
+        self.table = InstructionTable([w for ws in wordings for w in ws], encoder)
+        self.text_ids = self.table.ids(clips.instructions)[self.sample_clip]  # (N,) the recorded wording
+        width = max(len(ws) for ws in wordings)
+        self.wording_ids = np.stack([np.resize(self.table.ids(ws), width) for ws in wordings])  # (C, W)
+        self.paraphrase = paraphrase
         self.bins: torch.Tensor | None = None
         self.tokenizer: ActionTokenizer | None = None
 
     # -- constructors
     @classmethod
     def from_lerobot(cls, roots: Sequence[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
-                     progress: bool = False) -> ActionSet:
+                     progress: bool = False, paraphrase: bool = False) -> ActionSet:
         """Episodes with their recorded actions (LeRobot v3 datasets)."""
         clips = load_clips(all_clip_keys(roots), image_size, progress=progress)
         missing = [k for k, a in zip(clips.keys, clips.actions, strict=True) if a is None]
         if missing:
             raise UserError(f"{missing[0][0]} has no actions: a LeRobot dataset with actions is needed")
-        return cls(clips, clips.actions, chunk_size, encoder)  # type: ignore[arg-type]
+        return cls(clips, clips.actions, chunk_size, encoder, paraphrase=paraphrase)  # type: ignore[arg-type]
 
     @classmethod
     def from_pseudo_labels(cls, path: str | os.PathLike, image_size: int, chunk_size: int, encoder: Any,
@@ -302,6 +307,9 @@ class ActionSet:
         idx = rng.integers(0, len(self), batch_size)  # (B,)
         batch = self.batch(idx)
         batch.images = apply_augmentation(batch.images, rng, augment)
+        if self.paraphrase:  # instruction augmentation: any training wording of the sample's task
+            pick = rng.integers(0, self.wording_ids.shape[1], batch_size)  # (B,)
+            batch.text = self.table.embeddings[self.wording_ids[self.sample_clip[idx], pick]]
         return batch
 
     def batch(self, idx: np.ndarray) -> Batch:
@@ -317,6 +325,18 @@ class ActionSet:
         return Batch(images, self.table.embeddings[self.text_ids[idx]], bins=self.bins[idx],
                      mask=self.masks[idx], actions=torch.from_numpy(self.chunks[idx]), states=states,
                      goals=goals)
+
+
+def _wordings(instruction: str) -> list[str]:
+    """The recorded instruction first, then every other training wording of the task it names
+    (lapa.sim.tasks: training and augmentation templates; never the held-out paraphrases). An
+    instruction that names no task of the suite keeps only itself."""
+    from lapa.sim.tasks import parse_instruction
+
+    task = parse_instruction(instruction)
+    if task is None:
+        return [instruction]
+    return [instruction] + [w for w in task.wordings() if w != instruction]
 
 
 # ----------------------------------------------------------------------------- pseudo-action files

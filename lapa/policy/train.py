@@ -60,6 +60,7 @@ class TrainOptions:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     augment: bool | str = False  # True/"crop": resized crop + jitter; "shift": DrQ random shift (datasets)
+    paraphrase: bool = False  # instruction augmentation: any training wording of each sample's task
     ckpt_every: int = 500
     log_every: int = 25
     keep_last: int = 2
@@ -333,13 +334,13 @@ def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, co
 
 
 def _action_data(data: ActionSet | list[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
-                 progress: bool) -> ActionSet:
+                 progress: bool, paraphrase: bool = False) -> ActionSet:
     if isinstance(data, ActionSet):
         if data.chunk_size != chunk_size or data.clips.frames.shape[1] != image_size:
             raise ValueError(f"the action set has chunk {data.chunk_size} and image size {data.clips.frames.shape[1]}, "
                              f"the model {chunk_size} and {image_size}")
         return data
-    return ActionSet.from_lerobot(data, image_size, chunk_size, encoder, progress=progress)
+    return ActionSet.from_lerobot(data, image_size, chunk_size, encoder, progress=progress, paraphrase=paraphrase)
 
 
 def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike, *,
@@ -350,7 +351,7 @@ def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | o
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
     config = _base_config(config, preset, encoder, head="action")
-    data = _action_data(data, config.image_size, config.chunk_size, encoder, opts.progress)
+    data = _action_data(data, config.image_size, config.chunk_size, encoder, opts.progress, opts.paraphrase)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=config.num_bins)
     data.set_tokenizer(tokenizer)
     torch.manual_seed(opts.seed)
@@ -389,7 +390,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     goal_aux = base.goal_aux if goal_aux is None else goal_aux
     if goal_aux != base.goal_aux:
         base = base.replace(goal_aux=goal_aux)
-    data = _action_data(data, base.image_size, chunk_size, encoder, opts.progress)
+    data = _action_data(data, base.image_size, chunk_size, encoder, opts.progress, opts.paraphrase)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=num_bins)
     data.set_tokenizer(tokenizer)
     same_head = (base.chunk_size, base.num_bins, base.decoder, base.action_output) == (

@@ -38,6 +38,9 @@ class TaskFamily:
     train_templates: tuple[str, ...]
     held_out_templates: tuple[str, ...]
     max_steps: int  # at 10 Hz
+    # more wordings for instruction augmentation in training (as LLM relabelling does for robot
+    # data); written without the held-out paraphrases' distinctive words, so "unseen" stays unseen
+    augment_templates: tuple[str, ...] = ()
 
     @property
     def needs_direction(self) -> bool:
@@ -56,6 +59,10 @@ FAMILIES: dict[str, TaskFamily] = {
             ("reach the {colour} block", "move to the {colour} block", "go to the {colour} block"),
             ("touch the {colour} cube", "bring the gripper over the {colour} block"),
             max_steps=40,
+            augment_templates=("approach the {colour} block", "head for the {colour} block",
+                               "reach for the {colour} block", "get close to the {colour} block",
+                               "move over to the {colour} block", "go near the {colour} block",
+                               "the {colour} block, reach it", "position yourself at the {colour} block"),
         ),
         TaskFamily(
             "push",
@@ -63,12 +70,19 @@ FAMILIES: dict[str, TaskFamily] = {
              "move the {colour} block {direction}"),
             ("nudge the {colour} cube {direction}", "shove the {colour} block {direction}"),
             max_steps=60,
+            augment_templates=("drive the {colour} block {direction}", "sweep the {colour} block {direction}",
+                               "knock the {colour} block {direction}", "send the {colour} block {direction}",
+                               "displace the {colour} block {direction}", "press the {colour} block {direction}",
+                               "make the {colour} block go {direction}", "the {colour} block, push it {direction}"),
         ),
         TaskFamily(
             "pick",
             ("pick up the {colour} block", "lift the {colour} block", "grab the {colour} block"),
             ("raise the {colour} cube off the table", "take the {colour} block"),
             max_steps=60,
+            augment_templates=("pick the {colour} block up", "grasp the {colour} block and lift it",
+                               "hold up the {colour} block", "collect the {colour} block",
+                               "get the {colour} block", "lift up the {colour} block"),
         ),
         TaskFamily(
             "put",
@@ -77,6 +91,11 @@ FAMILIES: dict[str, TaskFamily] = {
             ("set the {colour} cube onto the {target} cube",
              "build a tower with the {colour} block on the {target} block"),
             max_steps=100,
+            augment_templates=("move the {colour} block onto the {target} block",
+                               "drop the {colour} block on the {target} block",
+                               "lay the {colour} block on the {target} block",
+                               "pile the {colour} block on the {target} block",
+                               "put the {colour} block on top of the {target} block"),
         ),
     ]
 }
@@ -126,6 +145,12 @@ class TaskInstance:
     def name(self) -> str:
         extra = self.direction or self.target
         return f"{self.family}_{self.colour}" + (f"_{extra}" if extra else "")
+
+    def wordings(self) -> list[str]:
+        """Every training wording of this task: the training templates, then the augmentation ones."""
+        fam = FAMILIES[self.family]
+        return [t.format(colour=self.colour, direction=self.direction, target=self.target)
+                for t in fam.train_templates + fam.augment_templates]
 
     def instruction(self, rng: np.random.Generator | None = None, held_out: bool = False) -> str:
         fam = FAMILIES[self.family]
