@@ -1,47 +1,70 @@
 #!/usr/bin/env bash
-# The policy recipe study (issue "A policy that works"): data, every ablation row, evaluation.
-# Every stage is resumable (re-run the script after an interruption); runs and data live outside
-# git under $RUNS and $DATA. Wall times on the 2-core CPU are in README.md.
+# The policy recipe study (experiments/policy/README.md): data, the ablation rows, evaluation.
+# Every stage is resumable: run the script again after an interruption. Runs and data live outside
+# git under $RUNS and $DATA. Wall time on the 2-core CPU is about 2.5 hours (README.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${DATA:-data/policy}
 RUNS=${RUNS:-runs/policy}
 EPISODES=${EPISODES:-50}
-mkdir -p "$DATA" "$RUNS"
+mkdir -p "$DATA" "$RUNS/eval"
+lapa() { ./run lapa "$@"; }
+done_at() { [ -f "$1/checkpoints/step_$(printf %08d "$2")/config.json" ]; }
+resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
 
-# -- data: the expert recorded to the end of its plan, 5 steps holding still, DART 5 mm, clean labels
-opts="--until-done --settle-steps 5 --dart-noise 0.005 --expert-noise 0 --image-size 128"
-i=0
-for fam in reach push; do
-  [ -f "$DATA/$fam/meta/info.json" ] || ./run lapa sim record --suite $fam --episodes 400 --seed $((i * 100000)) --out "$DATA/$fam" $opts
-  i=$((i + 1))
+# -- data: the expert recorded to the end of its plan plus 5 steps holding still, DART 5 mm with
+#    clean labels, and a random gripper start (up to 10 cm) so that the arm's position alone does
+#    not tell where it is going
+opts="--until-done --settle-steps 5 --dart-noise 0.005 --expert-noise 0 --image-size 128 --start-jitter 0.1"
+seed=0
+for fam in reach push pick put; do
+  [ -f "$DATA/$fam/meta/info.json" ] || lapa sim record --suite $fam --episodes 400 --seed $seed --out "$DATA/$fam" $opts
+  seed=$((seed + 100000))
 done
-TRAIN="$DATA/reach $DATA/push"
-common="--num-bins 64 --chunk-size 4 --batch-size 64 --lr 3e-4 --augment shift --steps 3000 --ckpt-every 500 --threads 1"
+RP="$DATA/reach $DATA/push"
+common="--num-bins 64 --chunk-size 4 --batch-size 64 --lr 3e-4 --augment shift --ckpt-every 500 --threads 1"
 
-# -- upper bound (action labels on all 800 episodes), from scratch
-run() { local name=$1; shift; [ -f "$RUNS/$name/checkpoints/step_00003000/config.json" ] || \
-  ./run lapa train finetune --data $TRAIN --out "$RUNS/$name" $common "$@" $( [ -d "$RUNS/$name/checkpoints" ] && echo --resume ); }
-run A_film_state_l1 --init scratch --preset tabletop
-run B_film_state_l1_goal --init scratch --preset tabletop --goal-aux
+# -- D: the tabletop recipe from scratch on all 800 labelled episodes
+done_at "$RUNS/D_scratch" 3000 || lapa train finetune --init scratch --preset tabletop --data $RP \
+  --out "$RUNS/D_scratch" --steps 3000 $common $(resume "$RUNS/D_scratch")
 
-# -- LAPA: LAQ on the same episodes as action-free videos -> latent pretraining -> finetuning
-[ -f "$RUNS/laq/checkpoints/step_00001000/config.json" ] || \
-  ./run lapa laq train --data $TRAIN --preset tiny --out "$RUNS/laq" --steps 1000 --workers 1 --threads 1
-[ -f "$RUNS/labels.parquet" ] || ./run lapa laq label --ckpt "$RUNS/laq" --data $TRAIN --out "$RUNS/labels.parquet"
-[ -f "$RUNS/pretrain/checkpoints/step_00001500/config.json" ] || \
-  ./run lapa train pretrain --labels "$RUNS/labels.parquet" --preset tabletop --num-bins 64 --chunk-size 4 \
-    --batch-size 64 --lr 3e-4 --augment shift --steps 1500 --threads 1 --out "$RUNS/pretrain"
-run L_lapa_goal --init "$RUNS/pretrain" --goal-aux
+# -- LAPA: LAQ on the same episodes as action-free videos -> labels -> latent pretraining
+done_at "$RUNS/laq" 1000 || lapa laq train --data $RP --preset tiny --out "$RUNS/laq" --steps 1000 --workers 1 \
+  --threads 1 $(resume "$RUNS/laq")
+[ -f "$RUNS/labels.parquet" ] || lapa laq label --ckpt "$RUNS/laq" --data $RP --out "$RUNS/labels.parquet"
+done_at "$RUNS/pretrain" 1500 || lapa train pretrain --labels "$RUNS/labels.parquet" --preset tabletop \
+  --out "$RUNS/pretrain" --steps 1500 $common $(resume "$RUNS/pretrain")
 
-# -- closed loop: 50 episodes per family, seen and unseen instructions, the same seeds for every row
-for name in A_film_state_l1 B_film_state_l1_goal L_lapa_goal; do
-  for fam in reach push; do
+# -- L: the same finetuning as D from the latent-pretrained trunk; P: + instruction augmentation
+done_at "$RUNS/L_lapa" 3000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --data $RP \
+  --out "$RUNS/L_lapa" --steps 3000 $common $(resume "$RUNS/L_lapa")
+done_at "$RUNS/P_lapa_para" 2500 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase --data $RP \
+  --out "$RUNS/P_lapa_para" --steps 2500 $common $(resume "$RUNS/P_lapa_para")
+
+# -- F: the latent-pretrained trunk finetuned on all four families
+done_at "$RUNS/F_lapa_all4" 4000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --paraphrase \
+  --data $RP "$DATA/pick" "$DATA/put" --out "$RUNS/F_lapa_all4" --steps 4000 $common $(resume "$RUNS/F_lapa_all4")
+
+# -- closed loop: the same seeds for every row, seen and unseen instructions
+evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
+  local row=$1 ckpt=$2; shift 2
+  local fams=() extra=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do fams+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && extra=("$@")
+  for fam in "${fams[@]}"; do
     for cond in seen unseen; do
-      out="$RUNS/eval/${name}_${fam}_${cond}.json"
-      [ -f "$out" ] || ./run lapa eval --ckpt "$RUNS/$name" --suite $fam --episodes "$EPISODES" --json "$out" \
-        $( [ $cond = unseen ] && echo --held-out )
+      out="$RUNS/eval/${row}_${fam}_${cond}.json"
+      [ -f "$out" ] || lapa eval --ckpt "$ckpt" --suite $fam --episodes "$EPISODES" --json "$out" \
+        $( [ $cond = unseen ] && echo --held-out ) "${extra[@]}"
     done
   done
+}
+evaluate D_scratch "$RUNS/D_scratch" reach push
+evaluate L_lapa "$RUNS/L_lapa" reach push
+evaluate P_lapa_para "$RUNS/P_lapa_para" reach push
+evaluate P_lapa_para_ensemble "$RUNS/P_lapa_para" reach push -- --chunk-mode ensemble
+evaluate F_lapa_all4 "$RUNS/F_lapa_all4" reach push pick put
+for row in D_scratch L_lapa; do
+  [ -f "$RUNS/eval/probe_$row.json" ] || lapa eval --ckpt "$RUNS/$row" --grounding-probe 20 --json "$RUNS/eval/probe_$row.json"
 done
-./run lapa ablation --evals "$RUNS/eval" --out experiments/policy --descriptions experiments/policy/rows.json
+lapa ablation --evals "$RUNS/eval" --out experiments/policy --descriptions experiments/policy/rows.json
