@@ -41,6 +41,9 @@ done_at "$RUNS/L_lapa" 3000 || lapa train finetune --init "$RUNS/pretrain" --goa
 done_at "$RUNS/P_lapa_para" 2500 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase --data $RP \
   --out "$RUNS/P_lapa_para" --steps 2500 $common $(resume "$RUNS/P_lapa_para")
 
+done_at "$RUNS/Q_lapa_para_4500" 2000 || lapa train finetune --init "$RUNS/P_lapa_para" --paraphrase --data $RP \
+  --out "$RUNS/Q_lapa_para_4500" --steps 2000 $common $(resume "$RUNS/Q_lapa_para_4500")
+
 # -- F: the latent-pretrained trunk finetuned on all four families
 done_at "$RUNS/F_lapa_all4" 4000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --paraphrase \
   --data $RP "$DATA/pick" "$DATA/put" --out "$RUNS/F_lapa_all4" --steps 4000 $common $(resume "$RUNS/F_lapa_all4")
@@ -63,6 +66,7 @@ evaluate D_scratch "$RUNS/D_scratch" reach push
 evaluate L_lapa "$RUNS/L_lapa" reach push
 evaluate P_lapa_para "$RUNS/P_lapa_para" reach push
 evaluate P_lapa_para_ensemble "$RUNS/P_lapa_para" reach push -- --chunk-mode ensemble
+evaluate Q_lapa_para_4500 "$RUNS/Q_lapa_para_4500" reach push
 evaluate F_lapa_all4 "$RUNS/F_lapa_all4" reach push pick put
 for row in D_scratch L_lapa; do
   [ -f "$RUNS/eval/probe_$row.json" ] || lapa eval --ckpt "$RUNS/$row" --grounding-probe 20 --json "$RUNS/eval/probe_$row.json"

@@ -93,8 +93,8 @@ def plot(rows: dict[str, Any], path: Path) -> None:
             p, (lo, hi) = block["success_rate"], block["ci95"]
             xs.append(j + i * width)
             ys.append(100 * p)
-            err[0].append(100 * (p - lo))
-            err[1].append(100 * (hi - p))
+            err[0].append(100 * max(0.0, p - lo))
+            err[1].append(100 * max(0.0, hi - p))
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=name)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(bars))], [f"{f}\n{c}" for f, c in bars])
     ax.set(ylabel="closed-loop success (%)", ylim=(0, 105), title="policy recipe ablation (95% Wilson intervals)")
@@ -107,6 +107,8 @@ def plot(rows: dict[str, Any], path: Path) -> None:
 def _run(args: argparse.Namespace) -> int:
     rows = collect(args.evals)
     descriptions = json.loads(args.descriptions.read_text()) if args.descriptions else {}
+    order = [r for r in descriptions if r in rows] + [r for r in rows if r not in descriptions]
+    rows = {r: rows[r] for r in order}  # the descriptions file's order, then the rest
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(markdown(rows, descriptions))
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
