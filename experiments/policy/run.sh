@@ -44,6 +44,12 @@ done_at "$RUNS/P_lapa_para" 2500 || lapa train finetune --init "$RUNS/L_lapa" --
 done_at "$RUNS/Q_lapa_para_4500" 2000 || lapa train finetune --init "$RUNS/P_lapa_para" --paraphrase --data $RP \
   --out "$RUNS/Q_lapa_para_4500" --steps 2000 $common $(resume "$RUNS/Q_lapa_para_4500")
 
+# -- reliability: the L step with finetuning seeds 1 and 2
+for seed in 1 2; do
+  done_at "$RUNS/L_seed$seed" 3000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --data $RP --seed $seed \
+    --out "$RUNS/L_seed$seed" --steps 3000 $common $(resume "$RUNS/L_seed$seed")
+done
+
 # -- F: the latent-pretrained trunk finetuned on all four families
 done_at "$RUNS/F_lapa_all4" 4000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --paraphrase \
   --data $RP "$DATA/pick" "$DATA/put" --out "$RUNS/F_lapa_all4" --steps 4000 $common $(resume "$RUNS/F_lapa_all4")
