@@ -85,13 +85,24 @@ def test_malformed_frame_is_an_error_frame_then_close(server, frame, code):
 
 
 def test_oversized_frame_closes_the_connection(server):
+    """The server refuses the frame from its header (close 1009) without reading the 2 MiB payload.
+
+    Closing a socket with unread data makes the server's kernel reset the connection, and a reset
+    that overtakes the close frame discards it on the client side: then the client sees the stream
+    end with no close frame (rcvd None). Both are the server refusing the frame; any *other* close
+    code, or no close at all, is a failure. The server stays up and serves a new connection.
+    """
     ws, _ = stream(server)
     with ws:
         with pytest.raises(ConnectionClosed) as info:  # the server may close while the frame is still going out
             ws.send(b"\0" * (2 << 20))
             ws.recv(timeout=5)
-        assert info.value.rcvd.code == 1009
+        assert info.value.rcvd is None or info.value.rcvd.code == 1009
     assert httpx.get(server.http_url + "/healthz").status_code == 200
+    ws, _ = stream(server)
+    with ws:
+        ws.send(codec.packb({"image": np.zeros((8, 8, 3), np.uint8), "instruction": "reach the red block"}))
+        assert "actions" in codec.unpackb(ws.recv(timeout=5)), "a new connection is served"
 
 
 def test_clients_do_not_block_each_other_longer_than_the_model(slow_server):
