@@ -185,6 +185,24 @@ def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):
     assert torch.isfinite(loss) and "goal_mae_mm" in stats and "translation_mae_mm" in stats
 
 
+def test_the_recording_size_travels_with_the_checkpoint(robot, tmp_path):
+    """Evaluation renders at the recordings' size (then resizes as the data was), also where the
+    training data is not on disk: a shipped model keeps the size in its provenance."""
+    import shutil
+
+    from lapa.eval.closed_loop import recording_image_size
+    from lapa.policy.checkpoint_io import checkpoint_extra
+
+    data = tmp_path / "data"
+    shutil.copytree(robot, data)
+    config = VLAConfig.preset("tabletop", **SMALL)
+    opts = TrainOptions(steps=1, batch_size=2, ckpt_every=1, log_every=1, progress=False)
+    r = finetune_actions("scratch", [data], tmp_path / "ft", config=config, opts=opts, encoder=FakeEncoder())
+    assert checkpoint_extra(r.checkpoint)["provenance"]["recording_image_size"] == 32
+    shutil.rmtree(data)
+    assert recording_image_size(r.checkpoint) == 32
+
+
 def test_keypoints_add_one_token_of_image_coordinates_selected_by_the_instruction():
     model = _model(keypoints=4)
     assert model.config.prefix_len == 1 + 1 + 1 + 16

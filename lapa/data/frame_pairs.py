@@ -8,6 +8,7 @@ counted, so a corrupt file never ends a long run.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,20 @@ class Clip:
 
 def is_lerobot_dataset(root: Path) -> bool:
     return (root / "meta" / "info.json").is_file()
+
+
+def dataset_image_size(root: str | Path) -> int | None:
+    """Frame side of a recorded dataset (LeRobot info.json, or the recorder's metadata)."""
+    root = Path(root)
+    info = root / "meta" / "info.json"
+    if info.is_file():
+        for feature in json.loads(info.read_text()).get("features", {}).values():
+            if feature.get("dtype") == "video":
+                return int(feature["shape"][0])
+    rec = root / "recording.json"
+    if rec.is_file():
+        return int(json.loads(rec.read_text()).get("image_size", 0)) or None
+    return None
 
 
 class ClipCatalog:

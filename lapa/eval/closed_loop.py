@@ -216,17 +216,37 @@ def _provenance(ckpt: Path) -> dict[str, Any]:
     return prov if isinstance(prov, dict) else {}
 
 
-def training_datasets(ckpt: str | os.PathLike, depth: int = 8) -> list[str]:
-    """Datasets a checkpoint was trained on, following its `init` chain (as far as it is on disk)."""
-    out: list[str] = []
+def _provenance_chain(ckpt: str | os.PathLike, depth: int = 8) -> list[dict[str, Any]]:
+    """The provenance of a checkpoint and of its `init` chain (as far as it is on disk), newest first."""
+    chain: list[dict[str, Any]] = []
     path: Path | None = Path(ckpt)
     while path is not None and depth > 0 and (path / "config.json").is_file():
         prov = _provenance(path)
-        out += [d for d in prov.get("datasets", []) if d not in out]
+        chain.append(prov)
         init = prov.get("init")
         path = Path(init) if isinstance(init, str) and init != "scratch" else None
         depth -= 1
+    return chain
+
+
+def training_datasets(ckpt: str | os.PathLike, depth: int = 8) -> list[str]:
+    """Datasets a checkpoint was trained on, following its `init` chain (as far as it is on disk)."""
+    out: list[str] = []
+    for prov in _provenance_chain(ckpt, depth):
+        out += [d for d in prov.get("datasets", []) if d not in out]
     return out
+
+
+def recording_image_size(ckpt: str | os.PathLike) -> int | None:
+    """The frame side of the recordings a checkpoint was trained on: from its provenance (written at
+    training time, so it travels with a shipped model), else from those datasets if they are on disk."""
+    from lapa.data.frame_pairs import dataset_image_size
+
+    for prov in _provenance_chain(ckpt):
+        if isinstance(prov.get("recording_image_size"), int):
+            return prov["recording_image_size"]
+    sizes = [s for s in map(dataset_image_size, training_datasets(ckpt)) if s]
+    return sizes[0] if sizes else None
 
 
 def recorded_seeds(root: str | os.PathLike) -> set[int]:
@@ -236,20 +256,6 @@ def recorded_seeds(root: str | os.PathLike) -> set[int]:
         return set()
     doc = json.loads(meta.read_text())
     return {int(e["seed"]) for e in doc.get("episodes_meta", []) if "seed" in e}
-
-
-def dataset_image_size(root: str | os.PathLike) -> int | None:
-    """Frame side of a recorded dataset (LeRobot info.json, or the recorder's metadata)."""
-    root = Path(root)
-    info = root / "meta" / "info.json"
-    if info.is_file():
-        for feature in json.loads(info.read_text()).get("features", {}).values():
-            if feature.get("dtype") == "video":
-                return int(feature["shape"][0])
-    rec = root / "recording.json"
-    if rec.is_file():
-        return int(json.loads(rec.read_text()).get("image_size", 0)) or None
-    return None
 
 
 def check_disjoint_seeds(ckpt: str | os.PathLike, suite_size: int, episodes: int, seed_base: int) -> None:
@@ -290,8 +296,7 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, suite: str = "default", episode
     policy = TorchPolicy(path, text_encoder=load_text_encoder(text_encoder))
     model_size = policy.config.image_size
     if render_size is None:
-        sizes = [s for s in map(dataset_image_size, training_datasets(path)) if s]
-        render_size = sizes[0] if sizes else model_size
+        render_size = recording_image_size(path) or model_size
     executor = ClosedLoopExecutor(policy, chunk_mode, execute_n, ensemble_decay, image_size=model_size)
     result = evaluate_policy(executor, suite, episodes, held_out=held_out, render_size=render_size,
                              seed_base=seed_base, videos=videos, max_videos_per_task=max_videos_per_task,

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 import lapa
 from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint
+from lapa.data.frame_pairs import dataset_image_size
 from lapa.errors import UserError
 from lapa.laq.train import _truncate_metrics, latest_checkpoint, read_metrics
 from lapa.policy.action_tokenizer import ActionTokenizer
@@ -215,7 +216,8 @@ def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, 
     _truncate_metrics(metrics_path, start)
     provenance = {
         **(provenance or {}), "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
-        "train_samples": len(data), "lapa_version": lapa.__version__, "torch_version": torch.__version__,
+        "train_samples": len(data), "recording_image_size": _recording_image_size(data.sources),
+        "lapa_version": lapa.__version__, "torch_version": torch.__version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -259,6 +261,13 @@ def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, 
         samples_per_s=samples / train_time if train_time > 0 else 0.0,
         seconds=time.perf_counter() - wall0, metrics_path=metrics_path,
     )
+
+
+def _recording_image_size(sources: list[str]) -> int | None:
+    """The frame side the training data was recorded at (evaluation renders at it, then resizes as
+    the data was); None when the sources disagree or do not say."""
+    sizes = {dataset_image_size(s) for s in sources}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _log_window(path: Path, window: dict[str, Any], step: int, grad_norm: float, lr: float) -> float:
