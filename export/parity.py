@@ -148,11 +148,7 @@ def compare_policy(
         if report.max_abs_diff > tolerance:
             report.failures.append(f"logits differ by {report.max_abs_diff:.2e} > {tolerance:.2e} "
                                    f"({logits_atol:.0e} + {LOGITS_RTOL:.0e} x max |logit|)")
-    if min_cosine is not None:
-        report.thresholds["min_cosine"] = min_cosine
-        if report.cosine < min_cosine:
-            report.failures.append(f"logits cosine {report.cosine:.6f} < {min_cosine}")
-    return report
+    return _check_cosine(report, min_cosine, "logits")
 
 
 def compare_regression(
@@ -204,10 +200,15 @@ def compare_regression(
         if action_diff[worst] > action_tol[worst[-1]]:
             report.failures.append(f"actions differ by {action_diff[worst]:.2e} in dimension {worst[-1]} > "
                                    f"{action_tol[worst[-1]]:.2e} ({atol:.0e} x its largest |action|)")
+    return _check_cosine(report, min_cosine, "normalized actions")
+
+
+def _check_cosine(report: ParityReport, min_cosine: float | None, what: str) -> ParityReport:
+    """Add the reduced-precision check (cosine of the scores >= min_cosine) when one is asked for."""
     if min_cosine is not None:
         report.thresholds["min_cosine"] = min_cosine
         if report.cosine < min_cosine:
-            report.failures.append(f"normalized actions cosine {report.cosine:.6f} < {min_cosine}")
+            report.failures.append(f"{what} cosine {report.cosine:.6f} < {min_cosine}")
     return report
 
 

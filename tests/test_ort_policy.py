@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vla_fakes import export_random_policy
 
-from export.bench import random_checkpoint, random_text_encoder
 from export.metadata import METADATA_FILE, POLICY_ONNX, ExportError, file_sha256
-from export.onnx_export import export_onnx
 from export.ort_policy import OrtPolicy
 from lapa.action import fake_state
 from lapa.policy.text_encoder import TextEncoder
@@ -30,10 +29,7 @@ SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=3
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("ort")
-    ckpt = random_checkpoint(root / "ckpt", preset="tiny", seed=3, **SMALL)
-    text = random_text_encoder(root / "text_encoder", hidden=32)
-    export_onnx(ckpt, root / "export", text_encoder_dir=text, exporter="legacy", parity_samples=16,
-                log=lambda _m: None)
+    export_random_policy(root, "tiny", seed=3, parity_samples=16, **SMALL)
     return root
 
 
@@ -164,10 +160,7 @@ STATE_SMALL = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, num_bi
 @pytest.fixture(scope="module")
 def state_export_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("ort_state")
-    ckpt = random_checkpoint(root / "ckpt", preset="tabletop", seed=3, **STATE_SMALL)
-    text = random_text_encoder(root / "text_encoder", hidden=32)
-    export_onnx(ckpt, root / "export", text_encoder_dir=text, exporter="legacy", parity_samples=16,
-                log=lambda _m: None)
+    export_random_policy(root, "tabletop", seed=3, parity_samples=16, **STATE_SMALL)
     return root
 
 

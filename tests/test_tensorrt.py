@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("TensorRT/CUDA not available: no CUDA device is visible", allow_module_level=True)
 
-from export.bench import random_checkpoint, random_text_encoder  # noqa: E402
+from vla_fakes import export_random_policy  # noqa: E402
+
 from export.metadata import ExportError  # noqa: E402
-from export.onnx_export import export_onnx  # noqa: E402
 from export.ort_policy import OrtPolicy  # noqa: E402
 from export.tensorrt_build import BuildOptions, build_engine, sidecar_path  # noqa: E402
 from export.trt_policy import TrtPolicy, TrtRunner  # noqa: E402
@@ -28,11 +28,7 @@ SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=3
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trt")
-    ckpt = random_checkpoint(root / "ckpt", preset="tiny", **SMALL)
-    text = random_text_encoder(root / "text_encoder", hidden=32)
-    export_onnx(ckpt, root / "export", text_encoder_dir=text, exporter="legacy", log=lambda _m: None)
-    return root / "export"
+    return export_random_policy(tmp_path_factory.mktemp("trt"), "tiny", **SMALL)
 
 
 def _obs(seed=0):
@@ -95,11 +91,7 @@ STATE_SMALL = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, num_bi
 @pytest.fixture(scope="module")
 def state_export_dir(tmp_path_factory):
     """The `tabletop` recipe (conv + FiLM, proprio state input, l1 head), small."""
-    root = tmp_path_factory.mktemp("trt_state")
-    ckpt = random_checkpoint(root / "ckpt", preset="tabletop", **STATE_SMALL)
-    text = random_text_encoder(root / "text_encoder", hidden=32)
-    export_onnx(ckpt, root / "export", text_encoder_dir=text, exporter="legacy", log=lambda _m: None)
-    return root / "export"
+    return export_random_policy(tmp_path_factory.mktemp("trt_state"), "tabletop", **STATE_SMALL)
 
 
 @pytest.mark.parametrize("fp16", [False, True])

@@ -57,3 +57,17 @@ def save_random_action_vla(path: Path, *, preset: str = "tiny", extra: dict[str,
     model = VLA(vla_config).replace_head_for_actions(tok)
     save_vla(path, model.eval(), model.config, tok, extra)
     return path
+
+
+def export_random_policy(root: Path, preset: str, seed: int = 0, parity_samples: int | None = None,
+                         **config: Any) -> Path:
+    """A random checkpoint of `preset` (+ `config`) and a small random MiniLM under `root`, exported with
+    the legacy exporter (seconds, not tens of seconds); returns the export directory."""
+    from export.bench import random_checkpoint, random_text_encoder
+    from export.onnx_export import export_onnx
+
+    ckpt = random_checkpoint(root / "ckpt", preset=preset, seed=seed, **config)
+    text = random_text_encoder(root / "text_encoder", hidden=32)
+    extra = {} if parity_samples is None else {"parity_samples": parity_samples}
+    export_onnx(ckpt, root / "export", text_encoder_dir=text, exporter="legacy", log=lambda _m: None, **extra)
+    return root / "export"

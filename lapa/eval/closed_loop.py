@@ -73,7 +73,6 @@ class ClosedLoopExecutor:
                  ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY, image_size: int | None = None) -> None:
         self.chunks = ChunkExecutor(chunk_mode, execute_n, ensemble_decay)  # validates the three
         self.policy = policy
-        self.chunk_mode, self.execute_n, self.ensemble_decay = chunk_mode, execute_n, float(ensemble_decay)
         self.image_size = image_size
         self.tick = 0
         self.calls = 0

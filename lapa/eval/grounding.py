@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lapa.eval.closed_loop import EVAL_SEED_BASE
+from lapa.eval.closed_loop import EVAL_SEED_BASE, recording_image_size
 
 PROBE_SEED_BASE = EVAL_SEED_BASE + 10_000_000  # disjoint from the closed-loop seeds as well
 TEMPLATE = "reach the {colour} block"
 
 
 def grounding_probe(ckpt: str | os.PathLike, scenes: int = 20, *, text_encoder: Any | None = None,
-                    render_size: int = 128, seed_base: int = PROBE_SEED_BASE) -> dict[str, Any]:
+                    render_size: int | None = None, seed_base: int = PROBE_SEED_BASE) -> dict[str, Any]:
+    """render_size None: the size the checkpoint's training recordings had (as `lapa eval`)."""
     from lapa.data.frame_pairs import resize_frames
     from lapa.policy.checkpoint_io import load_vla
     from lapa.policy.train import load_text_encoder, resolve_vla_checkpoint
@@ -33,6 +34,7 @@ def grounding_probe(ckpt: str | os.PathLike, scenes: int = 20, *, text_encoder: 
 
     path = resolve_vla_checkpoint(ckpt)
     model, config, _ = load_vla(path)
+    render_size = render_size or recording_image_size(path) or config.image_size
     colours = list(BLOCK_COLOURS)
     with torch.no_grad():
         text = load_text_encoder(text_encoder).encode([TEMPLATE.format(colour=c) for c in colours]).float().clone()

@@ -183,7 +183,7 @@ class SpatialSoftmax(nn.Module):
 
 # ----------------------------------------------------------------------------- proprio state
 
-STATE_FEATURES = 10  # xyz (3), sin and cos of roll, pitch, yaw (6), gripper width (1)
+STATE_FEATURES = 10  # xyz (3), sin and cos of roll, pitch, yaw (6), finger opening (1)
 _WORKSPACE_CENTRE_M = (0.5, 0.0, 0.15)
 _WORKSPACE_SCALE_M = 0.15
 _GRIPPER_HALF_WIDTH_M = 0.04
@@ -196,14 +196,14 @@ def goal_features(xyz: Tensor) -> Tensor:
 
 
 def state_features(state: Tensor) -> Tensor:
-    """(B, 8) [EE xyz m, EE rpy rad, gripper width m] -> (B, 10) features of order 1.
+    """(B, 8) [EE xyz m, EE rpy rad, finger_left m, finger_right m] -> (B, 10) features of order 1.
 
     Fixed (not fitted) scaling, so no statistics travel with the checkpoint, and angles as sin/cos:
     a gripper pointing down has roll near +-pi, where the raw angle jumps by 2 pi.
     """
     xyz = goal_features(state[:, 0:3])  # (B, 3)
     rpy = state[:, 3:6]  # (B, 3)
-    width = state[:, 6:7] / _GRIPPER_HALF_WIDTH_M - 1.0  # (B, 1): -1 closed, +1 open
+    width = state[:, 6:7] / _GRIPPER_HALF_WIDTH_M - 1.0  # (B, 1) from one finger (half the width): -1 closed, +1 open
     return torch.cat([xyz, torch.sin(rpy), torch.cos(rpy), width], dim=1)  # (B, 10)
 
 
@@ -276,8 +276,7 @@ class ActionHead(nn.Module):
 
     def decode(self, bins: Tensor) -> Tensor:
         """int64 bins (B, K, A) -> float32 actions (B, K, A): each bin's centre (ActionTokenizer)."""
-        table = self.bin_centers.expand(*bins.shape[:-1], -1, -1)  # (B, K, A, nb)
-        return table.gather(-1, bins.unsqueeze(-1)).squeeze(-1)  # (B, K, A)
+        return bin_lookup(self.bin_centers, bins)
 
 
 class RegressionHead(nn.Module):
@@ -344,8 +343,13 @@ class RegressionHead(nn.Module):
         return (actions.unsqueeze(-1) - self.bin_centers).abs().argmin(dim=-1)  # (B, K, 7)
 
     def decode(self, bins: Tensor) -> Tensor:
-        table = self.bin_centers.expand(*bins.shape[:-1], -1, -1)  # (B, K, A, nb)
-        return table.gather(-1, bins.unsqueeze(-1)).squeeze(-1)  # (B, K, A)
+        return bin_lookup(self.bin_centers, bins)
+
+
+def bin_lookup(bin_centers: Tensor, bins: Tensor) -> Tensor:
+    """Each token's value: centres (A, nb) and int64 bins (B, K, A) -> float32 (B, K, A)."""
+    table = bin_centers.expand(*bins.shape[:-1], -1, -1)  # (B, K, A, nb)
+    return table.gather(-1, bins.unsqueeze(-1)).squeeze(-1)  # (B, K, A)
 
 
 def regression_scale(tokenizer: ActionTokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -447,23 +451,25 @@ class VLA(nn.Module):
         forcing; token t sees tokens < t), or during generation the tokens decoded so far.
         `state` (B, 8) proprio, for a model with state_dim 8 (None: the "no state" token).
         """
-        prefix = self.embed_prefix(images, text_emb, state)  # (B, P, D)
-        B = prefix.shape[0]
         if self.latent_head is not None:
             if bins is not None:
                 raise ValueError("the latent head takes no bins")
-            return self.latent_head.logits(self.run_trunk(prefix, self.latent_head.query_tokens(B)))
-        head = self._action_head()
-        return head.logits(self.run_trunk(prefix, head.query_tokens(B, bins)))  # (B, K, A, nb)
+            prefix = self.embed_prefix(images, text_emb, state)  # (B, P, D)
+            return self.latent_head.logits(self.run_trunk(prefix, self.latent_head.query_tokens(prefix.shape[0])))
+        return self._action_head().logits(self._action_trunk(images, text_emb, state, bins))  # (B, K, A, nb)
 
     def action_outputs(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """L1 head with goal_aux: (normalised actions (B, K, 7), predicted final EE xyz (B, 3)) of one pass."""
         head = self._action_head()
         if not isinstance(head, RegressionHead) or head.goal_proj is None:
             raise RuntimeError("action_outputs needs an l1 action head with goal_aux")
-        prefix = self.embed_prefix(images, text_emb, state)  # (B, P, D)
-        h = self.run_trunk(prefix, head.query_tokens(prefix.shape[0], None))  # (B, K + 1, D)
+        h = self._action_trunk(images, text_emb, state, None)  # (B, K + 1, D)
         return head.logits(h), head.goal(h)
+
+    def _action_trunk(self, images: Tensor, text_emb: Tensor, state: Tensor | None, bins: Tensor | None) -> Tensor:
+        """The action head's query outputs (B, Q, D)."""
+        prefix = self.embed_prefix(images, text_emb, state)  # (B, P, D)
+        return self.run_trunk(prefix, self._action_head().query_tokens(prefix.shape[0], bins))
 
     def latent_logits(self, images: Tensor, text_emb: Tensor) -> Tensor:
         if self.latent_head is None:

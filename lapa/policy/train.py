@@ -392,27 +392,19 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
             raise CheckpointError(f"{ckpt}: the model takes {base.text_dim}-d instruction embeddings, "
                                   f"the text encoder makes {encoder.embedding_dim}-d ones")
         init_label = str(ckpt)
-    chunk_size = chunk_size or base.chunk_size
-    num_bins = num_bins or base.num_bins
-    decoder = decoder or base.decoder
-    action_output = action_output or base.action_output
-    goal_aux = base.goal_aux if goal_aux is None else goal_aux
-    if goal_aux != base.goal_aux:
-        base = base.replace(goal_aux=goal_aux)
-    data = _action_data(data, base.image_size, chunk_size, encoder, opts.progress, opts.paraphrase)
-    tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=num_bins)
+    head = {"chunk_size": chunk_size or base.chunk_size, "num_bins": num_bins or base.num_bins,
+            "decoder": decoder or base.decoder, "action_output": action_output or base.action_output,
+            "goal_aux": base.goal_aux if goal_aux is None else goal_aux}
+    data = _action_data(data, base.image_size, head["chunk_size"], encoder, opts.progress, opts.paraphrase)
+    tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=head["num_bins"])
     data.set_tokenizer(tokenizer)
-    same_head = (base.chunk_size, base.num_bins, base.decoder, base.action_output) == (
-        chunk_size, num_bins, decoder, action_output) and model is not None and model.config.goal_aux == goal_aux
     if model is None:
-        model = VLA(base.replace(head="action", chunk_size=chunk_size, num_bins=num_bins, decoder=decoder,
-                                 action_output=action_output), tokenizer)
-    elif base.head == "action" and same_head:
+        model = VLA(base.replace(head="action", **head), tokenizer)
+    elif base.head == "action" and all(getattr(base, k) == v for k, v in head.items()):
         model.set_action_tokenizer(tokenizer)  # keep the pretrained action head, re-fitted bins
         head_choice = "kept (re-fitted bins)"
     else:
-        model.replace_head_for_actions(tokenizer, chunk_size=chunk_size, decoder=decoder, action_output=action_output,
-                                       goal_aux=goal_aux)
+        model.replace_head_for_actions(tokenizer, **{k: v for k, v in head.items() if k != "num_bins"})
         head_choice = "new (latent head dropped)" if base.head == "latent" else "new (shape changed)"
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune")
