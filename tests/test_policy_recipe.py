@@ -254,3 +254,12 @@ def test_paraphrase_draws_training_wordings_of_the_same_task_never_held_out_ones
         assert drawn.text.shape == batch.text.shape
     recorded = parse_instruction(data.clips.instructions[0])
     assert set(recorded.wordings()) <= seen and len(seen) > len(set(data.clips.instructions))
+
+
+def test_broad_paraphrase_draws_from_the_broad_wordings(robot):
+    from lapa.sim.tasks import parse_instruction
+
+    data = ActionSet.from_lerobot([robot], 32, 2, FakeEncoder(), paraphrase="broad")
+    recorded = parse_instruction(data.clips.instructions[0])
+    assert set(recorded.wordings(broad=True)) <= set(data.table.texts)
+    assert data.wording_ids.shape[1] >= len(recorded.wordings(broad=True))

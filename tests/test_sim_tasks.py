@@ -5,7 +5,7 @@ import pytest
 
 from lapa.sim.env import TabletopEnv, episode_task, run_episode
 from lapa.sim.fast_driver import FastDriver
-from lapa.sim.tasks import FAMILIES, TaskInstance, get_suite, is_success, parse_instruction
+from lapa.sim.tasks import FAMILIES, TaskInstance, get_suite, is_success, parse_instruction, task_progress
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,21 @@ def test_held_out_paraphrases_differ_from_training_templates():
         assert not set(family.train_templates) & set(family.held_out_templates)
 
 
+FUNCTION_WORDS = {"over", "with", "off", "a", "an", "onto"}
+
+
+@pytest.mark.parametrize("task", [TaskInstance("reach", "red"), TaskInstance("push", "blue", direction="left"),
+                                  TaskInstance("pick", "green"), TaskInstance("put", "red", target="yellow")])
+def test_broad_augmentation_adds_wordings_of_the_same_task_without_held_out_words(task):
+    basic, broad = task.wordings(), task.wordings(broad=True)
+    assert set(basic) < set(broad) and len(broad) >= 10 * len(basic) and len(set(broad)) == len(broad)
+    assert all(task.colour in w and (task.direction or task.target or "") in w for w in broad)
+    # no wording of the broad set uses a content word that only the held-out paraphrases use
+    train_words = {w for t in FAMILIES[task.family].train_templates for w in t.split()} | FUNCTION_WORDS
+    held_out_words = {w for t in FAMILIES[task.family].held_out_templates for w in t.split()} - train_words
+    assert not held_out_words & {w.strip(",.") for text in broad for w in text.split()}
+
+
 @pytest.mark.parametrize("family", ["reach", "push", "pick", "put"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_expert_succeeds_and_success_is_false_at_the_start(env, family, seed):
@@ -77,3 +92,19 @@ def test_pushing_the_wrong_way_is_not_success(env):
     result = run_episode(env, opposite, 4, record=False)
     assert result.success
     assert not is_success(task, env.driver, env.start)
+    wrong, right = task_progress(task, env.driver, env.start), task_progress(opposite, env.driver, env.start)
+    assert right["along_m"] >= 0.06 and wrong["along_m"] == pytest.approx(-right["along_m"])
+    assert wrong["sideways_m"] == pytest.approx(right["sideways_m"])
+
+
+def test_task_progress_measures_what_the_success_check_thresholds(env):
+    task, instruction = episode_task("pick", 3)
+    env.reset(task, 3, instruction)
+    assert task_progress(task, env.driver, env.start)["lift_m"] == pytest.approx(0.0, abs=0.005)
+    assert run_episode(env, task, 3, instruction=instruction, record=False).success
+    assert task_progress(task, env.driver, env.start)["lift_m"] >= 0.08 - 0.02
+    put, instruction = episode_task("put", 5)
+    assert run_episode(env, put, 5, instruction=instruction, record=False).success
+    stacked = task_progress(put, env.driver, env.start)
+    assert stacked["stack_offset_m"] < 0.025 and abs(stacked["stack_height_error_m"]) < 0.012
+    assert task_progress(TaskInstance("reach", "red"), env.driver, env.start) == {}

@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,7 @@ class EpisodeOutcome:
     target_xy_m: float = float("nan")  # TCP to the instructed block, in the table plane
     height_above_target_m: float = float("nan")  # TCP above the instructed block's top face
     nearest_is_target: bool = False  # the block nearest the TCP (in the plane) is the instructed one
+    progress: dict[str, float] = field(default_factory=dict)  # the task's own measures (tasks.task_progress)
 
 
 def final_geometry(driver: Any, colour: str) -> tuple[float, float, bool]:
@@ -147,7 +148,9 @@ def summarize(outcomes: list[EpisodeOutcome], families: tuple[str, ...]) -> dict
                 "nearest_is_target": float(np.mean([r.nearest_is_target for r in rows])) if rows else 0.0,
                 "failed_median_target_xy_m": float(np.median([r.target_xy_m for r in failed])) if failed else None,
                 "failed_median_height_above_target_m":
-                    float(np.median([r.height_above_target_m for r in failed])) if failed else None}
+                    float(np.median([r.height_above_target_m for r in failed])) if failed else None,
+                "failed_median_progress": {key: float(np.median([r.progress[key] for r in failed]))
+                                           for key in (failed[0].progress if failed else {})}}
 
     return {"tasks": {f: block([o for o in outcomes if o.family == f]) for f in families},
             "overall": block(outcomes)}
@@ -162,7 +165,7 @@ def evaluate_policy(policy: Callable[[Observation], np.ndarray], suite: str, epi
     from lapa.sim.env import TabletopEnv, episode_task, run_episode
     from lapa.sim.fast_driver import FastDriver
     from lapa.sim.scene import SceneConfig
-    from lapa.sim.tasks import get_suite
+    from lapa.sim.tasks import get_suite, task_progress
 
     try:
         families = get_suite(suite)
@@ -188,7 +191,8 @@ def evaluate_policy(policy: Callable[[Observation], np.ndarray], suite: str, epi
                 record = video_dir is not None and i < max_videos_per_task
                 result = run_episode(env, task, seed, policy=policy, instruction=instruction, record=record)
                 outcomes.append(EpisodeOutcome(family, seed, task.name, instruction, bool(result.success),
-                                               int(result.steps), *final_geometry(driver, task.colour)))
+                                               int(result.steps), *final_geometry(driver, task.colour),
+                                               progress=task_progress(task, driver, env.start)))
                 total_steps += result.steps
                 if record and result.frames is not None:
                     tag = "success" if result.success else "failure"

@@ -60,8 +60,10 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--augment", nargs="?", const="crop", choices=("crop", "shift"), default=False,
                    help="image augmentation: crop (random resized crop 0.9 + jitter; the default when the flag "
                         "is given alone) or shift (DrQ random shift, 4 px)")
-    p.add_argument("--paraphrase", action="store_true",
-                   help="instruction augmentation: each sample gets any training wording of its task (action data)")
+    p.add_argument("--paraphrase", nargs="?", const="templates", choices=("templates", "broad"), default=False,
+                   help="instruction augmentation (action data): each sample gets any training wording of its task; "
+                        "templates (the default when the flag is given alone): the augmentation templates; broad: "
+                        "also the broad templates and noun / opening variants of every wording")
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

@@ -231,7 +231,7 @@ class ActionSet:
     """
 
     def __init__(self, clips: ClipFrames, actions: Sequence[np.ndarray], chunk_size: int, encoder: Any,
-                 drop_final_hold: bool = True, paraphrase: bool = False) -> None:
+                 drop_final_hold: bool = True, paraphrase: bool | str = False) -> None:
         if len(actions) != len(clips.instructions):
             raise ValueError(f"{len(actions)} action arrays for {len(clips.instructions)} clips")
         self.clips = clips
@@ -260,7 +260,8 @@ class ActionSet:
         self.masks = torch.from_numpy(np.concatenate(masks))  # (N, K) bool
         self.actions = kept  # per clip (n_c, 7): what the tokenizer is fitted on
         self.sample_clip = np.concatenate(clip_ids)  # (N,) the clip of each sample
-        wordings = [_wordings(text) if paraphrase else [text] for text in clips.instructions]  # per clip
+        broad = paraphrase == "broad"
+        wordings = [_wordings(text, broad) if paraphrase else [text] for text in clips.instructions]  # per clip
         self.table = InstructionTable([w for ws in wordings for w in ws], encoder)
         self.text_ids = self.table.ids(clips.instructions)[self.sample_clip]  # (N,) the recorded wording
         width = max(len(ws) for ws in wordings)
@@ -272,7 +273,7 @@ class ActionSet:
     # -- constructors
     @classmethod
     def from_lerobot(cls, roots: Sequence[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
-                     progress: bool = False, paraphrase: bool = False) -> ActionSet:
+                     progress: bool = False, paraphrase: bool | str = False) -> ActionSet:
         """Episodes with their recorded actions (LeRobot v3 datasets)."""
         clips = load_clips(all_clip_keys(roots), image_size, progress=progress)
         missing = [k for k, a in zip(clips.keys, clips.actions, strict=True) if a is None]
@@ -327,16 +328,16 @@ class ActionSet:
                      goals=goals)
 
 
-def _wordings(instruction: str) -> list[str]:
+def _wordings(instruction: str, broad: bool = False) -> list[str]:
     """The recorded instruction first, then every other training wording of the task it names
-    (lapa.sim.tasks: training and augmentation templates; never the held-out paraphrases). An
-    instruction that names no task of the suite keeps only itself."""
+    (lapa.sim.tasks: training and augmentation templates, with `broad` its broad augmentation; never
+    the held-out paraphrases). An instruction that names no task of the suite keeps only itself."""
     from lapa.sim.tasks import parse_instruction
 
     task = parse_instruction(instruction)
     if task is None:
         return [instruction]
-    return [instruction] + [w for w in task.wordings() if w != instruction]
+    return [instruction] + [w for w in task.wordings(broad) if w != instruction]
 
 
 # ----------------------------------------------------------------------------- pseudo-action files

@@ -61,7 +61,8 @@ class TrainOptions:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     augment: bool | str = False  # True/"crop": resized crop + jitter; "shift": DrQ random shift (datasets)
-    paraphrase: bool = False  # instruction augmentation: any training wording of each sample's task
+    # instruction augmentation: any training wording of each sample's task; "broad" adds the broad set
+    paraphrase: bool | str = False
     ckpt_every: int = 500
     log_every: int = 25
     keep_last: int = 2
@@ -343,7 +344,7 @@ def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, co
 
 
 def _action_data(data: ActionSet | list[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
-                 progress: bool, paraphrase: bool = False) -> ActionSet:
+                 progress: bool, paraphrase: bool | str = False) -> ActionSet:
     if isinstance(data, ActionSet):
         if data.chunk_size != chunk_size or data.clips.frames.shape[1] != image_size:
             raise ValueError(f"the action set has chunk {data.chunk_size} and image size {data.clips.frames.shape[1]}, "

@@ -41,6 +41,8 @@ class TaskFamily:
     # more wordings for instruction augmentation in training (as LLM relabelling does for robot
     # data); written without the held-out paraphrases' distinctive words, so "unseen" stays unseen
     augment_templates: tuple[str, ...] = ()
+    # the broad augmentation adds these, and each wording again with other nouns and openings
+    broad_templates: tuple[str, ...] = ()
 
     @property
     def needs_direction(self) -> bool:
@@ -50,6 +52,11 @@ class TaskFamily:
     def needs_target(self) -> bool:
         return "{target}" in self.train_templates[0]
 
+
+# the broad instruction augmentation: other nouns for "block", and openings / closes of a spoken command
+AUGMENT_NOUNS = ("brick", "box", "piece", "object")
+AUGMENT_FRAMES = (("please ", ""), ("", " please"), ("robot, ", ""), ("now ", ""), ("can you ", ""),
+                  ("", " now"), ("i want you to ", ""), ("", ", thanks"))
 
 FAMILIES: dict[str, TaskFamily] = {
     f.name: f
@@ -63,6 +70,12 @@ FAMILIES: dict[str, TaskFamily] = {
                                "reach for the {colour} block", "get close to the {colour} block",
                                "move over to the {colour} block", "go near the {colour} block",
                                "the {colour} block, reach it", "position yourself at the {colour} block"),
+            broad_templates=("come to the {colour} block", "travel to the {colour} block",
+                             "head to the {colour} block", "get next to the {colour} block",
+                             "move close to the {colour} block", "go up to the {colour} block",
+                             "move the hand to the {colour} block", "send the arm to the {colour} block",
+                             "move your fingers to the {colour} block", "reach out to the {colour} block",
+                             "go and reach the {colour} block", "stop at the {colour} block"),
         ),
         TaskFamily(
             "push",
@@ -74,6 +87,12 @@ FAMILIES: dict[str, TaskFamily] = {
                                "knock the {colour} block {direction}", "send the {colour} block {direction}",
                                "displace the {colour} block {direction}", "press the {colour} block {direction}",
                                "make the {colour} block go {direction}", "the {colour} block, push it {direction}"),
+            broad_templates=("push the {colour} block to the {direction}", "move the {colour} block to the {direction}",
+                             "poke the {colour} block {direction}", "bump the {colour} block {direction}",
+                             "budge the {colour} block {direction}", "force the {colour} block {direction}",
+                             "propel the {colour} block {direction}",
+                             "slide the {colour} block over to the {direction}",
+                             "push the {colour} block a bit {direction}", "get the {colour} block moving {direction}"),
         ),
         TaskFamily(
             "pick",
@@ -83,6 +102,11 @@ FAMILIES: dict[str, TaskFamily] = {
             augment_templates=("pick the {colour} block up", "grasp the {colour} block and lift it",
                                "hold up the {colour} block", "collect the {colour} block",
                                "get the {colour} block", "lift up the {colour} block"),
+            broad_templates=("grasp the {colour} block", "seize the {colour} block",
+                             "grip the {colour} block and lift it",
+                             "hold the {colour} block up high", "carry the {colour} block up",
+                             "lift the {colour} block up", "fetch the {colour} block", "pick the {colour} block",
+                             "grab and lift the {colour} block", "lift the {colour} block into the air"),
         ),
         TaskFamily(
             "put",
@@ -96,6 +120,14 @@ FAMILIES: dict[str, TaskFamily] = {
                                "lay the {colour} block on the {target} block",
                                "pile the {colour} block on the {target} block",
                                "put the {colour} block on top of the {target} block"),
+            broad_templates=("stack the {colour} block on top of the {target} block",
+                             "position the {colour} block on the {target} block",
+                             "lower the {colour} block on the {target} block",
+                             "move the {colour} block on top of the {target} block",
+                             "carry the {colour} block to the {target} block and stack it",
+                             "pick up the {colour} block and put it on the {target} block",
+                             "the {colour} block goes on the {target} block",
+                             "stack {colour} on {target}"),
         ),
     ]
 }
@@ -146,11 +178,20 @@ class TaskInstance:
         extra = self.direction or self.target
         return f"{self.family}_{self.colour}" + (f"_{extra}" if extra else "")
 
-    def wordings(self) -> list[str]:
-        """Every training wording of this task: the training templates, then the augmentation ones."""
+    def wordings(self, broad: bool = False) -> list[str]:
+        """Every training wording of this task: the training templates, then the augmentation ones.
+
+        `broad` adds the family's broad templates and, for every wording, variants with another noun
+        for "block" and with a spoken opening or close ("please ...", "robot, ..."), as instruction
+        relabelling with a language model would produce. None uses a held-out paraphrase's words."""
         fam = FAMILIES[self.family]
-        return [t.format(colour=self.colour, direction=self.direction, target=self.target)
-                for t in fam.train_templates + fam.augment_templates]
+        templates = fam.train_templates + fam.augment_templates + (fam.broad_templates if broad else ())
+        base = [t.format(colour=self.colour, direction=self.direction, target=self.target) for t in templates]
+        if not broad:
+            return base
+        variants = [w.replace(" block", f" {noun}") for w in base for noun in AUGMENT_NOUNS]
+        variants += [f"{opening}{w}{close}" for w in base for opening, close in AUGMENT_FRAMES]
+        return list(dict.fromkeys(base + variants))
 
     def instruction(self, rng: np.random.Generator | None = None, held_out: bool = False) -> str:
         fam = FAMILIES[self.family]
@@ -258,3 +299,22 @@ def is_success(task: TaskInstance, view: SceneView, start: EpisodeStart) -> bool
         return bool(np.linalg.norm(pos[:2] - below[:2]) < STACK_MAX_OFFSET_M
                     and abs(pos[2] - stacked_height) < 0.012 and released)
     raise AssertionError(f"no success check for {task.family}")
+
+
+def task_progress(task: TaskInstance, view: SceneView, start: EpisodeStart) -> dict[str, float]:
+    """How far an episode got on its task's own terms (what `is_success` thresholds), for failure analysis:
+    push: block travel along the direction and sideways; pick: block lift above the table;
+    put: the block's offset from the target's top in the plane and in height, and the gripper width."""
+    pos, _ = view.block_pose(task.colour)
+    if task.family == "push":
+        u = DIRECTIONS[task.direction]
+        moved = pos[:2] - start.block_positions[task.colour][:2]
+        return {"along_m": float(moved @ u), "sideways_m": abs(float(moved @ np.array([-u[1], u[0]])))}
+    if task.family == "pick":
+        return {"lift_m": float(pos[2] - BLOCK_HALF_SIZE_M)}
+    if task.family == "put":
+        below, _ = view.block_pose(task.target)
+        return {"stack_offset_m": float(np.linalg.norm(pos[:2] - below[:2])),
+                "stack_height_error_m": float(pos[2] - below[2] - 2 * BLOCK_HALF_SIZE_M),
+                "gripper_width_m": float(view.robot_state().gripper_width_m)}
+    return {}
