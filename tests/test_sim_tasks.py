@@ -108,3 +108,22 @@ def test_task_progress_measures_what_the_success_check_thresholds(env):
     stacked = task_progress(put, env.driver, env.start)
     assert stacked["stack_offset_m"] < 0.025 and abs(stacked["stack_height_error_m"]) < 0.012
     assert task_progress(TaskInstance("reach", "red"), env.driver, env.start) == {}
+
+
+@pytest.mark.parametrize("family", ["reach", "push", "pick", "put"])
+def test_pass_through_expert_succeeds_without_stopping_at_via_points(env, family):
+    from lapa.sim.expert import MAX_STEP_M
+
+    task, instruction = episode_task(family, 2)
+    stopping = run_episode(env, task, 2, instruction=instruction)
+    through = run_episode(env, task, 2, instruction=instruction, pass_through=True)
+    assert stopping.success and through.success and through.steps <= stopping.steps
+
+    def slow_steps(result):  # steps that move less than half speed without working the gripper
+        moving = np.linalg.norm(result.actions[:-1, :3], axis=1)  # (T,)
+        gripper_steady = np.r_[True, np.diff(result.actions[:-1, 6]) == 0]
+        return int(np.sum((moving < MAX_STEP_M / 2) & gripper_steady))
+
+    assert np.linalg.norm(through.actions[:-1, :3], axis=1).max() <= MAX_STEP_M + 1e-6
+    if family in ("reach", "push"):  # their via points are where the stopping expert slows down
+        assert slow_steps(through) < slow_steps(stopping)

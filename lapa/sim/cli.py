@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="with --until-done: steps of the expert holding still at the end")
     rec.add_argument("--start-jitter", type=float, default=0.0,
                      help="random gripper start: up to this many metres from home in x/y, half of it down")
+    rec.add_argument("--pass-through", action="store_true",
+                     help="the expert moves through its via points at full speed instead of stopping at each "
+                          "(stops leave near-zero actions there, where a learned policy then stalls)")
     rec.set_defaults(func=_record)
 
     play = sim_sub.add_parser("play", help="run one episode and write an mp4 to watch")
@@ -50,7 +53,8 @@ def _record(args: argparse.Namespace) -> int:
     from lapa.sim.record import ExpertOptions, record_dataset, summary_dict
 
     expert = ExpertOptions(noise_m=args.expert_noise, dart_noise_m=args.dart_noise, until_done=args.until_done,
-                           settle_steps=args.settle_steps, start_jitter_m=args.start_jitter)
+                           settle_steps=args.settle_steps, start_jitter_m=args.start_jitter,
+                           pass_through=args.pass_through)
     summary = record_dataset(args.suite, args.episodes, args.out, seed=args.seed, no_actions=args.no_actions,
                              image_size=args.image_size, held_out=args.held_out, control_hz=args.control_hz,
                              expert=expert)

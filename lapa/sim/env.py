@@ -94,7 +94,7 @@ def move_to_random_start(env: TabletopEnv, rng: np.random.Generator, jitter_m: f
 def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy | None = None,
                 instruction: str | None = None, record: bool = True, stop_on_success: bool = True,
                 expert_noise_m: float = 0.0, dart_noise_m: float = 0.0, settle_steps: int = 0,
-                start_jitter_m: float = 0.0) -> EpisodeResult:
+                start_jitter_m: float = 0.0, pass_through: bool = False) -> EpisodeResult:
     """Roll out one episode; `policy=None` runs the scripted expert.
 
     Expert only: `dart_noise_m` (DART) adds Gaussian noise to the *executed* translation while
@@ -103,7 +103,8 @@ def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy 
     expert holding still at its final pose, so the data shows the last centimetres and the stop.
     `start_jitter_m` moves the gripper to a random start (seeded) before the episode begins: from
     a fixed home pose, where the arm is on its straight path tells where it goes, and a policy
-    learns that shortcut instead of looking at the blocks and the instruction.
+    learns that shortcut instead of looking at the blocks and the instruction. `pass_through`: the
+    expert moves through its via points at full speed (see `ScriptedExpert`).
     """
     obs = env.reset(task, seed, instruction)
     if start_jitter_m > 0:
@@ -111,7 +112,8 @@ def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy 
     expert = None
     noise_rng = np.random.default_rng([seed, 13])
     if policy is None:
-        expert = ScriptedExpert(task, env.driver, np.random.default_rng([seed, 11]), noise_m=expert_noise_m)
+        expert = ScriptedExpert(task, env.driver, np.random.default_rng([seed, 11]), noise_m=expert_noise_m,
+                                pass_through=pass_through)
         policy = lambda _obs: expert.act(env.driver)  # noqa: E731
     frames, states, actions = [], [], []
     success = False

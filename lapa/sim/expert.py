@@ -33,6 +33,7 @@ class Waypoint:
     gripper: float
     tolerance_m: float = 0.006
     hold_steps: int = 0  # extra steps to wait once reached (gripper closing, release)
+    stop: bool = False  # come to rest here even when passing through via points (the end of a push)
 
 
 def block_yaw(R: np.ndarray) -> float:
@@ -45,10 +46,14 @@ class ScriptedExpert:
     """Plans at construction from the scene; `act(view)` returns the next float32[7] action."""
 
     def __init__(self, task: TaskInstance, view: SceneView, rng: np.random.Generator | None = None,
-                 noise_m: float = 0.0) -> None:
+                 noise_m: float = 0.0, pass_through: bool = False) -> None:
         self.task = task
         self.rng = rng or np.random.default_rng(0)
         self.noise_m = noise_m
+        # Move through intermediate waypoints at full speed instead of slowing to a stop at each.
+        # Stopping at a waypoint gives the demonstrations near-zero actions there, then a jump to the
+        # next leg: a regression policy learns a fixed point and stalls at the waypoint.
+        self.pass_through = pass_through
         self.plan = self._plan(view)
         self._index = 0
         self._held = 0
@@ -84,7 +89,7 @@ class ScriptedExpert:
             end = pos + u * PUSH_TRAVEL_M
             return [Waypoint(above(start, HOVER_Z_M), None, GRIPPER_CLOSED),
                     Waypoint(above(start, PUSH_Z_M), None, GRIPPER_CLOSED),
-                    Waypoint(above(end, PUSH_Z_M), None, GRIPPER_CLOSED),
+                    Waypoint(above(end, PUSH_Z_M), None, GRIPPER_CLOSED, stop=True),
                     Waypoint(above(end, HOVER_Z_M), None, GRIPPER_CLOSED)]
         yaw = self._grasp_yaw(view, t.colour)
         grasp = [Waypoint(above(pos, HOVER_Z_M), yaw, GRIPPER_OPEN),
@@ -108,10 +113,20 @@ class ScriptedExpert:
         if self.done:
             last = self.plan[-1].gripper if self.plan else GRIPPER_OPEN
             return np.array([0, 0, 0, 0, 0, 0, last], dtype=np.float32)
+        cursor, budget = state.ee_pos_m, MAX_STEP_M  # where this step's path has got to; length left
+        while self.pass_through and self._passes_through(self._index, state):
+            leg = float(np.linalg.norm(self.plan[self._index].pos - cursor))
+            if leg > budget:
+                break
+            cursor, budget = self.plan[self._index].pos, budget - leg
+            self._index += 1
+            self._held = 0
         wp = self.plan[self._index]
+        ahead = wp.pos - cursor
+        ahead_m = float(np.linalg.norm(ahead))
+        step = (cursor - state.ee_pos_m) + (ahead if ahead_m <= budget else ahead * (budget / ahead_m))
         delta = wp.pos - state.ee_pos_m
         dist = float(np.linalg.norm(delta))
-        step = delta if dist <= MAX_STEP_M else delta * (MAX_STEP_M / dist)
         if self.noise_m > 0:
             step = step + self.rng.normal(0.0, self.noise_m, 3)
         dyaw = 0.0
@@ -125,3 +140,13 @@ class ScriptedExpert:
             else:
                 self._held += 1
         return np.array([*step, 0.0, 0.0, dyaw, wp.gripper], dtype=np.float32)
+
+    def _passes_through(self, index: int, state) -> bool:
+        """Waypoint `index` is a via point: no hold or stop, not the last, the gripper unchanged after it,
+        its yaw already reached."""
+        if index + 1 >= len(self.plan):
+            return False
+        wp = self.plan[index]
+        if wp.hold_steps or wp.stop or self.plan[index + 1].gripper != wp.gripper:
+            return False
+        return wp.yaw is None or abs(wrap_angle(wp.yaw - state.ee_rpy_rad[2])) < 0.05

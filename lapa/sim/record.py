@@ -77,6 +77,7 @@ class ExpertOptions:
     until_done: bool = False
     settle_steps: int = 0
     start_jitter_m: float = 0.0  # random start of the gripper (lapa.sim.env.move_to_random_start)
+    pass_through: bool = False  # the expert moves through its via points without stopping
 
     def __post_init__(self) -> None:
         if min(self.noise_m, self.dart_noise_m, self.settle_steps, self.start_jitter_m) < 0:
@@ -93,7 +94,8 @@ def _rollout(env: TabletopEnv, family: str, base_seed: int, index: int, held_out
         task, instruction = episode_task(family, seed, held_out=held_out)
         result = run_episode(env, task, seed, instruction=instruction, expert_noise_m=expert.noise_m,
                              dart_noise_m=expert.dart_noise_m, stop_on_success=not expert.until_done,
-                             settle_steps=expert.settle_steps, start_jitter_m=expert.start_jitter_m)
+                             settle_steps=expert.settle_steps, start_jitter_m=expert.start_jitter_m,
+                             pass_through=expert.pass_through)
         if result.success:
             return result, attempt + 1
     raise RuntimeError(f"the scripted expert failed {MAX_ATTEMPTS_PER_EPISODE} times in a row on {family}; "
@@ -145,7 +147,7 @@ def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_ac
         {"suite": suite, "episodes": episodes, "seed": seed, "held_out_instructions": held_out,
          "control_hz": control_hz, "image_size": image_size, "expert_noise_m": expert.noise_m,
          "dart_noise_m": expert.dart_noise_m, "until_done": expert.until_done, "settle_steps": expert.settle_steps,
-         "start_jitter_m": expert.start_jitter_m}
+         "start_jitter_m": expert.start_jitter_m, "pass_through": expert.pass_through}
     )
     summary.seconds = time.perf_counter() - start
     return summary
