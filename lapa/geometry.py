@@ -41,8 +41,10 @@ def rotation_error(R_target: np.ndarray, R_now: np.ndarray) -> np.ndarray:
     axis = np.array([R_err[2, 1] - R_err[1, 2], R_err[0, 2] - R_err[2, 0], R_err[1, 0] - R_err[0, 1]])
     if angle < 1e-9:
         return 0.5 * axis
-    if np.pi - angle < 1e-6:  # 180 degrees: axis from the symmetric part
-        axis = np.sqrt(np.maximum((np.diag(R_err) + 1.0) / 2.0, 0.0))
+    if np.pi - angle < 1e-6:  # 180 degrees: R = 2 k k^T - I, so k k^T = (R + I) / 2
+        kkT = (R_err + R_err.T + 2.0 * np.eye(3)) / 4.0  # symmetrised against round-off
+        i = int(np.argmax(np.diag(kkT)))  # the column with the largest component keeps the signs
+        axis = kkT[:, i] / np.sqrt(kkT[i, i])
         return axis * angle
     return axis * (angle / (2.0 * np.sin(angle)))
 
