@@ -295,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="inferences before reporting ready")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body or WebSocket frame")
     p.add_argument("--max-image-side", type=int, default=4096)
+    p.add_argument("--min-image-side", type=int, default=32,
+                   help="refuse (422) images with a side below this many pixels")
     p.add_argument("--max-instruction-chars", type=int, default=512)
     p.add_argument("--no-resize", action="store_true", help="answer 422 to images not of the model's size")
     p.add_argument("--replay-ttl", type=float, default=30.0, help="seconds a reply is kept for retries")
@@ -324,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
     max_body = int(args.max_body_mb * (1 << 20))
     config = ServiceConfig(
-        limits=InputLimits(max_image_side=args.max_image_side, max_instruction_chars=args.max_instruction_chars,
+        limits=InputLimits(max_image_side=args.max_image_side, min_image_side=args.min_image_side,
+                           max_instruction_chars=args.max_instruction_chars,
                            resize=not args.no_resize),
         warmup_steps=args.warmup, replay_ttl_s=args.replay_ttl, max_body_bytes=max_body)
     factory: Callable[[], Policy] = functools.partial(load_backend, args.backend, args.model, args.threads)

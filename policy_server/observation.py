@@ -41,6 +41,8 @@ class RequestError(Exception):
 @dataclass(frozen=True)
 class InputLimits:
     max_image_side: int = 4096  # pixels, before resizing
+    # pixels: smaller images carry too little to upscale to the model's size (a 1x1 image is refused)
+    min_image_side: int = 32
     max_instruction_chars: int = 512
     max_request_id_chars: int = 128
     resize: bool = True  # resize images of another size to the model's; False: answer 422
@@ -171,8 +173,9 @@ def _image_from_lists(value: list) -> np.ndarray:
 
 
 def _check_size(h: int, w: int, limits: InputLimits) -> None:
-    if h < 1 or w < 1 or h > limits.max_image_side or w > limits.max_image_side:
-        raise RequestError(422, f"'image' of {h}x{w} pixels is outside 1..{limits.max_image_side} per side")
+    if h < limits.min_image_side or w < limits.min_image_side or h > limits.max_image_side or w > limits.max_image_side:
+        raise RequestError(422, f"'image' of {h}x{w} pixels is outside {limits.min_image_side}.."
+                                f"{limits.max_image_side} per side (minimum side {limits.min_image_side})")
 
 
 def image_file_size(data: bytes) -> tuple[str, int, int]:

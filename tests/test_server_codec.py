@@ -188,6 +188,16 @@ def _image(h=224, w=224, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (31, 64), (64, 8)])
+def test_images_below_the_minimum_side_are_refused(shape):
+    small = _image(*shape)
+    for image in (small, cv2.imencode(".png", small)[1].tobytes()):
+        with pytest.raises(RequestError, match="minimum side 32") as err:
+            parse_request({"image": image, "instruction": "x"}, (64, 64), LIMITS)
+        assert err.value.status == 422 and "'image'" in str(err.value)
+    parse_request({"image": _image(32, 40), "instruction": "x"}, (64, 64), LIMITS)  # at the minimum: resized
+
+
 def test_parse_raw_jpeg_png_and_resize():
     image = _image()
     req = parse_request({"image": image, "instruction": " pick ", "request_id": "r1"}, (224, 224), LIMITS)

@@ -101,7 +101,7 @@ def test_oversized_frame_closes_the_connection(server):
     assert httpx.get(server.http_url + "/healthz").status_code == 200
     ws, _ = stream(server)
     with ws:
-        ws.send(codec.packb({"image": np.zeros((8, 8, 3), np.uint8), "instruction": "reach the red block"}))
+        ws.send(codec.packb({"image": np.zeros((32, 32, 3), np.uint8), "instruction": "reach the red block"}))
         assert "actions" in codec.unpackb(ws.recv(timeout=5)), "a new connection is served"
 
 
