@@ -21,7 +21,15 @@ for fam in reach push pick put; do
   [ -f "$DATA/$fam/meta/info.json" ] || lapa sim record --suite $fam --episodes 400 --seed $seed --out "$DATA/$fam" $opts
   seed=$((seed + 100000))
 done
+# the same recordings with the pass-through expert (no stop at via points), same seeds
+seed=0
+for fam in reach push; do
+  [ -f "$DATA/${fam}_pt/meta/info.json" ] || lapa sim record --suite $fam --episodes 400 --seed $seed \
+    --out "$DATA/${fam}_pt" $opts --pass-through
+  seed=$((seed + 100000))
+done
 RP="$DATA/reach $DATA/push"
+RP_PT="$DATA/reach_pt $DATA/push_pt"
 common="--num-bins 64 --chunk-size 4 --batch-size 64 --lr 3e-4 --augment shift --ckpt-every 500 --threads 1"
 
 # -- D: the tabletop recipe from scratch on all 800 labelled episodes
@@ -54,6 +62,22 @@ done
 done_at "$RUNS/F_lapa_all4" 4000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --paraphrase \
   --data $RP "$DATA/pick" "$DATA/put" --out "$RUNS/F_lapa_all4" --steps 4000 $common $(resume "$RUNS/F_lapa_all4")
 
+# -- G, H: the latent-pretrained trunk finetuned on one family each (pick, put), 3000 steps
+done_at "$RUNS/G_pick" 3000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --paraphrase \
+  --data "$DATA/pick" --out "$RUNS/G_pick" --steps 3000 $common $(resume "$RUNS/G_pick")
+done_at "$RUNS/H_put" 3000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --paraphrase \
+  --data "$DATA/put" --out "$RUNS/H_put" --steps 3000 $common $(resume "$RUNS/H_put")
+
+# -- R: P with the broad instruction augmentation instead of the templates
+done_at "$RUNS/R_lapa_broad" 2500 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad --data $RP \
+  --out "$RUNS/R_lapa_broad" --steps 2500 $common $(resume "$RUNS/R_lapa_broad")
+
+# -- S1: L on the pass-through recordings; S2: S1 + the broad augmentation (R's step)
+done_at "$RUNS/S1_lapa_pt" 3000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --data $RP_PT \
+  --out "$RUNS/S1_lapa_pt" --steps 3000 $common $(resume "$RUNS/S1_lapa_pt")
+done_at "$RUNS/S2_lapa_pt_broad" 2500 || lapa train finetune --init "$RUNS/S1_lapa_pt" --paraphrase broad \
+  --data $RP_PT --out "$RUNS/S2_lapa_pt_broad" --steps 2500 $common $(resume "$RUNS/S2_lapa_pt_broad")
+
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
   local row=$1 ckpt=$2; shift 2
@@ -74,6 +98,11 @@ evaluate P_lapa_para "$RUNS/P_lapa_para" reach push
 evaluate P_lapa_para_ensemble "$RUNS/P_lapa_para" reach push -- --chunk-mode ensemble
 evaluate Q_lapa_para_4500 "$RUNS/Q_lapa_para_4500" reach push
 evaluate F_lapa_all4 "$RUNS/F_lapa_all4" reach push pick put
+evaluate G_pick "$RUNS/G_pick" pick
+evaluate H_put "$RUNS/H_put" put
+evaluate R_lapa_broad "$RUNS/R_lapa_broad" reach push
+evaluate S1_lapa_pt "$RUNS/S1_lapa_pt" reach push
+evaluate S2_lapa_pt_broad "$RUNS/S2_lapa_pt_broad" reach push
 for row in D_scratch L_lapa; do
   [ -f "$RUNS/eval/probe_$row.json" ] || lapa eval --ckpt "$RUNS/$row" --grounding-probe 20 --json "$RUNS/eval/probe_$row.json"
 done
