@@ -15,7 +15,7 @@ them in `<export dir>/trt_cache`; fp16 through ONNX Runtime is left off on purpo
 
 Threads: `threads` sets intra_op_num_threads (None: ONNX Runtime's default, one per core). Intra-op
 spinning is off by default: on a shared 2-core machine spinning threads fight the other processes
-and the tail latency suffers (see export/bench.py's ort_variants).
+and the tail latency suffers (see bench/model.py's ort_variants).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from export.metadata import (
     read_metadata,
 )
 from lapa.action import fake_state
-from policy_server.policy import (
+from lapa.policy_protocol import (
     REPLY_ACTIONS,
     REPLY_MODEL_MS,
     STATE_REQUIRED,

@@ -36,7 +36,8 @@ import numpy as np
 from lapa.action import RobotState
 from lapa.geometry import matrix_to_rpy, quat_wxyz_to_matrix
 from lapa.sim.scene import ROBOT_PREFIX, SceneConfig, block_joint_name, sample_block_poses
-from lapa.sim.tasks import EpisodeStart, is_success, parse_instruction
+from lapa.sim.tasks import EpisodeStart, is_success
+from lapa.vocabulary import parse_instruction
 
 NODE_NAME = "lapa_sim"
 SETTLE_S = 0.3

@@ -1,4 +1,4 @@
-"""The PyTorch backend of the Policy protocol (policy_server/policy.py) over a finetuned VLA checkpoint.
+"""The PyTorch backend of the Policy protocol (lapa/policy_protocol.py) over a finetuned VLA checkpoint.
 
 Per call only the image goes through the VLA: the instruction embedding comes from an LRU cache,
 so the text encoder runs once per distinct instruction. `state` in the observation (8 floats,
@@ -25,7 +25,7 @@ from lapa.checkpoint import MODEL_FILE, CheckpointError
 from lapa.policy.checkpoint_io import load_vla
 from lapa.policy.config import DECODERS
 from lapa.policy.text_encoder import TEXT_ENCODER_NAME, InstructionCache, TextEncoder
-from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
+from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
 
 REPLY_BINS = "bins"  # int64 (K, 7): the action tokens the actions were decoded from
 

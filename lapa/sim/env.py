@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lapa.sim.expert import ScriptedExpert
-from lapa.sim.tasks import FAMILIES, EpisodeStart, TaskInstance, is_success, sample_instance
+from lapa.sim.tasks import EpisodeStart, is_success
+from lapa.vocabulary import FAMILIES, TaskInstance, sample_instance
 
 
 @dataclass

@@ -13,11 +13,10 @@ import mujoco
 import numpy as np
 
 from lapa.action import RobotState, gripper_is_open, validate_action
+from lapa.franka import HOME_GRIPPER_WIDTH_M, HOME_JOINT_POS_RAD
 from lapa.geometry import matrix_to_rpy, quat_wxyz_to_matrix, rotation_error, rpy_to_matrix
 from lapa.sim.rendering import SceneRenderer
 from lapa.sim.scene import (
-    HOME_GRIPPER_WIDTH_M,
-    HOME_JOINT_POS_RAD,
     ROBOT_PREFIX,
     SceneConfig,
     block_joint_name,

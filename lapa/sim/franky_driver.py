@@ -5,30 +5,9 @@ background thread, served on a 127.x.y.z loopback address, see `hostname`) and d
 real `franky.Robot` / `franky.Gripper` over the network protocol: the code path a physical FR3
 sees. It offers the `FastDriver` interface; `apply_action` returns once per control period.
 
-Motion type. Each action becomes one asynchronous `CartesianVelocityMotion`: twist = delta /
-period, held for one period, then ramped down unless the next action preempts it. So the delta
-applies to the pose the robot is at when the action arrives, like franky's relative motions, and a
-stream of actions cruises without stopping between steps. Measured on franky-sim, 8 steps of
-+2 cm in x then 8 of +2 cm in y at 10 Hz (measured TCP at 1 kHz, 9 ms smoothing; "cruise" = the
-straight x leg; speed ripple = std / mean of the speed there; "expert pick" = the scripted expert
-closing the loop on `pick`, seeds 0 and 1):
-
-    motion, delta applied to ... (dynamics factor)    cruise jerk  peak acc  ripple  end err  expert pick
-    CartesianMotion Relative, franky's own (1.0)*     1590 m/s3  17.5 m/s2   0.67   6.9 mm
-    CartesianMotion Relative, franky's own (0.5)*      986       11.1        0.39   0.7
-    CartesianMotion Absolute, a running target (0.5)* 1316       10.3        0.41   0.01     fails
-    CartesianMotion Absolute, commanded pose (0.5)*    962       11.3        0.41   2.2      27 steps
-    CartesianVelocityMotion, running target (0.5)       56        8.7        0.00   0.06     fails
-    CartesianVelocityMotion, delta/period (0.5) CHOSEN  14        9.6        0.00   4.1      26-27 steps
-    (* with franky-sim's joint kp x8; with its stock gains position motions trail by 0.1 s.)
-
-Position motions stop and go: each new target is planned to rest, so the speed dips every step
-(10x the jerk). Steering towards a running target (the sum of all deltas) ends exactly on it in
-open loop but winds up in closed loop: the FR3's rotational limits (25 rad/s2 at factor 1) cannot
-finish the expert's 0.15 rad yaw steps in 0.1 s, the target runs ahead and the arm overshoots and
-oscillates. Applying each delta to where the robot is has no windup; the price is an open-loop
-drift of ~1% of the distance (4 mm over 32 cm), which a closed-loop policy corrects. A lone 2 cm
-step lands within ~0.3 mm, a lone 0.1 rad yaw 0-2 mrad long.
+Motion type: each action becomes one asynchronous `CartesianVelocityMotion` (twist = delta /
+period, held for one period), as on the real robot; `lapa.franka` has the measurements that
+chose it.
 
 What franky-sim does that the driver works around:
 - `O_T_EE` (hence `robot.current_cartesian_state`) is reported as the *desired* pose: pinocchio
@@ -54,8 +33,6 @@ What franky-sim does that the driver works around:
   libfranka aborts a motion after 1 s without state).
 - One client per port: another process (e.g. a ROS node) can connect to `hostname` once this
   driver's own client has disconnected.
-- franky 2.0's `Robot.poll_motion()` returns True once the motion has *finished*, despite its
-  docstring; `is_in_control` tells whether a motion runs.
 """
 
 from __future__ import annotations
@@ -72,11 +49,10 @@ import mujoco
 import numpy as np
 
 from lapa.action import RobotState, gripper_is_open, validate_action
-from lapa.geometry import matrix_to_rpy, quat_wxyz_to_matrix, rotation_error, rpy_to_matrix
+from lapa.franka import command_gripper, connect_franky, franky_errors, halt, home_motion, velocity_motion
+from lapa.geometry import matrix_to_rpy, quat_wxyz_to_matrix
 from lapa.sim.rendering import SceneRenderer
 from lapa.sim.scene import (
-    HOME_GRIPPER_WIDTH_M,
-    HOME_JOINT_POS_RAD,
     SceneConfig,
     block_joint_name,
     build_simulator,
@@ -85,11 +61,6 @@ from lapa.sim.scene import (
 
 logger = logging.getLogger(__name__)
 
-GRIPPER_SPEED_M_S = 0.1  # franky-sim caps finger speed at 0.05 m/s
-GRASP_FORCE_N = 30.0
-GRASP_EPSILON_OUTER_M = 0.1  # "grasp whatever is there": any width between 0 and 0.1 m counts
-MAX_LINEAR_SPEED_M_S = 1.0  # a larger delta per period is scaled down to these speeds
-MAX_ANGULAR_SPEED_RAD_S = 2.0
 SETTLE_S = 0.3  # simulated time for the blocks to come to rest after reset
 RESET_MOTION_TIMEOUT_S = 30.0  # wall clock, for the joint motion home
 GRIPPER_TIMEOUT_S = 3.0  # simulated time for one gripper command (a full stroke takes ~0.9 s)
@@ -98,75 +69,10 @@ SIM_STALL_TIMEOUT_S = 5.0  # wall clock without simulated time advancing -> the 
 LOCKSTEP_REPLY_TIMEOUT_S = 0.01  # longest a physics step waits for the client's command
 
 
-def franky_errors() -> tuple[type[BaseException], ...]:
-    import franky
-
-    return (franky.Exception, franky.GripperException, franky.InvalidMotionTypeException,
-            franky.MotionReuseException, franky.ReactionRecursionException)
-
-
-def connect_franky(hostname: str, timeout_s: float = 10.0, relative_dynamics_factor: float = 1.0):
-    """Connect `franky.Robot` and `franky.Gripper` to `hostname`; fail clearly within `timeout_s`.
-
-    libfranka has no timeout of its own against a listener that accepts but never answers, so the
-    constructors run in a helper thread (they release the GIL while they wait). On a timeout that
-    thread is abandoned; it ends when the peer closes the connection.
-    """
-    import franky
-
-    result: dict = {}
-
-    def connect() -> None:
-        try:
-            result["robot"] = franky.Robot(hostname, relative_dynamics_factor=relative_dynamics_factor,
-                                           realtime_config=franky.RealtimeConfig.Ignore)
-            result["gripper"] = franky.Gripper(hostname)
-        except Exception as e:  # noqa: BLE001 - reported below with the hostname
-            result["error"] = e
-
-    thread = threading.Thread(target=connect, name=f"franky-connect-{hostname}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TimeoutError(f"no answer from a Franka (libfranka protocol) at {hostname} within "
-                           f"{timeout_s:g} s; is the robot or franky-sim server running there, FCI enabled?")
-    if "error" in result:
-        error = result["error"]
-        raise ConnectionError(f"could not connect to a Franka at {hostname}: {error}") from error
-    return result["robot"], result["gripper"]
-
-
 def _patch_simulated_robot(sim_robot) -> None:
     """Make franky-sim report the measured EE pose as O_T_EE (see the module docstring)."""
     kinematics = sim_robot.kinematics
     sim_robot.kinematics = lambda q: kinematics(q).copy()  # instance attribute shadows the method
-
-
-def halt(robot, timeout_s: float = 5.0) -> None:
-    """Stop any running motion without a jump.
-
-    A Cartesian velocity stream (what `apply_action` runs) is preempted by a jerk-limited
-    `CartesianVelocityStopMotion` (franky-sim: 9 m/s2 peak, 4 mm from 0.2 m/s); any other motion
-    by libfranka's stop, which holds the last desired pose (an abrupt 40 m/s2 halt in franky-sim).
-    """
-    import franky
-
-    try:
-        robot.poll_motion()  # raises the error the last motion ended with, if any
-    except franky_errors() as e:
-        logger.info("last motion ended with: %s", e)
-    if not robot.is_in_control:
-        return
-    try:
-        robot.move(franky.CartesianVelocityStopMotion(), asynchronous=True)
-    except franky_errors():
-        robot.stop()
-    try:
-        if not robot.join_motion(timeout_s):
-            robot.stop()
-            robot.join_motion(timeout_s)
-    except franky_errors() as e:  # a stop preempts the running motion, which reports exactly that
-        logger.debug("motion ended by stop: %s", e)
 
 
 def _lockstep_server(sim, reply_timeout_s: float = LOCKSTEP_REPLY_TIMEOUT_S):
@@ -463,12 +369,7 @@ class FrankyDriver:
             s.gripper_future = None
         if self._gripper_wanted == self._gripper_open:
             return
-        if self._gripper_wanted:
-            s.gripper_future = self.gripper.move_async(HOME_GRIPPER_WIDTH_M, GRIPPER_SPEED_M_S)
-        else:
-            s.gripper_future = self.gripper.grasp_async(0.0, GRIPPER_SPEED_M_S, GRASP_FORCE_N,
-                                                        epsilon_inner=0.005,
-                                                        epsilon_outer=GRASP_EPSILON_OUTER_M)
+        s.gripper_future = command_gripper(self.gripper, self._gripper_wanted)
         self._gripper_open = self._gripper_wanted
 
     def _wait_gripper(self, timeout_s: float = GRIPPER_TIMEOUT_S) -> None:
@@ -486,14 +387,11 @@ class FrankyDriver:
     # ------------------------------------------------------------------ episode control
     def reset(self, seed: int) -> None:
         """Stop, move home with a joint motion while the gripper opens, re-place the blocks, settle."""
-        import franky
-
         self.stop()
         self._gripper_wanted = True
         self._service_gripper()  # opens now, or once a command still in flight has finished
         try:
-            home = franky.JointState(np.array(HOME_JOINT_POS_RAD))
-            self.robot.move(franky.JointMotion(home), asynchronous=True)
+            self.robot.move(home_motion(), asynchronous=True)
             self._wait_gripper()
             if not self.robot.join_motion(RESET_MOTION_TIMEOUT_S):
                 raise RuntimeError(f"the move home did not finish within {RESET_MOTION_TIMEOUT_S:g} s")
@@ -519,17 +417,10 @@ class FrankyDriver:
         R_delta @ R_now) at constant velocity over one period; the gripper target is sent when it
         changes from open to closed or back.
         """
-        import franky
-
         a = validate_action(action)
         self._check_motion()
         link = self._link
-        v = a[:3] / self.period_s
-        w = rotation_error(rpy_to_matrix(a[3:6]), np.eye(3)) / self.period_s  # base-frame axis-angle rate
-        v *= min(1.0, MAX_LINEAR_SPEED_M_S / max(float(np.linalg.norm(v)), 1e-12))
-        w *= min(1.0, MAX_ANGULAR_SPEED_RAD_S / max(float(np.linalg.norm(w)), 1e-12))
-        hold = franky.Duration(round(self.period_s * 1000))  # milliseconds
-        motion = franky.CartesianVelocityMotion(franky.Twist(v, w), duration=hold)
+        motion = velocity_motion(a, self.period_s)
         try:
             self.robot.move(motion, asynchronous=True)  # preempts the previous step's motion seamlessly
         except franky_errors() as e:
