@@ -496,7 +496,7 @@ def collect_results(exp: Experiment) -> dict[str, Any]:
 
 
 def _final_metrics(exp: Experiment) -> dict[str, Any]:
-    from lapa.laq.train import read_metrics
+    from lapa.training import read_metrics
 
     runs = {"laq": exp.out / "laq", **{f"pretrain/{m}": exp.pretrain_run(m) for m in ("lapa", "actionvla")},
             "pretrain/vpt": exp.pretrain_run("vpt") / "pretrain",
