@@ -154,7 +154,7 @@ def loaded_after_import(*modules: str) -> list[str]:
 def test_robot_side_loads_no_training_code_or_simulator_in_a_fresh_interpreter():
     """A robot PC runs the policy, camera and speech nodes, `lapa say` and `lapa bringup`."""
     loaded = loaded_after_import("lapa_ros.policy_node", "lapa_ros.backends.franky_backend", "lapa_ros.camera_node",
-                                 "lapa_ros.speech_node", "lapa_ros.say", "lapa_ros.bringup")
+                                 "lapa_ros.speech_node", "lapa_ros.say", "lapa_ros.bringup", "lapa_ros.control_core")
     bad = [m for m in loaded if within(m, TRAINING_SIDE) or m.split(".")[0] in HEAVY]
     assert not bad, bad
 
