@@ -24,7 +24,8 @@ PACKAGES = ("lapa", "export", "policy_server", "lapa_ros", "calibration", "bench
 # and its submodules, except `lapa`, the package's own __init__, which names only itself).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("lapa", "lapa.action", "lapa.geometry", "lapa.vocabulary", "lapa.checkpoint", "lapa.policy_protocol",
-              "lapa.chunking", "lapa.franka", "lapa.errors", "lapa.config_checks")),
+              "lapa.chunking", "lapa.franka", "lapa.lru_cache", "lapa.file_hash", "lapa.errors",
+              "lapa.config_checks")),
     ("training", ("lapa.sim", "lapa.data", "lapa.laq", "lapa.policy", "lapa.eval", "lapa.experiment",
                   "lapa.training")),
     ("export", ("export",)),
