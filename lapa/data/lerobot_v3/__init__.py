@@ -1,6 +1,6 @@
 """Read and write LeRobot v3.0 datasets with pyarrow + PyAV (lerobot itself needs Python >= 3.12).
 
-The layout mirrors what lerobot 0.6.1 writes (see /work/shared/REFERENCE.md):
+The layout mirrors what lerobot 0.6.1 writes (docs/lerobot_v3.md):
 
     meta/info.json  meta/stats.json  meta/tasks.parquet
     meta/episodes/chunk-000/file-000.parquet     one row per episode (+ per-episode stats)
