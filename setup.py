@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     packages=find_packages(include=["lapa", "lapa.*", "lapa_ros", "lapa_ros.*", "policy_server",
                                     "policy_server.*", "export", "export.*", "calibration",
-                                    "calibration.*"]),
+                                    "calibration.*", "bench", "bench.*"]),
     package_data={"calibration": ["*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),

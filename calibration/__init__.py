@@ -1,9 +1,10 @@
 """Camera intrinsics, hand-eye extrinsics, and the workspace box and action frame, as YAML files.
 
 - `intrinsics`: pinhole + plumb_bob intrinsics in ROS `camera_info_manager` YAML; checkerboard
-  calibration with OpenCV; the intrinsics of a MuJoCo camera.
-- `extrinsics`: 4x4 homogeneous transforms, point projection, hand-eye calibration and the pose
-  of a MuJoCo camera in the OpenCV convention (`hand_eye`: the numpy AX = XB solvers).
+  calibration with OpenCV.
+- `extrinsics`: 4x4 homogeneous transforms, point projection, hand-eye calibration
+  (`hand_eye`: the numpy AX = XB solvers).
+- `mujoco_camera`: the intrinsics and the pose (OpenCV convention) of a MuJoCo camera.
 - `workspace`: the workspace box and the action / end-effector frames (`sim_workspace.yaml`).
 - `sim_camera`: intrinsics and pose of the simulator's scene camera.
 - `cli`: `lapa calibration checkerboard | hand-eye | sim-camera`.

@@ -18,9 +18,6 @@ from calibration.hand_eye import NUMPY_METHODS, solve_hand_eye
 from calibration.intrinsics import CameraIntrinsics
 from lapa.geometry import matrix_to_quat_xyzw, quat_wxyz_to_matrix
 
-# MuJoCo cameras look along their -z with +y up; OpenCV cameras look along +z with +y down. The two
-# frames share x and differ by a half turn about it: R_world_opencv = R_world_mujoco @ OPENCV_IN_MUJOCO.
-OPENCV_IN_MUJOCO = np.diag([1.0, -1.0, -1.0])
 MIN_HAND_EYE_POSES = 3
 MIN_ROTATION_RAD = np.radians(2.0)  # a gripper rotation smaller than this carries no hand-eye information
 HAND_EYE_METHODS = ("tsai", "park", "horaud", "andreff", "daniilidis")
@@ -201,28 +198,3 @@ def _check_rotation_diversity(rotations: list[np.ndarray]) -> None:
                 return
     raise CalibrationError("the gripper poses do not rotate about two different axes (by more than "
                            f"{np.degrees(MIN_ROTATION_RAD):.0f} degrees); tilt the gripper in varied directions")
-
-
-# ---------------------------------------------------------------------------------------- MuJoCo
-def mujoco_camera_pose(model, data, camera_name: str, base_body: str | None = None) -> np.ndarray:
-    """T_base_camera (4, 4) of a MuJoCo camera, camera axes in the OpenCV convention.
-
-    Reads `data.cam_xpos` / `data.cam_xmat`, so `data` must be current (after mj_forward or
-    mj_step). base_body=None takes the MuJoCo world frame as the base (true of the lapa scene).
-    """
-    import mujoco
-
-    cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera_name)
-    if cam_id < 0:
-        names = [model.camera(i).name for i in range(model.ncam)]
-        raise CalibrationError(f"no camera {camera_name!r} in the MuJoCo model; it has {names}")
-    T_world_camera = np.eye(4)
-    T_world_camera[:3, :3] = data.cam_xmat[cam_id].reshape(3, 3) @ OPENCV_IN_MUJOCO
-    T_world_camera[:3, 3] = data.cam_xpos[cam_id]
-    if base_body is None:
-        return T_world_camera
-    body_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, base_body)
-    if body_id < 0:
-        raise CalibrationError(f"no body {base_body!r} in the MuJoCo model")
-    T_world_base = make_transform(data.xpos[body_id], rotation=data.xmat[body_id].reshape(3, 3))
-    return invert_transform(T_world_base) @ T_world_camera

@@ -171,41 +171,6 @@ def save_intrinsics(intrinsics: CameraIntrinsics, path: str | Path) -> Path:
     return path
 
 
-def from_mujoco_camera(model, camera_name: str, width: int, height: int) -> CameraIntrinsics:
-    """The pinhole intrinsics of a MuJoCo camera rendered at width x height.
-
-    MuJoCo renders through the OpenGL frustum that `mjv_updateCamera` computes; its edges are the
-    outer edges of the image, so in pixel-centre coordinates (half a pixel in from the edges):
-    fy = H * near / (top - bottom), fx = W * near / (2 * half_width), cx = W * (half_width - centre)
-    / (2 * half_width) - 0.5 and cy = H * top / (top - bottom) - 0.5.
-    For a `fovy` camera this is fy = (H / 2) / tan(fovy / 2), fx = fy (square pixels: the frustum
-    takes its width from the image aspect), cx = (W - 1) / 2, cy = (H - 1) / 2. A camera with
-    `sensorsize` / `focal` / `principal` has its own frustum width and offset, which MuJoCo
-    stretches over the image whatever its size.
-    """
-    import mujoco
-
-    cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera_name)
-    if cam_id < 0:
-        names = [model.camera(i).name for i in range(model.ncam)]
-        raise CalibrationError(f"no camera {camera_name!r} in the MuJoCo model; it has {names}")
-    if model.cam_projection[cam_id] != mujoco.mjtProjection.mjPROJ_PERSPECTIVE:
-        raise CalibrationError(f"camera {camera_name!r} is orthographic; only perspective cameras have intrinsics")
-    cam = mujoco.MjvCamera()
-    cam.type, cam.fixedcamid = mujoco.mjtCamera.mjCAMERA_FIXED, cam_id
-    scene = mujoco.MjvScene(model, maxgeom=0)
-    mujoco.mjv_updateCamera(model, mujoco.MjData(model), cam, scene)  # the frustum depends on the model only
-    gl = scene.camera[0]
-    near, top, bottom, centre = gl.frustum_near, gl.frustum_top, gl.frustum_bottom, gl.frustum_center
-    half_width = gl.frustum_width if gl.frustum_width > 0 else 0.5 * (top - bottom) * width / height
-    return CameraIntrinsics(
-        width, height,
-        fx=float(width * near / (2 * half_width)), fy=float(height * near / (top - bottom)),
-        cx=float(width * (half_width - centre) / (2 * half_width) - 0.5),
-        cy=float(height * top / (top - bottom) - 0.5),
-        camera_name=camera_name)
-
-
 def checkerboard_points(pattern: tuple[int, int], square_m: float) -> np.ndarray:
     """(cols * rows, 3) inner-corner positions on the board plane z = 0, in OpenCV's detection order."""
     cols, rows = pattern

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibration.errors import CalibrationError
-from calibration.extrinsics import mujoco_camera_pose
-from calibration.intrinsics import CameraIntrinsics, from_mujoco_camera
+from calibration.intrinsics import CameraIntrinsics
+from calibration.mujoco_camera import from_mujoco_camera, mujoco_camera_pose
 
 
 @dataclass(frozen=True)

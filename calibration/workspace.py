@@ -21,7 +21,7 @@ import yaml
 
 from calibration.errors import CalibrationError
 
-# DESIGN.md: actions are deltas in the robot base frame; no other frame is implemented downstream.
+# docs/design.md: actions are deltas in the robot base frame; no other frame is implemented downstream.
 ACTION_FRAMES = ("base",)
 SIM_WORKSPACE_FILE = "sim_workspace.yaml"
 _KEYS = ("workspace_min_m", "workspace_max_m", "action_frame", "ee_frame")

@@ -18,7 +18,6 @@ have neither.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lapa.errors import UserError
+from lapa.file_hash import file_sha256
 
 FORMAT_VERSION = 1
 POLICY_ONNX = "policy.onnx"
@@ -60,14 +60,6 @@ def policy_io_names(state_dim: int, action_output: str) -> tuple[list[str], list
     inputs = [IMAGE_INPUT, TEXT_EMB_INPUT] + ([STATE_INPUT] if state_dim else [])
     score = NORMALIZED_OUTPUT if action_output == "l1" else LOGITS_OUTPUT
     return inputs, [ACTIONS_OUTPUT, BINS_OUTPUT, score]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ K*7 full passes with a Python loop around them, which belongs in a runtime loop 
 with a KV cache, not in one graph; serve such a model with the torch backend.
 
 Exporters: "dynamo" (torch.export, the default; its graph ran about 3x faster in ONNX Runtime than
-the legacy one on this CPU, see export/bench.py) and "legacy" (TorchScript tracing: seconds instead
+the legacy one on this CPU, see bench/model.py) and "legacy" (TorchScript tracing: seconds instead
 of tens of seconds to export, deprecated by PyTorch). Both keep batch and sequence dynamic; the
 parity check at export time runs several batch sizes and sequence lengths to prove it.
 """

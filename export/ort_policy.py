@@ -15,15 +15,13 @@ them in `<export dir>/trt_cache`; fp16 through ONNX Runtime is left off on purpo
 
 Threads: `threads` sets intra_op_num_threads (None: ONNX Runtime's default, one per core). Intra-op
 spinning is off by default: on a shared 2-core machine spinning threads fight the other processes
-and the tail latency suffers (see export/bench.py's ort_variants).
+and the tail latency suffers (see bench/model.py's ort_variants).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,8 @@ from export.metadata import (
     read_metadata,
 )
 from lapa.action import fake_state
-from policy_server.policy import (
+from lapa.lru_cache import LruCache
+from lapa.policy_protocol import (
     REPLY_ACTIONS,
     REPLY_MODEL_MS,
     STATE_REQUIRED,
@@ -166,10 +165,7 @@ class OnnxTextEncoder:
         self.session = open_session(export_dir / TEXT_ONNX, options, providers or ["CPUExecutionProvider"])
         check_io(meta, TEXT_ONNX, *session_io(self.session))
         self.embedding_dim = meta.text_dim
-        self.max_size = cache_size
-        self.hits = self.misses = 0
-        self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LruCache[str, np.ndarray] = LruCache(cache_size)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         encodings = self.tokenizer.encode_batch(list(texts))
@@ -183,28 +179,31 @@ class OnnxTextEncoder:
         return self.session.run([TEXT_EMB_OUTPUT], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0].astype(np.float32)
 
     def get(self, text: str) -> np.ndarray:
-        """float32 (D,) embedding of one instruction, from the cache when seen before."""
-        with self._lock:
-            emb = self._entries.get(text)
-            if emb is not None:
-                self._entries.move_to_end(text)
-                self.hits += 1
-                return emb
-            self.misses += 1
+        """float32 (D,) embedding of one instruction, from the cache when seen before (read-only)."""
+        return self._cache.get(text, self._encode_one)
+
+    def _encode_one(self, text: str) -> np.ndarray:
         emb = self.encode([text])[0]
         emb.setflags(write=False)
-        with self._lock:
-            self._entries[text] = emb
-            self._entries.move_to_end(text)
-            while len(self._entries) > self.max_size:
-                self._entries.popitem(last=False)
         return emb
 
+    @property
+    def max_size(self) -> int:
+        return self._cache.max_size
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
+
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._cache)
 
     def __contains__(self, text: str) -> bool:
-        return text in self._entries
+        return text in self._cache
 
 
 class OrtPolicy:

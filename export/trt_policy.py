@@ -39,7 +39,7 @@ from export.metadata import (
 )
 from export.ort_policy import REPLY_BINS, OnnxTextEncoder, choose_providers, session_options, state_feed
 from export.tensorrt_build import gpu_identity, import_tensorrt, require_cuda, sidecar_path
-from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
+from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
 
 
 def _torch_dtype(trt: Any, torch: Any, dtype: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The standard action and proprio-state vectors (DESIGN.md conventions).
+"""The standard action and proprio-state vectors (docs/design.md, conventions).
 
 Action float32[7]: [dx, dy, dz] metres and [droll, dpitch, dyaw] radians in the robot base frame
 (R_next = R_delta @ R_now), then the gripper target (1.0 open, 0.0 closed).

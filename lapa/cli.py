@@ -15,10 +15,10 @@ from lapa.errors import UserError
 SUBSYSTEMS: list[tuple[str, str]] = [
     ("sim", "lapa.sim.cli"),
     ("laq", "lapa.laq.cli"),
-    ("bench", "lapa.bench"),
+    ("bench", "bench"),
     ("export", "export.cli"),
-    ("demo", "lapa.demo"),
-    ("say", "lapa.say"),
+    ("demo", "lapa_ros.demo"),
+    ("say", "lapa_ros.say"),
     ("bringup", "lapa_ros.bringup"),
     ("train", "lapa.policy.cli"),
     ("eval", "lapa.eval.cli"),

@@ -1,6 +1,6 @@
 """Rotations and poses shared by the simulator, the safety filter and the robot backends.
 
-Convention (DESIGN.md): roll/pitch/yaw are extrinsic rotations about the base x, y, z axes,
+Convention (docs/design.md): roll/pitch/yaw are extrinsic rotations about the base x, y, z axes,
 R = Rz(yaw) @ Ry(pitch) @ Rx(roll); a delta rotation applies in the base frame:
 R_next = R_delta @ R_now.
 """

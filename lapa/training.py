@@ -1,20 +1,36 @@
-"""Checkpoint plumbing shared by the training loops (lapa/laq/train.py and lapa/policy/train.py).
+"""The one training loop of every stage (LAQ, the VLA, the IDM): progress, metrics, checkpoints, resume.
 
-A run keeps `checkpoints/step_NNNNNNNN/` directories and a `checkpoints/LATEST` pointer that names
-the newest complete one; only the newest `keep_last` directories are kept.
+A stage supplies its batches, its optimizer step and what a checkpoint holds (`Stage`); `train`
+runs it to a global step count. With a `TrainingRun` the loop writes, under the run directory:
+
+    checkpoints/step_00001000/   the stage's model files, then optimizer.safetensors, training_state.json
+    checkpoints/LATEST           name of the newest complete checkpoint (written last)
+    metrics.jsonl                one JSON line per log window (the stage's own keys)
+    loss.png, ...                the stage's curves, redrawn at every checkpoint
+
+and `resume` continues exactly: model, optimizer, step and RNG come back from the newest
+checkpoint and metrics logged after it are dropped. Only the newest `keep_last` step directories
+are kept. Without a run (the IDM: short, never resumed) the loop only steps and shows progress.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from tqdm import tqdm
 
 from lapa.checkpoint import (
+    TRAINING_STATE_FILE,
     CheckpointError,
     capture_rng_state,
     load_state_strict,
@@ -22,11 +38,32 @@ from lapa.checkpoint import (
     restore_rng_state,
     save_training_state,
 )
+from lapa.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+
+
+# ----------------------------------------------------------------------------- checkpoints
 
 
 def step_dir(root: Path, step: int) -> Path:
     """The checkpoint directory of a global step under a run's checkpoints/ folder."""
     return root / f"step_{step:08d}"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """Newest complete checkpoint under out_dir/checkpoints, or None."""
+    root = Path(out_dir) / CHECKPOINTS
+    pointer = root / "LATEST"
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / TRAINING_STATE_FILE).is_file():
+            return candidate
+    complete = sorted(d for d in root.glob("step_*") if (d / TRAINING_STATE_FILE).is_file())
+    return complete[-1] if complete else None
 
 
 def commit_checkpoint(root: Path, directory: Path, optimizer: torch.optim.Optimizer, step: int,
@@ -61,5 +98,225 @@ def restore_training(directory: Path, model: torch.nn.Module, state: dict[str, t
     return ts.step
 
 
+# ----------------------------------------------------------------------------- metrics
+
+
 def json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None  # JSON has no NaN / inf
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_metrics(path: Path, max_step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from, so history has no duplicates."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= max_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line from a crash
+    path.write_text("".join(f"{line}\n" for line in keep))
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step reports."""
+
+    loss: float
+    batch_size: int  # samples (frame pairs) in the batch: the throughput counts these
+    grad_norm: float = math.nan
+    means: dict[str, float] = field(default_factory=dict)  # averaged over a log window, like the loss
+    totals: dict[str, Any] = field(default_factory=dict)  # summed over a log window (counts, usage tensors)
+
+
+class MetricsWindow:
+    """The steps since the last metrics line: step count, samples, sums and totals, start time."""
+
+    def __init__(self) -> None:
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.n = 0
+        self.samples = 0
+        self.sums: dict[str, float] = {}
+        self.totals: dict[str, Any] = {}
+        self.t0 = now
+        self.grad_norm = math.nan  # of the window's last step
+
+    def add(self, result: StepResult) -> None:
+        self.n += 1
+        self.samples += result.batch_size
+        self.grad_norm = result.grad_norm
+        for k, v in {"loss": result.loss, **result.means}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        for k, v in result.totals.items():
+            self.totals[k] = self.totals[k] + v if k in self.totals else v
+
+    def mean(self, key: str) -> float:
+        return self.sums.get(key, math.nan) / max(self.n, 1)
+
+    def samples_per_s(self, now: float) -> float:
+        return self.samples / max(now - self.t0, 1e-9)
+
+
+# ----------------------------------------------------------------------------- what a stage supplies
+
+
+class Stage(Protocol):
+    """One kind of training: its batches and its step; with a `TrainingRun` also its metrics line,
+    its checkpoint files and its curves."""
+
+    optimizer: torch.optim.Optimizer
+
+    def batch(self, step: int) -> Any | None:
+        """The batch of global step `step` (0-based, before the step runs); None when the data ran out."""
+
+    def train_step(self, step: int, batch: Any) -> StepResult:
+        """Forward, backward and the optimizer step on `batch` (see `optimizer_step`)."""
+
+    def metrics_row(self, step: int, window: MetricsWindow, now: float) -> dict[str, Any]:
+        """The metrics.jsonl line of a window that ends at `step`."""
+
+    def save(self, directory: Path, step: int) -> None:
+        """Write the model files of a checkpoint (the loop adds optimizer and training state)."""
+
+    def plot(self, metrics_path: Path, out_dir: Path) -> Any:
+        """Draw the curves from metrics.jsonl into out_dir."""
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   grad_clip: float) -> float:
+    """Backward, clip the gradient norm to `grad_clip`, step; returns the norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    optimizer.step()
+    return grad_norm
+
+
+# ----------------------------------------------------------------------------- the run directory
+
+
+class TrainingRun:
+    """A run directory: refuses to start over a run with checkpoints unless resuming."""
+
+    def __init__(self, out_dir: str | os.PathLike, resume: bool, how_to_resume: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.checkpoints = self.out_dir / CHECKPOINTS
+        self.metrics_path = self.out_dir / METRICS_FILE
+        previous = latest_checkpoint(self.out_dir)
+        if previous is not None and not resume:
+            raise UserError(f"{self.out_dir} already holds checkpoints ({previous.name}); {how_to_resume}")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.resume_from: Path | None = previous if resume else None
+
+    def start_at(self, step: int) -> None:
+        """The run continues from `step`: forget metrics logged after it."""
+        truncate_metrics(self.metrics_path, step)
+
+    def log(self, row: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def checkpoint(self, stage: Stage, step: int, keep_last: int) -> Path:
+        directory = step_dir(self.checkpoints, step)
+        stage.save(directory, step)
+        commit_checkpoint(self.checkpoints, directory, stage.optimizer, step, keep_last)
+        stage.plot(self.metrics_path, self.out_dir)
+        return directory
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class LoopOptions:
+    steps: int  # the global step to train to
+    ckpt_every: int = 1000
+    log_every: int = 10
+    keep_last: int = 2
+    progress: bool = True
+    desc: str = "train"  # progress bar label
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1:
+            raise ValueError("steps must be >= 0 and ckpt_every, log_every, keep_last >= 1")
+
+
+@dataclass
+class LoopResult:
+    steps: int  # global step reached
+    start_step: int  # global step this call started from (> 0 after a resume)
+    final_loss: float  # mean loss of the last log window (nan if none was logged)
+    samples_per_s: float  # training throughput: time in `train_step` only (no data loading, no checkpoints)
+    checkpoint: Path | None  # newest checkpoint directory
+    seconds: float  # wall time of the loop
+
+
+def train(stage: Stage, options: LoopOptions, run: TrainingRun | None = None, start: int = 0,
+          on_step: Callable[[int, StepResult], None] | None = None) -> LoopResult:
+    """Run `stage` from global step `start` to `options.steps`; log and checkpoint into `run` if given.
+
+    A metrics line every `log_every` steps and at the end, a checkpoint (with a metrics line for any
+    steps not yet logged) every `ckpt_every` steps and at the end; when the data runs out early the
+    steps done are logged and checkpointed all the same. `on_step(step, result)` follows every step.
+    """
+    window = MetricsWindow()
+    step, last_loss, train_time, samples = start, math.nan, 0.0, 0
+    checkpoint = run.resume_from if run is not None else None
+
+    def log_window() -> float:
+        now = time.perf_counter()
+        run.log(stage.metrics_row(step, window, now))
+        loss = window.mean("loss")
+        window.reset(now)
+        return loss
+
+    bar = tqdm(total=options.steps, initial=start, disable=not options.progress, desc=options.desc, unit="step",
+               dynamic_ncols=True)
+    wall0 = time.perf_counter()
+    try:
+        while step < options.steps:
+            batch = stage.batch(step)
+            if batch is None:
+                log.warning("%s: the data ran out at step %d of %d", options.desc, step, options.steps)
+                break
+            t0 = time.perf_counter()
+            result = stage.train_step(step, batch)
+            step += 1
+            train_time += time.perf_counter() - t0
+            samples += result.batch_size
+            bar.update(1)
+            window.add(result)
+            if on_step is not None:
+                on_step(step, result)
+            if run is None:
+                continue
+            if step % options.log_every == 0 or step == options.steps:
+                last_loss = log_window()
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            if step % options.ckpt_every == 0 or step == options.steps:
+                if window.n:
+                    last_loss = log_window()
+                checkpoint = run.checkpoint(stage, step, options.keep_last)
+    finally:
+        bar.close()
+    if run is not None and step > start and (checkpoint is None or checkpoint.name != step_dir(run.checkpoints,
+                                                                                                 step).name):
+        if window.n:  # the data ran out before the last checkpoint
+            last_loss = log_window()
+        checkpoint = run.checkpoint(stage, step, options.keep_last)
+    return LoopResult(steps=step, start_step=start, final_loss=last_loss,
+                      samples_per_s=samples / train_time if train_time > 0 else 0.0, checkpoint=checkpoint,
+                      seconds=time.perf_counter() - wall0)

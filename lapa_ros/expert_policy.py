@@ -22,9 +22,9 @@ import numpy as np
 
 from lapa.action import RobotState
 from lapa.geometry import quat_wxyz_to_matrix
+from lapa.policy_protocol import check_observation
 from lapa.sim.expert import ScriptedExpert
-from lapa.sim.tasks import parse_instruction
-from policy_server.policy import check_observation
+from lapa.vocabulary import parse_instruction
 
 SCENE_TOPIC = "/lapa_sim/scene"
 IMAGE_SIZE = (64, 64)

@@ -18,6 +18,11 @@ Services (std_srvs/Trigger):
   /lapa/emergency_stop   stop now and latch: nothing moves until /lapa/start
   /lapa/home             stop, then move to the home pose with the gripper open (blocking, seconds)
 
+The control logic (tick, execute, hold, fault, the services' states) is `ControlCore`
+(lapa_ros/control_core.py), which knows nothing of ROS; this node declares the parameters, builds
+the safety filter, chunk executor, inference worker and robot backend, and wires topics, services
+and the control clock to the core.
+
 Threads: the ROS executor (MultiThreadedExecutor) runs sensor callbacks, services and the status
 timer in separate callback groups; the control clock is a thread of its own (absolute deadlines),
 the network runs in `InferenceWorker`'s thread, franky's state is read by the backend's thread. A tick asks
@@ -33,21 +38,18 @@ import os
 import sys
 import threading
 import time
-from collections import deque
-from pathlib import Path
 
 import numpy as np
 
-from lapa.chunking import CHUNK_MODES, DEFAULT_ENSEMBLE_DECAY, ChunkExecutor, TickAction
-from lapa_ros.backends import BACKENDS, BackendError
-from lapa_ros.inference import Frame, FrameBuffer, InferenceWorker, Request, Result
-from lapa_ros.safety import FAULT, HOLD, SafetyFilter, SafetyLimits
+from lapa.chunking import CHUNK_MODES, DEFAULT_ENSEMBLE_DECAY, ChunkExecutor
+from lapa_ros.backends import BACKENDS
+from lapa_ros.control_core import ControlCore, CoreSettings
+from lapa_ros.inference import FrameBuffer, InferenceWorker
+from lapa_ros.safety import SafetyFilter, SafetyLimits
 
 NODE_NAME = "lapa_policy"
-STOP_WORDS = frozenset({"stop", "stop the robot", "cancel", "halt"})
 SIM_ROBOT_IP = "sim"  # robot_ip value: take the address lapa_sim announces
 ROBOT_IP_TOPIC = "/lapa_sim/robot_ip"
-STATS_WINDOW = 2000
 
 # name: (default, description). Types follow the defaults.
 PARAMETERS: dict[str, tuple[object, str]] = {
@@ -89,10 +91,6 @@ PARAMETERS: dict[str, tuple[object, str]] = {
 }
 
 
-def percentile_ms(values, q: float) -> float | None:
-    return float(np.percentile(np.asarray(values), q)) if len(values) else None
-
-
 class PolicyNode:
     """Holds the rclpy node; `spin()` runs it on a MultiThreadedExecutor until shutdown."""
 
@@ -117,45 +115,26 @@ class PolicyNode:
             raise ValueError(f"robot_backend must be one of {BACKENDS}, got {p['robot_backend']!r}")
         if p["chunk_mode"] not in CHUNK_MODES:
             raise ValueError(f"chunk_mode must be one of {CHUNK_MODES}, got {p['chunk_mode']!r}")
-        self.safety = SafetyFilter(SafetyLimits(
+        safety = SafetyFilter(SafetyLimits(
             max_step_translation_m=p["max_step_translation_m"], max_step_rotation_rad=p["max_step_rotation_rad"],
             workspace_min_m=tuple(p["workspace_min_m"]), workspace_max_m=tuple(p["workspace_max_m"]),
             gripper_close_below=p["gripper_close_below"], gripper_open_above=p["gripper_open_above"],
             max_image_age_s=p["max_image_age_s"], max_action_age_s=p["max_action_age_s"],
             max_server_age_s=p["max_server_age_s"]))
-        self.executor_chunks = ChunkExecutor(p["chunk_mode"], int(p["chunk_n"]), float(p["ensemble_decay"]))
-
-        # State shared between the executor's threads and the inference thread, under _lock.
-        self._lock = threading.RLock()
-        self.state_name = "starting"
-        self.reason = "connecting to the policy server and the robot"
-        self.instruction = ""
-        self.running = False
-        self.homing = False
-        self._moving = False
-        self._tick = 0
-        self._tick_mono_s = 0.0
-        self._tick_done = True
-        self._not_before_mono_s = 0.0
-        self._robot_state = None
+        chunks = ChunkExecutor(p["chunk_mode"], int(p["chunk_n"]), float(p["ensemble_decay"]))
+        self.frames = FrameBuffer()
+        self.core = ControlCore(safety, chunks, self.frames, log=self.log, on_command=self._publish_action,
+                                settings=CoreSettings(max_robot_state_age_s=p["max_robot_state_age_s"],
+                                                      autostart=p["autostart"]))
         self._robot_ip: str | None = None if p["robot_ip"] == SIM_ROBOT_IP else p["robot_ip"]
-        self.backend = None
         self.control_hz: float | None = p["control_hz"] or None
-        self._ready = threading.Event()
         self._closing = False
-        self._stats = {
-            "tick_mono_s": deque(maxlen=STATS_WINDOW), "latency_ms": deque(maxlen=STATS_WINDOW),
-            "model_ms": deque(maxlen=STATS_WINDOW), "round_trip_ms": deque(maxlen=STATS_WINDOW),
-            "camera_ms": deque(maxlen=STATS_WINDOW), "frame_wait_ms": deque(maxlen=STATS_WINDOW),
-            "command_mono_s": deque(maxlen=STATS_WINDOW)}
-        self.counts = {"commands": 0, "holds": 0, "faults": 0, "clamped": 0, "images": 0, "replies": 0}
 
         # ROS interfaces
         sensors = MutuallyExclusiveCallbackGroup()
         services = MutuallyExclusiveCallbackGroup()  # start, home: one at a time
         stopping = ReentrantCallbackGroup()  # stop, emergency stop: never wait behind a move home
         status = MutuallyExclusiveCallbackGroup()
-        self.frames = FrameBuffer()
         node.create_subscription(Image, p["image_topic"], self._on_image, qos_profile_sensor_data,
                                  callback_group=sensors)
         compressed = p["compressed_image_topic"] or p["image_topic"].rstrip("/") + "/compressed"
@@ -171,18 +150,21 @@ class PolicyNode:
         self.pub_status = node.create_publisher(String, "/lapa/status", 10)
         self.pub_camera = (node.create_publisher(Image, p["image_topic"], qos_profile_sensor_data)
                            if p["robot_backend"] == "sim" and p["sim_publish_camera"] else None)
-        node.create_service(Trigger, "/lapa/start", self._srv_start, callback_group=services)
-        node.create_service(Trigger, "/lapa/stop", self._srv_stop, callback_group=stopping)
-        node.create_service(Trigger, "/lapa/emergency_stop", self._srv_estop, callback_group=stopping)
-        node.create_service(Trigger, "/lapa/home", self._srv_home, callback_group=services)
+        node.create_service(Trigger, "/lapa/start", self._service(self.core.start), callback_group=services)
+        node.create_service(Trigger, "/lapa/stop", self._service(self.core.stop_service), callback_group=stopping)
+        node.create_service(Trigger, "/lapa/emergency_stop", self._service(self.core.emergency_stop),
+                            callback_group=stopping)
+        node.create_service(Trigger, "/lapa/home", self._service(self.core.home), callback_group=services)
         self._control_thread = threading.Thread(target=self._control_loop, name="lapa-control", daemon=True)
         self._wake = threading.Event()
         node.create_timer(1.0 / max(0.1, p["status_hz"]), self._publish_status, callback_group=status)
 
         api_key = p["api_key"] or os.environ.get("LAPA_API_KEY") or None
-        self.worker = InferenceWorker(p["server_url"], self.frames, self._on_result, self._on_server_error,
+        self.worker = InferenceWorker(p["server_url"], self.frames, self.core.on_result, self.core.on_server_error,
                                       api_key=api_key, timeout_s=p["server_timeout_s"],
-                                      image_sync_s=p["image_sync_s"], max_image_wait_s=p["max_image_wait_s"]).start()
+                                      image_sync_s=p["image_sync_s"], max_image_wait_s=p["max_image_wait_s"])
+        self.core.worker = self.worker
+        self.worker.start()
         self._setup_thread = threading.Thread(target=self._setup, name="lapa-setup", daemon=True)
         self._setup_thread.start()
 
@@ -195,10 +177,10 @@ class PolicyNode:
             if meta and meta.get("control_hz"):
                 self.control_hz = float(meta["control_hz"])
                 break
-            self._set_state("starting", f"waiting for the policy server at {p['server_url']}")
+            self.core.set_waiting(f"waiting for the policy server at {p['server_url']}")
             time.sleep(0.05)
         while p["robot_backend"] == "franky" and self._robot_ip is None and not self._closing:
-            self._set_state("starting", f"waiting for lapa_sim to announce the robot address on {ROBOT_IP_TOPIC}")
+            self.core.set_waiting(f"waiting for lapa_sim to announce the robot address on {ROBOT_IP_TOPIC}")
             time.sleep(0.05)
         if self._closing:
             return
@@ -206,7 +188,7 @@ class PolicyNode:
             if p["robot_backend"] == "franky":
                 from lapa_ros.backends.franky_backend import FrankyBackend
 
-                self._set_state("starting", f"connecting to the robot at {self._robot_ip}")
+                self.core.set_waiting(f"connecting to the robot at {self._robot_ip}")
                 backend = FrankyBackend(self._robot_ip, self.control_hz, p["connect_timeout_s"],
                                         p["relative_dynamics_factor"])
             else:
@@ -216,15 +198,11 @@ class PolicyNode:
                                      on_image=self._publish_sim_image if self.pub_camera else None)
             backend.connect()
         except Exception as e:  # noqa: BLE001 - reported on /lapa/status, never a crash loop
-            self._fault(f"robot backend {p['robot_backend']} failed to connect: {e}")
-            self.log.error(self.reason)
+            self.core.fault(f"robot backend {p['robot_backend']} failed to connect: {e}")
+            self.log.error(self.core.reason)
             return
-        self.backend = backend
-        self._robot_state = backend.state()
-        self.safety.release(gripper_open=self._robot_state.gripper_width_m > 0.04)
-        self._set_state("idle", "ready: waiting for an instruction")
+        self.core.attach_backend(backend, self.control_hz)
         self.log.info(f"robot backend {backend.name} connected; control at {self.control_hz:g} Hz")
-        self._ready.set()
         self._control_thread.start()
 
     def _control_loop(self) -> None:
@@ -242,9 +220,9 @@ class PolicyNode:
         next_t = time.monotonic()
         while not self._closing:
             try:
-                self._on_tick()
+                self.core.tick()
             except Exception as e:  # noqa: BLE001 - any error stops the robot and is reported
-                self._fault(f"control loop error: {type(e).__name__}: {e}")
+                self.core.fault(f"control loop error: {type(e).__name__}: {e}")
             next_t += period
             delay = next_t - time.monotonic()
             if delay < -period:  # overran by more than a period: skip the missed ticks
@@ -266,7 +244,7 @@ class PolicyNode:
         except ValueError as e:
             self.log.warning(f"dropping an image: {e}", throttle_duration_sec=5.0)
             return
-        self._put_frame(image, stamp_seconds(msg.header))
+        self.core.put_frame(image, stamp_seconds(msg.header))
 
     def _on_compressed(self, msg) -> None:
         from lapa_ros.images import compressed_format_ok, stamp_seconds
@@ -275,238 +253,20 @@ class PolicyNode:
             self.log.warning(f"dropping a {msg.format!r} CompressedImage: JPEG or PNG only",
                              throttle_duration_sec=5.0)
             return
-        self._put_frame(bytes(msg.data), stamp_seconds(msg.header))
-
-    def _put_frame(self, image, stamp_s: float) -> None:
-        now_wall = time.time()
-        capture = stamp_s if stamp_s > 0 else now_wall
-        self.frames.put(Frame(image, capture, time.monotonic(), now_wall))
-        self.counts["images"] += 1
+        self.core.put_frame(bytes(msg.data), stamp_seconds(msg.header))
 
     def _on_instruction(self, msg) -> None:
-        text = " ".join(msg.data.strip().split())
-        if not text:
-            return
-        if text.lower().strip(".!") in STOP_WORDS:
-            self.log.info(f"instruction {text!r}: stopping")
-            self._stop("stopped by instruction")
-            return
-        with self._lock:
-            self.instruction = text
-            self.executor_chunks.clear()
-            self._not_before_mono_s = time.monotonic()
-            started = self.params["autostart"] and self.safety.fault is None and self.backend is not None
-            if started:
-                self.running = True
-                self._set_state("running", f"executing {text!r}")
-        self.log.info(f"instruction {text!r}" + ("" if started else " (not started: see /lapa/status)"))
+        self.core.on_instruction(msg.data)
 
-    # ------------------------------------------------------------------ the control tick
-    def _on_tick(self) -> None:
-        now = time.monotonic()
-        self._stats["tick_mono_s"].append(now)
-        backend = self.backend
-        if backend is None or self.homing:
-            return
-        with self._lock:
-            previous_done = self._tick_done
-            self._tick += 1
-            tick = self._tick
-            self._tick_mono_s = now
-            self._tick_done = False
-            try:
-                backend.check()
-                self._robot_state = backend.state()
-            except BackendError as e:
-                self._fault(f"robot error: {e}")
-                return
-            if not self.running or self.safety.fault is not None or not self.instruction:
-                self._halt_if_moving()
-                backend.hold()
-                return
-            stale = self.safety.check_freshness(now, self._newest_image_time(), now, self.worker.server_time_s)
-            state_age = backend.state_age_s()
-            if stale is None and state_age > self.params["max_robot_state_age_s"]:
-                stale = f"stale robot state: {1e3 * state_age:.0f} ms old"
-            if stale is not None:
-                self._hold(self._explain(stale))
-                return
-            ta = self.executor_chunks.action_for(tick)
-            if ta is not None:
-                self._execute(ta, now)
-            elif not previous_done:
-                backend.hold()  # no command last tick either: the sim backend steps (and renders) anyway
-            if self.executor_chunks.needs_request(tick):
-                state = self._robot_state.as_vector()
-                self.worker.request(Request(tick, now, self.instruction, state, self._not_before_mono_s))
+    @staticmethod
+    def _service(handler):
+        """A std_srvs/Trigger callback around a core service `() -> (success, message)`."""
 
-    def _on_result(self, result: Result) -> None:
-        """Inference thread: a reply. Its first action runs now if its tick is still the current one."""
-        self.counts["replies"] += 1
-        self._stats["model_ms"].append(result.reply.model_ms)
-        self._stats["round_trip_ms"].append(result.reply.round_trip_ms)
-        frame = result.frame
-        self._stats["camera_ms"].append(1e3 * (frame.receipt_wall_s - frame.capture_time_s))  # render + transport
-        self._stats["frame_wait_ms"].append(1e3 * (result.sent_mono_s - frame.receipt_mono_s))  # received -> sent
-        with self._lock:
-            try:
-                self.executor_chunks.add_chunk(result.reply.actions, result.frame.receipt_mono_s,
-                                               result.request.tick, arrival_tick=self._tick)
-            except ValueError as e:
-                self._fault(f"invalid reply from the policy server: {e}")
-                return
-            if not self.running or self._tick_done:
-                return  # this tick already has its command: the chunk serves the next ticks
-            ta = self.executor_chunks.action_for(self._tick)
-            if ta is not None:
-                self._execute(ta, time.monotonic(), result.frame.capture_time_s)
-
-    def _execute(self, ta: TickAction, now: float, capture_time_s: float | None = None) -> None:
-        """Under _lock: safety filter, then the robot. Marks the tick done."""
-        self._tick_done = True
-        verdict = self.safety.filter(ta.action, self._robot_state, now, self._newest_image_time(), ta.obs_time_s,
-                                     self.worker.server_time_s)
-        if verdict.kind == FAULT:
-            self._fault(verdict.reason)
-            return
-        if verdict.kind == HOLD:
-            self._hold(self._explain(verdict.reason))
-            return
-        try:
-            self.backend.apply(verdict.action)
-        except BackendError as e:
-            self._fault(f"robot error: {e}")
-            return
-        self._moving = True
-        self.counts["commands"] += 1
-        self.counts["clamped"] += bool(verdict.clamped)
-        if self.state_name != "running":
-            self._set_state("running", f"executing {self.instruction!r}")
-        self._stats["command_mono_s"].append(now)
-        latency_ms = None
-        if capture_time_s is not None:
-            latency_ms = 1e3 * (time.time() - capture_time_s)
-            self._stats["latency_ms"].append(latency_ms)
-        self._publish_action(verdict.action, latency_ms)
-
-    # ------------------------------------------------------------------ stopping
-    def _halt_if_moving(self) -> None:
-        if self._moving:
-            self._stop_robot()
-
-    def _stop_robot(self) -> None:
-        """Command a stop now (non-blocking); never raises (a failed stop is logged, the fault stays)."""
-        self._moving = False
-        if self.backend is None:
-            return
-        try:
-            self.backend.stop()
-        except Exception as e:  # noqa: BLE001 - already stopping: report, do not recurse
-            self.safety.latch(f"robot error while stopping: {e}")
-            self.log.error(f"stopping the robot failed: {e}")
-
-    def _hold(self, reason: str) -> None:
-        """Stale input: stop (without latching) and forget queued chunks; resumes when inputs are fresh."""
-        self.counts["holds"] += 1
-        self.executor_chunks.clear()
-        self._halt_if_moving()
-        if self.backend is not None:
-            self.backend.hold()
-        if self.state_name != "holding" or self.reason != reason:
-            self.log.warning(f"holding: {reason}", throttle_duration_sec=2.0)
-        self._set_state("holding", reason)
-
-    def _fault(self, reason: str) -> None:
-        with self._lock:
-            self.counts["faults"] += 1
-            self.safety.latch(reason)
-            self.running = False
-            self.executor_chunks.clear()
-            self._stop_robot()  # whatever runs (a policy step, a move home): stop it
-            self._set_state("fault", self.safety.fault or reason)
-        self.log.error(f"stopped: {reason}", throttle_duration_sec=2.0)
-
-    def _stop(self, reason: str) -> None:
-        with self._lock:
-            self.running = False
-            self.executor_chunks.clear()
-            self._stop_robot()
-            if self.safety.fault is None:
-                self._set_state("stopped", reason)
-
-    def _on_server_error(self, message: str, fatal: bool) -> None:
-        if fatal:
-            self._fault(message)
-
-    def _explain(self, reason: str) -> str:
-        if reason.startswith("no server") and self.worker.last_error:
-            return self.worker.last_error
-        return reason
-
-    def _newest_image_time(self) -> float | None:
-        frame = self.frames.newest()
-        if frame is None or frame.receipt_mono_s <= self._not_before_mono_s:
-            return None
-        return frame.receipt_mono_s
-
-    def _set_state(self, name: str, reason: str) -> None:
-        self.state_name, self.reason = name, reason
-
-    # ------------------------------------------------------------------ services
-    def _srv_start(self, _req, resp):
-        if self.backend is None:
-            resp.success, resp.message = False, f"not ready: {self.reason}"
+        def callback(_req, resp):
+            resp.success, resp.message = handler()
             return resp
-        was = self.safety.fault
-        with self._lock:
-            self.running = False  # the control thread holds while the robot recovers (outside the lock)
-        try:
-            self.backend.recover()
-            state = self.backend.state()
-        except Exception as e:  # noqa: BLE001 - a service always answers
-            resp.success, resp.message = False, f"robot did not recover: {e}"
-            return resp
-        with self._lock:
-            self._robot_state = state
-            self.safety.release(gripper_open=self._robot_state.gripper_width_m > 0.04)
-            self.executor_chunks.clear()
-            self._not_before_mono_s = time.monotonic()  # only images taken from now on drive the arm
-            self.running = True
-            self._set_state("running" if self.instruction else "idle",
-                            f"executing {self.instruction!r}" if self.instruction else "waiting for an instruction")
-        resp.success = True
-        resp.message = f"started (cleared: {was})" if was else "started"
-        self.log.info(resp.message)
-        return resp
 
-    def _srv_stop(self, _req, resp):
-        self._stop("stopped by /lapa/stop")
-        resp.success, resp.message = True, "stopped"
-        return resp
-
-    def _srv_estop(self, _req, resp):
-        self._fault("emergency stop (/lapa/emergency_stop): call /lapa/start to resume")
-        resp.success, resp.message = True, "emergency stop latched"
-        return resp
-
-    def _srv_home(self, _req, resp):
-        if self.backend is None:
-            resp.success, resp.message = False, f"not ready: {self.reason}"
-            return resp
-        self._stop("moving home")
-        self.homing = True
-        try:
-            self.backend.home()
-            self._robot_state = self.backend.state()
-            resp.success, resp.message = True, "at home"
-            self._set_state("idle" if self.safety.fault is None else "fault",
-                            "at home: waiting for an instruction" if self.safety.fault is None else self.reason)
-        except Exception as e:  # noqa: BLE001 - a service always answers
-            self._fault(f"move home failed: {e}")
-            resp.success, resp.message = False, str(e)
-        finally:
-            self.homing = False
-        return resp
+        return callback
 
     # ------------------------------------------------------------------ outputs
     def _publish_action(self, action: np.ndarray, latency_ms: float | None) -> None:
@@ -531,37 +291,16 @@ class PolicyNode:
         self.pub_camera.publish(rgb_to_image(image, stamp_s, "scene_camera"))
 
     def status(self) -> dict:
-        ticks = np.diff(np.asarray(self._stats["tick_mono_s"])) * 1e3
-        recent = ticks[-200:]
-        period_ms = 1e3 / self.control_hz if self.control_hz else None
-        state = self._robot_state
         meta = self.worker.metadata or {}
         return {
-            "state": self.state_name, "reason": self.reason, "instruction": self.instruction,
-            "running": self.running, "fault": self.safety.fault, "backend": self.params["robot_backend"],
-            "robot_ip": self._robot_ip, "control_hz": self.control_hz,
-            "achieved_hz": float(1e3 / recent.mean()) if len(recent) else None,
-            "jitter_p99_ms": (float(np.percentile(np.abs(recent - period_ms), 99))
-                              if len(recent) and period_ms else None),
-            "latency_p50_ms": percentile_ms(list(self._stats["latency_ms"])[-200:], 50),
-            "latency_p99_ms": percentile_ms(list(self._stats["latency_ms"])[-200:], 99),
-            "model_p50_ms": percentile_ms(list(self._stats["model_ms"])[-200:], 50),
+            **self.core.status(), "backend": self.params["robot_backend"], "robot_ip": self._robot_ip,
             "server": {"url": self.params["server_url"], "connected": self.worker.connected,
                        "model_hash": meta.get("model_hash"), "backend": meta.get("backend"),
                        "error": self.worker.last_error},
-            "ee_pos_m": state.ee_pos_m.round(4).tolist() if state is not None else None,
-            "gripper_width_m": round(state.gripper_width_m, 4) if state is not None else None,
-            "tick": self._tick, "counts": dict(self.counts),
         }
 
     def _publish_status(self) -> None:
         self.pub_status.publish(self._msgs["String"](data=json.dumps(self.status())))
-
-    def write_stats(self, path: str) -> None:
-        data = {k: list(v) for k, v in self._stats.items()}
-        data.update(control_hz=self.control_hz, counts=self.counts, status=self.status())
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data))
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
@@ -571,11 +310,11 @@ class PolicyNode:
             self._control_thread.join(2.0)
         if self.params["stats_file"]:
             try:
-                self.write_stats(self.params["stats_file"])
+                self.core.write_stats(self.params["stats_file"], self.status())
             except OSError as e:
                 self.log.warning(f"could not write {self.params['stats_file']}: {e}")
         self.worker.close()
-        backend, self.backend = self.backend, None
+        backend = self.core.detach_backend()
         if backend is not None:
             try:
                 backend.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lapa.sim.tasks import FAMILIES, parse_instruction
+from lapa.vocabulary import FAMILIES, parse_instruction
 from lapa_ros.bringup import Bringup
 from lapa_ros.launch_plan import EXPERT_MODEL, LaunchPlan, NodeSpec, ProcessSpec
 from lapa_ros.ros_env import apply_ros_env, private_domain_id

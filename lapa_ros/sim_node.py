@@ -1,7 +1,7 @@
 """`lapa_sim`: franky-sim with the tabletop scene, its camera, episode resets and task success.
 
 Starts franky-sim's libfranka server on a free 127.x.y.z address (through
-`lapa.sim.franky_driver`'s server link, without a client of its own: the policy node's franky
+`lapa.sim.franky_sim_link.SimLink`, without a client of its own: the policy node's franky
 backend is *the* client, exactly as with a real robot) and announces the address on
 `/lapa_sim/robot_ip` (latched). Then:
 
@@ -31,15 +31,11 @@ import sys
 import threading
 import time
 
-import numpy as np
-
-from lapa.action import RobotState
-from lapa.geometry import matrix_to_rpy, quat_wxyz_to_matrix
-from lapa.sim.scene import ROBOT_PREFIX, SceneConfig, block_joint_name, sample_block_poses
-from lapa.sim.tasks import EpisodeStart, is_success, parse_instruction
+from lapa.sim.scene import SceneConfig
+from lapa.sim.tasks import EpisodeStart, is_success
+from lapa.vocabulary import parse_instruction
 
 NODE_NAME = "lapa_sim"
-SETTLE_S = 0.3
 
 PARAMETERS: dict[str, tuple[object, str]] = {
     "image_topic": ("/camera/image_raw", "where the scene camera is published"),
@@ -50,29 +46,6 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "seed": (0, "block placement of the next /lapa_sim/reset (and of the start)"),
     "status_hz": (10.0, "rate of /lapa_sim/task_status, /lapa_sim/success and /lapa_sim/scene"),
 }
-
-
-class SimView:
-    """`SceneView` (lapa.sim.tasks) over one physics snapshot."""
-
-    def __init__(self, model, data, tcp_site: int, finger_qpos: np.ndarray, block_qpos: dict[str, int]) -> None:
-        self.model, self.data = model, data
-        self._tcp, self._fingers, self._blocks = tcp_site, finger_qpos, block_qpos
-
-    def robot_state(self) -> RobotState:
-        R = self.data.site_xmat[self._tcp].reshape(3, 3)
-        return RobotState(self.data.site_xpos[self._tcp].copy(), matrix_to_rpy(R),
-                          float(np.sum(self.data.qpos[self._fingers])))
-
-    def block_pose(self, colour: str) -> tuple[np.ndarray, np.ndarray]:
-        adr = self._blocks[colour]
-        return self.data.qpos[adr:adr + 3].copy(), quat_wxyz_to_matrix(self.data.qpos[adr + 3:adr + 7])
-
-    def scene_dict(self) -> dict:
-        s = self.robot_state()
-        return {"tcp_pos_m": s.ee_pos_m.tolist(), "tcp_rpy_rad": s.ee_rpy_rad.tolist(),
-                "gripper_width_m": s.gripper_width_m,
-                "blocks": {c: self.data.qpos[a:a + 7].tolist() for c, a in self._blocks.items()}}
 
 
 class SimNode:
@@ -86,7 +59,7 @@ class SimNode:
         from std_srvs.srv import Trigger
 
         from calibration.sim_camera import sim_scene_calibration
-        from lapa.sim.franky_driver import SimLink
+        from lapa.sim.franky_sim_link import SimLink
         from lapa_ros.camera_node import camera_info_topic
 
         logging.getLogger("franky_sim").setLevel(logging.WARNING)  # it logs every protocol message
@@ -101,11 +74,6 @@ class SimNode:
         t0 = time.monotonic()
         self.link = SimLink(self.config)
         m = self.link.model
-        self._tcp_site = m.site("tcp").id
-        self._finger_qpos = np.array([m.jnt_qposadr[m.joint(f"{ROBOT_PREFIX}finger_joint{i}").id] for i in (1, 2)])
-        joints = {c: m.joint(block_joint_name(c)).id for c in self.config.colours}
-        self._block_qpos = {c: int(m.jnt_qposadr[j]) for c, j in joints.items()}
-        self._block_dof = {c: int(m.jnt_dofadr[j]) for c, j in joints.items()}
         self._lock = threading.Lock()
         self.task = None
         self.instruction = ""
@@ -138,25 +106,19 @@ class SimNode:
 
     # ------------------------------------------------------------------ scene
     def _place_blocks(self, seed: int) -> None:
-        poses = sample_block_poses(self.config, np.random.default_rng(seed))
-
-        def place(data) -> None:
-            for colour, (pos, yaw) in poses.items():
-                adr, dof = self._block_qpos[colour], self._block_dof[colour]
-                data.qpos[adr:adr + 3] = pos
-                data.qpos[adr + 3:adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
-                data.qvel[dof:dof + 6] = 0.0
-
-        self.link.call(place)
-        self.link.wait_until(self.link.time_s + SETTLE_S)
+        self.link.place_blocks(seed)
         with self._lock:
             self.seed = seed
             self.episode += 1
-            self.start = EpisodeStart({c: p for c, p in self._view().block_pose_all().items()})
+            self.start = EpisodeStart(self.link.view().block_positions())
 
-    def _view(self) -> _ViewWithAll:
-        data = self.link.observe()
-        return _ViewWithAll(self.link.model, data, self._tcp_site, self._finger_qpos, self._block_qpos)
+    def _scene_dict(self, view) -> dict:
+        """Block poses (xyz + quaternion wxyz), TCP pose and gripper width: the expert's input."""
+        s = view.robot_state()
+        data, index = view.data, view.index
+        return {"tcp_pos_m": s.ee_pos_m.tolist(), "tcp_rpy_rad": s.ee_rpy_rad.tolist(),
+                "gripper_width_m": s.gripper_width_m,
+                "blocks": {c: data.qpos[a:a + 7].tolist() for c, a in index.block_qpos.items()}}
 
     # ------------------------------------------------------------------ camera thread
     def _camera_loop(self) -> None:
@@ -192,9 +154,9 @@ class SimNode:
         with self._lock:
             self.instruction = text
             self.task = task
-        view = self._view()
+        view = self.link.view()
         with self._lock:
-            self.start = EpisodeStart(view.block_pose_all())
+            self.start = EpisodeStart(view.block_positions())
         if task is None:
             self.log.info(f"instruction {text!r} names no task of the suite: not scored")
 
@@ -212,7 +174,7 @@ class SimNode:
         return resp
 
     def _publish_status(self) -> None:
-        view = self._view()
+        view = self.link.view()
         with self._lock:
             task, start, instruction = self.task, self.start, self.instruction
         success = bool(task is not None and start is not None and is_success(task, view, start))
@@ -227,7 +189,7 @@ class SimNode:
                   "robot_ip": self.link.hostname}
         self.pub_status.publish(self._String(data=json.dumps(status)))
         self.pub_success.publish(self._Bool(data=success))
-        scene = view.scene_dict()
+        scene = self._scene_dict(view)
         scene.update(episode=self.episode, seed=self.seed, sim_time_s=sim_t)
         self.pub_scene.publish(self._String(data=json.dumps(scene)))
 
@@ -237,11 +199,6 @@ class SimNode:
             self._camera.join(5.0)
         self.link.close()
         self.node.destroy_node()
-
-
-class _ViewWithAll(SimView):
-    def block_pose_all(self) -> dict[str, np.ndarray]:
-        return {c: self.block_pose(c)[0] for c in self._blocks}
 
 
 def main(argv: list[str] | None = None) -> int:

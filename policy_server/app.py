@@ -33,10 +33,10 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
+from lapa.policy_protocol import Policy
 from policy_server import codec
 from policy_server.metrics import Metrics
 from policy_server.observation import InputLimits, RequestError
-from policy_server.policy import Policy
 from policy_server.security import ApiKeyMiddleware, InsecureBindError, check_bind, resolve_api_key
 from policy_server.service import PolicyService, ServiceConfig
 

@@ -11,7 +11,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from policy_server.policy import Policy
+from lapa.policy_protocol import Policy
 
 # name -> (module, class, what to install or build when it is missing)
 BACKENDS: dict[str, tuple[str, str, str]] = {

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from policy_server.policy import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
+from lapa.policy_protocol import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
 
 STATE_DIM = 8
 _JPEG_MAGIC = b"\xff\xd8\xff"

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from lapa.action import fake_state
+from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, Policy, PolicyInputError
 from policy_server.metrics import Metrics
 from policy_server.observation import ActRequest, InputLimits, RequestError, parse_request
-from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, Policy, PolicyInputError
 
 log = logging.getLogger("policy_server")
 

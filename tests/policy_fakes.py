@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from policy_server.policy import check_observation
+from lapa.policy_protocol import check_observation
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent

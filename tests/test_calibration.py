@@ -19,7 +19,6 @@ from calibration.extrinsics import (
     invert_transform,
     load_transform,
     make_transform,
-    mujoco_camera_pose,
     project_points,
     save_transform,
     transform_to_yaml_dict,
@@ -28,10 +27,10 @@ from calibration.hand_eye import solve_hand_eye
 from calibration.intrinsics import (
     CameraIntrinsics,
     calibrate_checkerboard,
-    from_mujoco_camera,
     load_intrinsics,
     save_intrinsics,
 )
+from calibration.mujoco_camera import from_mujoco_camera, mujoco_camera_pose
 from calibration.sim_camera import sim_scene_calibration
 from calibration.workspace import Workspace, load_workspace, save_workspace, sim_workspace
 from lapa.sim.fast_driver import FastDriver

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lapa.demo import EXPERT_SCRIPT, MODEL_SCRIPT, SPEECH_FIXTURES, demo_script, episode_plan, register
-from lapa.sim.tasks import parse_instruction
+from lapa.vocabulary import parse_instruction
+from lapa_ros.demo import EXPERT_SCRIPT, MODEL_SCRIPT, SPEECH_FIXTURES, demo_script, episode_plan, register
 
 
 def demo_args(*argv: str) -> argparse.Namespace:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from export.bench import random_checkpoint, random_text_encoder
+from bench.random_models import random_checkpoint, random_text_encoder
 from lapa.cli import main
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("torch_one_thread")]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from export.bench import random_checkpoint, random_text_encoder
+from bench.random_models import random_checkpoint, random_text_encoder
 from export.graph_check import check_graph, softmax_report
 from export.metadata import (
     METADATA_FILE,

@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("franky")
 pytest.importorskip("franky_sim")
 
+from lapa.franka import HOME_GRIPPER_WIDTH_M, connect_franky  # noqa: E402
 from lapa.geometry import rotation_error  # noqa: E402
 from lapa.sim.env import TabletopEnv, episode_task, run_episode  # noqa: E402
-from lapa.sim.franky_driver import FrankyDriver, connect_franky  # noqa: E402
+from lapa.sim.franky_driver import FrankyDriver  # noqa: E402
 from lapa.sim.scene import (  # noqa: E402
     BLOCK_HALF_SIZE_M,
-    HOME_GRIPPER_WIDTH_M,
     SceneConfig,
     sample_block_poses,
 )

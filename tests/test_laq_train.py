@@ -13,7 +13,8 @@ from lapa.checkpoint import CheckpointError, load_training_state
 from lapa.errors import UserError
 from lapa.laq.config import LAQConfig
 from lapa.laq.model import LAQ
-from lapa.laq.train import latest_checkpoint, train_laq
+from lapa.laq.train import train_laq
+from lapa.training import latest_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from export.ort_policy import OrtPolicy
 from lapa.action import fake_state
 from lapa.policy.text_encoder import TextEncoder
 from lapa.policy.torch_policy import TorchPolicy
+from lapa.policy_protocol import Policy, PolicyInputError
 from policy_server.backends import load_backend
-from policy_server.policy import Policy, PolicyInputError
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("torch_one_thread")]
 

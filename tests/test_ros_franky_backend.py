@@ -13,8 +13,9 @@ pytest.importorskip("franky")
 pytest.importorskip("franky_sim")
 pytest.importorskip("rclpy")
 
+from lapa.franka import velocity_for  # noqa: E402
 from lapa_ros.backends import BackendError  # noqa: E402
-from lapa_ros.backends.franky_backend import FrankyBackend, velocity_for  # noqa: E402
+from lapa_ros.backends.franky_backend import FrankyBackend  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(240)]
 HOME_TCP_M = np.array([0.5, 0.0, 0.25])

@@ -44,7 +44,7 @@ def test_console_sends_lines_and_calls_services():
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
-    from lapa.say import Speaker, console
+    from lapa_ros.say import Speaker, console
 
     probe = RosProbe("console_probe")
     calls: list[str] = []

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lapa.sim.scene import BLOCK_COLOURS
-from lapa.sim.tasks import DIRECTIONS, FAMILIES, TaskFamily, TaskInstance, parse_instruction
+from lapa.vocabulary import BLOCK_COLOURS, DIRECTIONS, FAMILIES, TaskFamily, TaskInstance, parse_instruction
 from lapa_ros.speech.audio import AudioFileError, read_wav, resample
 from lapa_ros.speech.grammar import STOP_PHRASES, build_jsgf, grammar_words, is_stop, strip_polite
 from lapa_ros.speech.microphone import EnergyVad, MicrophoneUnavailable, WavSource, segment, wav_paths

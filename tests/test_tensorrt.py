@@ -21,7 +21,7 @@ from export.metadata import ExportError  # noqa: E402
 from export.ort_policy import OrtPolicy  # noqa: E402
 from export.tensorrt_build import BuildOptions, build_engine, sidecar_path  # noqa: E402
 from export.trt_policy import TrtPolicy, TrtRunner  # noqa: E402
-from policy_server.policy import Policy, PolicyInputError  # noqa: E402
+from lapa.policy_protocol import Policy, PolicyInputError  # noqa: E402
 
 SMALL = dict(image_size=32, patch_size=8, dim=64, depth=2, heads=2, chunk_size=3, text_dim=32)
 

@@ -13,7 +13,7 @@ from lapa.policy.checkpoint_io import save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.model import VLA
 from lapa.policy.torch_policy import TorchPolicy
-from policy_server.policy import Policy, PolicyInputError
+from lapa.policy_protocol import Policy, PolicyInputError
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -63,7 +63,7 @@ def export_random_policy(root: Path, preset: str, seed: int = 0, parity_samples:
                          **config: Any) -> Path:
     """A random checkpoint of `preset` (+ `config`) and a small random MiniLM under `root`, exported with
     the legacy exporter (seconds, not tens of seconds); returns the export directory."""
-    from export.bench import random_checkpoint, random_text_encoder
+    from bench.random_models import random_checkpoint, random_text_encoder
     from export.onnx_export import export_onnx
 
     ckpt = random_checkpoint(root / "ckpt", preset=preset, seed=seed, **config)

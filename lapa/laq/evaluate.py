@@ -33,7 +33,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if (path / "config.json").is_file():
         return path
-    from lapa.laq.train import latest_checkpoint
+    from lapa.training import latest_checkpoint
 
     latest = latest_checkpoint(path) if path.is_dir() else None
     if latest is None:

@@ -8,7 +8,6 @@ the gap in seconds, the image size, L and the codebook size, so stage 2 can chec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from lapa.data.frame_pairs import ClipCatalog, iter_pairs
 from lapa.errors import UserError
+from lapa.file_hash import file_sha256
 from lapa.laq.model import LAQ
 
 LABELS_FORMAT = "lapa-latent-labels/1"
@@ -43,14 +43,6 @@ class LatentLabels:
 
     def __len__(self) -> int:
         return len(self.codes)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""Stage 1 training loop: LAQ on frame pairs, with checkpoints, exact resume, metrics and plots.
+"""Stage 1 training: LAQ on frame pairs, run by the shared loop (lapa/training.py).
 
 Layout of `out_dir`:
     checkpoints/step_00001000/   model.safetensors, config.json, optimizer.safetensors, training_state.json
@@ -10,26 +10,33 @@ Layout of `out_dir`:
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 import lapa
-from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint
-from lapa.errors import UserError
+from lapa.checkpoint import CheckpointError, load_checkpoint
 from lapa.laq.config import LAQConfig
 from lapa.laq.metrics import perplexity_from_counts
 from lapa.laq.model import LAQ
 from lapa.laq.nsvq import dead_code_schedule
-from lapa.training import check_same_config, commit_checkpoint, json_float, restore_training, step_dir
+from lapa.training import (
+    LoopOptions,
+    MetricsWindow,
+    StepResult,
+    TrainingRun,
+    check_same_config,
+    json_float,
+    optimizer_step,
+    read_metrics,
+    restore_training,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +56,6 @@ class LAQTrainResult:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """Newest complete checkpoint under out_dir/checkpoints, or None."""
-    root = Path(out_dir) / "checkpoints"
-    pointer = root / "LATEST"
-    if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if (candidate / TRAINING_STATE_FILE).is_file():
-            return candidate
-    complete = sorted(d for d in root.glob("step_*") if (d / TRAINING_STATE_FILE).is_file())
-    return complete[-1] if complete else None
-
-
-def _save(root: Path, step: int, model: LAQ, optimizer: torch.optim.Optimizer, provenance: dict[str, Any],
-          keep_last: int) -> Path:
-    directory = step_dir(root, step)
-    model.save(directory, extra={"step": step, "provenance": provenance})
-    return commit_checkpoint(root, directory, optimizer, step, keep_last)
-
-
 def _resume(directory: Path, config: LAQConfig, model: LAQ, optimizer: torch.optim.Optimizer) -> int:
     doc, state = load_checkpoint(directory)
     try:
@@ -79,30 +67,6 @@ def _resume(directory: Path, config: LAQConfig, model: LAQ, optimizer: torch.opt
 
 
 # ----------------------------------------------------------------------------- metrics and plots
-
-
-def _truncate_metrics(path: Path, max_step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from, so history has no duplicates."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= max_step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a torn last line from a crash
-    path.write_text("".join(f"{line}\n" for line in keep))
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def plot_metrics(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
@@ -146,7 +110,57 @@ def plot_metrics(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) ->
     return [loss_png, usage_png]
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the stage
+
+
+class _LAQStage:
+    """LAQ's batches, step, metrics line and checkpoint for the shared loop."""
+
+    def __init__(self, model: LAQ, optimizer: torch.optim.Optimizer, batches: Iterable[torch.Tensor], lr: float,
+                 grad_clip: float, device: str | torch.device, provenance: dict[str, Any]) -> None:
+        self.model, self.optimizer, self.lr, self.grad_clip = model, optimizer, lr, grad_clip
+        self.device, self.provenance = device, provenance
+        self.data: Iterator[torch.Tensor] = iter(batches)
+        self.batch_size = 1  # of the newest batch: the collapse guard counts samples with it
+
+    def batch(self, step: int) -> torch.Tensor | None:
+        return next(self.data, None)
+
+    def train_step(self, step: int, batch: torch.Tensor) -> StepResult:
+        batch = batch.to(self.device, non_blocking=True)
+        self.batch_size = B = batch.shape[0]
+        out = self.model(batch)
+        grad_norm = optimizer_step(self.model, self.optimizer, out.loss, self.grad_clip)
+        replaced = 0
+        if dead_code_schedule(step + 1):
+            replaced = int(self.model.nsvq.replace_dead_codes(B).numel())
+        return StepResult(out.loss.item(), B, grad_norm,
+                          totals={"codes_replaced": replaced, "usage": out.usage.cpu()})
+
+    def metrics_row(self, step: int, window: MetricsWindow, now: float) -> dict[str, Any]:
+        """One metrics line for the steps since the last one; runs the collapse guard."""
+        usage = window.totals["usage"]  # (L, K)
+        seen = self.batch_size * window.n
+        alive = int(self.model.nsvq.alive_mask(seen, usage.sum(0)).sum())
+        if step >= COLLAPSE_GRACE_STEPS:
+            self.model.nsvq.check_collapse(seen, usage.sum(0))
+        return {
+            "step": step,
+            "loss": json_float(window.mean("loss")),
+            "grad_norm": json_float(window.grad_norm),
+            "lr": self.lr,
+            "pairs_per_s": window.samples_per_s(now),
+            "perplexity": [round(float(p), 4) for p in perplexity_from_counts(usage)],
+            "usage": usage.tolist(),
+            "alive_codes": alive,
+            "codes_replaced": window.totals["codes_replaced"],
+        }
+
+    def save(self, directory: Path, step: int) -> None:
+        self.model.save(directory, extra={"step": step, "provenance": self.provenance})
+
+    def plot(self, metrics_path: Path, out_dir: Path) -> list[Path]:
+        return plot_metrics(metrics_path, out_dir)
 
 
 def train_laq(
@@ -174,115 +188,31 @@ def train_laq(
     starts fresh if there is none. `batches` is consumed from its start either way: give it the
     data for the steps still to run. `on_step(step, info)` is called after every optimizer step.
     """
-    if steps < 0 or ckpt_every < 1 or log_every < 1 or keep_last < 1:
-        raise ValueError("steps must be >= 0 and ckpt_every, log_every, keep_last >= 1")
-    out_dir = Path(out_dir)
-    ckpt_root = out_dir / "checkpoints"
-    metrics_path = out_dir / "metrics.jsonl"
-    previous = latest_checkpoint(out_dir)
-    if previous is not None and not resume:
-        raise UserError(
-            f"{out_dir} already holds checkpoints ({previous.name}); pass resume=True or pick a new out_dir"
-        )
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-
+    options = LoopOptions(steps, ckpt_every=ckpt_every, log_every=log_every, keep_last=keep_last,
+                          progress=progress, desc="LAQ")
+    run = TrainingRun(out_dir, resume, "pass resume=True or pick a new out_dir")
     torch.manual_seed(seed)
     model = LAQ(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
     start = 0
-    if resume and previous is not None:
-        start = _resume(previous, config, model, optimizer)
-        log.info("resuming LAQ training from %s (step %d)", previous, start)
-    _truncate_metrics(metrics_path, start)
+    if run.resume_from is not None:
+        start = _resume(run.resume_from, config, model, optimizer)
+        log.info("resuming LAQ training from %s (step %d)", run.resume_from, start)
+    run.start_at(start)
     provenance = {
         "stage": "laq", "lapa_version": lapa.__version__, "torch_version": torch.__version__, "seed": seed,
         "lr": lr, "betas": list(betas), "grad_clip": grad_clip,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-    L, K = config.latent_seq_len, config.codebook_size
-    window = {"loss": 0.0, "n": 0, "pairs": 0, "replaced": 0, "usage": torch.zeros(L, K, dtype=torch.int64),
-              "t0": time.perf_counter()}
-    step, last_loss, train_time, pairs, B, grad_norm = start, float("nan"), 0.0, 0, 1, float("nan")
-    ckpt_dir: Path | None = previous if resume else None
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="LAQ", unit="step", dynamic_ncols=True)
-    data = iter(batches)
+    stage = _LAQStage(model, optimizer, batches, lr, grad_clip, device, provenance)
+    report = None
+    if on_step is not None:
+        def report(step: int, r: StepResult) -> None:
+            on_step(step, {"loss": r.loss, "grad_norm": r.grad_norm,
+                           "codes_replaced": float(r.totals["codes_replaced"])})
     model.train()
-    try:
-        while step < steps:
-            try:
-                batch = next(data)
-            except StopIteration:
-                log.warning("LAQ data ran out at step %d of %d", step, steps)
-                break
-            t0 = time.perf_counter()
-            batch = batch.to(device, non_blocking=True)
-            B = batch.shape[0]
-            out = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-            optimizer.step()
-            step += 1
-            replaced = 0
-            if dead_code_schedule(step):
-                replaced = int(model.nsvq.replace_dead_codes(B).numel())
-            loss = out.loss.item()
-            train_time += time.perf_counter() - t0
-            pairs += B
-            bar.update(1)
-
-            window["loss"] += loss
-            window["n"] += 1
-            window["pairs"] += B
-            window["replaced"] += replaced
-            window["usage"] += out.usage.cpu()
-            if on_step is not None:
-                on_step(step, {"loss": loss, "grad_norm": grad_norm, "codes_replaced": float(replaced)})
-
-            if step % log_every == 0 or step == steps:
-                last_loss = _log_window(metrics_path, window, step, grad_norm, lr, model, B)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-            if step % ckpt_every == 0 or step == steps:
-                if window["n"]:
-                    last_loss = _log_window(metrics_path, window, step, grad_norm, lr, model, B)
-                ckpt_dir = _save(ckpt_root, step, model, optimizer, provenance, keep_last)
-                plot_metrics(metrics_path, out_dir)
-    finally:
-        bar.close()
-    if step > start and (ckpt_dir is None or ckpt_dir.name != step_dir(ckpt_root, step).name):  # data ran out early
-        if window["n"]:
-            last_loss = _log_window(metrics_path, window, step, grad_norm, lr, model, B)
-        ckpt_dir = _save(ckpt_root, step, model, optimizer, provenance, keep_last)
-        plot_metrics(metrics_path, out_dir)
+    result = train(stage, options, run, start, on_step=report)
     return LAQTrainResult(
-        final_loss=last_loss, steps=step, start_step=start,
-        pairs_per_s=pairs / train_time if train_time > 0 else 0.0,
-        checkpoint_dir=ckpt_dir, metrics_path=metrics_path,
+        final_loss=result.final_loss, steps=result.steps, start_step=start, pairs_per_s=result.samples_per_s,
+        checkpoint_dir=result.checkpoint, metrics_path=run.metrics_path,
     )
-
-
-def _log_window(path: Path, window: dict[str, Any], step: int, grad_norm: float, lr: float, model: LAQ,
-                batch_size: int) -> float:
-    """Append one metrics line for the steps since the last one, run the collapse guard, reset."""
-    usage = window["usage"]  # (L, K)
-    now = time.perf_counter()
-    mean_loss = window["loss"] / max(window["n"], 1)
-    alive = int(model.nsvq.alive_mask(batch_size * window["n"], usage.sum(0)).sum())
-    if step >= COLLAPSE_GRACE_STEPS:
-        model.nsvq.check_collapse(batch_size * window["n"], usage.sum(0))
-    row = {
-        "step": step,
-        "loss": json_float(mean_loss),
-        "grad_norm": json_float(grad_norm),
-        "lr": lr,
-        "pairs_per_s": window["pairs"] / max(now - window["t0"], 1e-9),
-        "perplexity": [round(float(p), 4) for p in perplexity_from_counts(usage)],
-        "usage": usage.tolist(),
-        "alive_codes": alive,
-        "codes_replaced": window["replaced"],
-    }
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-    window.update(loss=0.0, n=0, pairs=0, replaced=0, usage=torch.zeros_like(usage), t0=now)
-    return mean_loss

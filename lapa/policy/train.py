@@ -6,8 +6,8 @@
 - `finetune_actions`  (stage 3): from "scratch", a latent checkpoint (latent head dropped, a fresh
                        action head added) or an action checkpoint (trunk kept; see below).
 
-The loop follows lapa/laq/train.py: AdamW at a constant learning rate (as the reference), grad
-clipping, tqdm progress, `metrics.jsonl` + `loss.png`, checkpoints under `checkpoints/step_N/`
+The shared loop (lapa/training.py) runs it: AdamW at a constant learning rate (as the reference),
+grad clipping, tqdm progress, `metrics.jsonl` + `loss.png`, checkpoints under `checkpoints/step_N/`
 (save_vla + optimizer + step) with a `LATEST` pointer, and `resume=True` continuing exactly: the
 batch of step s is drawn from `default_rng([seed, s])`, so no data-loader state needs saving.
 
@@ -24,26 +24,35 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import lapa
 from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint
 from lapa.data.frame_pairs import dataset_image_size
 from lapa.errors import UserError
-from lapa.laq.train import _truncate_metrics, latest_checkpoint, read_metrics
 from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
 from lapa.policy.model import VLA, RegressionHead, action_loss, goal_features, l1_action_loss, latent_loss
-from lapa.training import check_same_config, commit_checkpoint, json_float, restore_training, step_dir
+from lapa.training import (
+    LoopOptions,
+    MetricsWindow,
+    StepResult,
+    TrainingRun,
+    check_same_config,
+    json_float,
+    latest_checkpoint,
+    optimizer_step,
+    read_metrics,
+    restore_training,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +126,6 @@ def run_step(out_dir: str | os.PathLike) -> int:
     return int(json.loads((latest / TRAINING_STATE_FILE).read_text())["step"])
 
 
-def _save(root: Path, step: int, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer,
-          provenance: dict[str, Any], keep_last: int) -> Path:
-    directory = step_dir(root, step)
-    save_vla(directory, model, tokenizer=tokenizer, extra={"step": step, "provenance": provenance})
-    return commit_checkpoint(root, directory, optimizer, step, keep_last)
-
-
 def _resume(directory: Path, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer) -> int:
     """Load model, optimizer, RNG from a run's checkpoint after checking it is the same setup."""
     _, saved_config, saved_tok = read_vla_config(directory)
@@ -193,6 +195,35 @@ def _optimizer(model: VLA, opts: TrainOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=opts.lr, betas=opts.betas)
 
 
+class _VLAStage:
+    """The VLA's batches (drawn from the step's own RNG), step, metrics line and checkpoint."""
+
+    def __init__(self, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer,
+                 data: TrainingSet, opts: TrainOptions, provenance: dict[str, Any], title: str) -> None:
+        self.model, self.tokenizer, self.optimizer, self.data, self.opts = model, tokenizer, optimizer, data, opts
+        self.provenance, self.title = provenance, title
+
+    def batch(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.opts.seed, step])  # the batch of a step never depends on history
+        return self.data.sample(rng, self.opts.batch_size, augment=self.opts.augment)
+
+    def train_step(self, step: int, batch: Batch) -> StepResult:
+        loss, stats = compute_loss(self.model, batch)
+        grad_norm = optimizer_step(self.model, self.optimizer, loss, self.opts.grad_clip)
+        return StepResult(loss.item(), len(batch), grad_norm, means=stats)
+
+    def metrics_row(self, step: int, window: MetricsWindow, now: float) -> dict[str, Any]:
+        means = {k: json_float(window.mean(k)) for k in window.sums}
+        return {"step": step, **means, "grad_norm": json_float(window.grad_norm), "lr": self.opts.lr,
+                "samples_per_s": window.samples_per_s(now)}
+
+    def save(self, directory: Path, step: int) -> None:
+        save_vla(directory, self.model, tokenizer=self.tokenizer, extra={"step": step, "provenance": self.provenance})
+
+    def plot(self, metrics_path: Path, out_dir: Path) -> Path | None:
+        return plot_metrics(metrics_path, out_dir, title=self.title)
+
+
 def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, out_dir: str | os.PathLike,
               opts: TrainOptions, *, resume: bool = False, provenance: dict[str, Any] | None = None,
               desc: str = "VLA") -> VLATrainResult:
@@ -201,66 +232,28 @@ def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, 
         raise ValueError("an action-head model trains with its fitted ActionTokenizer")
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    out_dir = Path(out_dir)
-    ckpt_root = out_dir / "checkpoints"
-    metrics_path = out_dir / "metrics.jsonl"
-    previous = latest_checkpoint(out_dir)
-    if previous is not None and not resume:
-        raise UserError(f"{out_dir} already holds checkpoints ({previous.name}); pass --resume or pick a new --out")
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-
+    run = TrainingRun(out_dir, resume, "pass --resume or pick a new --out")
     optimizer = _optimizer(model, opts)
     start = 0
-    if resume and previous is not None:
-        start = _resume(previous, model, tokenizer, optimizer)
-        log.info("resuming %s from %s (step %d)", desc, previous, start)
-    _truncate_metrics(metrics_path, start)
+    if run.resume_from is not None:
+        start = _resume(run.resume_from, model, tokenizer, optimizer)
+        log.info("resuming %s from %s (step %d)", desc, run.resume_from, start)
+    run.start_at(start)
     provenance = {
         **(provenance or {}), "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
         "train_samples": len(data), "recording_image_size": _recording_image_size(data.sources),
         "lapa_version": lapa.__version__, "torch_version": torch.__version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-    window: dict[str, Any] = {"n": 0, "samples": 0, "t0": time.perf_counter(), "sums": {}}
-    step, last_loss, train_time, samples, grad_norm = start, math.nan, 0.0, 0, math.nan
-    ckpt_dir: Path | None = previous if resume else None
-    bar = tqdm(total=opts.steps, initial=start, disable=not opts.progress, desc=desc, unit="step", dynamic_ncols=True)
-    wall0 = time.perf_counter()
+    stage = _VLAStage(model, tokenizer, optimizer, data, opts, provenance, desc)
+    options = LoopOptions(opts.steps, ckpt_every=opts.ckpt_every, log_every=opts.log_every, keep_last=opts.keep_last,
+                          progress=opts.progress, desc=desc)
     model.train()
-    try:
-        while step < opts.steps:
-            t0 = time.perf_counter()
-            rng = np.random.default_rng([opts.seed, step])  # the batch of a step never depends on history
-            batch = data.sample(rng, opts.batch_size, augment=opts.augment)
-            loss, stats = compute_loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip))
-            optimizer.step()
-            step += 1
-            train_time += time.perf_counter() - t0
-            samples += len(batch)
-            bar.update(1)
-            window["n"] += 1
-            window["samples"] += len(batch)
-            for k, v in {"loss": loss.item(), **stats}.items():
-                window["sums"][k] = window["sums"].get(k, 0.0) + v
-            if step % opts.log_every == 0 or step == opts.steps:
-                last_loss = _log_window(metrics_path, window, step, grad_norm, opts.lr)
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-            if step % opts.ckpt_every == 0 or step == opts.steps:
-                if window["n"]:
-                    last_loss = _log_window(metrics_path, window, step, grad_norm, opts.lr)
-                ckpt_dir = _save(ckpt_root, step, model, tokenizer, optimizer, provenance, opts.keep_last)
-                plot_metrics(metrics_path, out_dir, title=desc)
-    finally:
-        bar.close()
+    result = train(stage, options, run, start)
     model.eval()
     return VLATrainResult(
-        checkpoint=ckpt_dir, steps=step, start_step=start, final_loss=last_loss,
-        samples_per_s=samples / train_time if train_time > 0 else 0.0,
-        seconds=time.perf_counter() - wall0, metrics_path=metrics_path,
+        checkpoint=result.checkpoint, steps=result.steps, start_step=start, final_loss=result.final_loss,
+        samples_per_s=result.samples_per_s, seconds=result.seconds, metrics_path=run.metrics_path,
     )
 
 
@@ -269,18 +262,6 @@ def _recording_image_size(sources: list[str]) -> int | None:
     the data was); None when the sources disagree or do not say."""
     sizes = {dataset_image_size(s) for s in sources}
     return sizes.pop() if len(sizes) == 1 else None
-
-
-def _log_window(path: Path, window: dict[str, Any], step: int, grad_norm: float, lr: float) -> float:
-    now = time.perf_counter()
-    n = max(window["n"], 1)
-    means = {k: json_float(v / n) for k, v in window["sums"].items()}
-    row = {"step": step, **means, "grad_norm": json_float(grad_norm), "lr": lr,
-           "samples_per_s": window["samples"] / max(now - window["t0"], 1e-9)}
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-    window.update(n=0, samples=0, t0=now, sums={})
-    return means.get("loss") or math.nan
 
 
 def plot_metrics(metrics_path: str | os.PathLike, out_dir: str | os.PathLike, title: str = "VLA") -> Path | None:

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 import lapa
 from lapa.action import ACTION_DIM
 from lapa.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
 from lapa.errors import UserError
 from lapa.policy.datasets import ClipFrames, all_clip_keys, load_clips, write_pseudo_actions
+from lapa.training import LoopOptions, StepResult, optimizer_step, train
 
 IDM_MODEL_TYPE = "idm"
 GRIPPER = ACTION_DIM - 1
@@ -95,6 +95,30 @@ def _pair_rows(clips: ClipFrames) -> np.ndarray:
     return np.concatenate([clips.offsets[c] + np.arange(clips.length(c) - 1) for c in range(len(clips.keys))])
 
 
+class _IDMStage:
+    """The IDM's batches (frame pairs drawn from the step's own RNG) and step for the shared loop; no
+    checkpoints while it trains (short, never resumed): `train_idm` saves the final model."""
+
+    def __init__(self, model: InverseDynamics, optimizer: torch.optim.Optimizer, frames: np.ndarray,
+                 actions: np.ndarray, rows: np.ndarray, batch_size: int, seed: int) -> None:
+        self.model, self.optimizer, self.rows, self.batch_size, self.seed = model, optimizer, rows, batch_size, seed
+        self.frames = torch.from_numpy(frames)  # (F, S, S, 3)
+        self.actions = torch.from_numpy(actions)  # (F, 7)
+        self.losses: list[float] = []
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        r = torch.from_numpy(self.rows[rng.integers(0, len(self.rows), self.batch_size)])  # (B,)
+        return torch.stack([self.frames[r], self.frames[r + 1]], dim=1), self.actions[r]  # (B, 2, S, S, 3), (B, 7)
+
+    def train_step(self, step: int, batch: tuple[Tensor, Tensor]) -> StepResult:
+        pairs, actions = batch
+        loss = self.model.loss(pairs, actions)
+        grad_norm = optimizer_step(self.model, self.optimizer, loss, 1.0)
+        self.losses.append(loss.item())
+        return StepResult(self.losses[-1], len(pairs), grad_norm)
+
+
 @dataclass
 class IDMResult:
     checkpoint: Path
@@ -122,23 +146,13 @@ def train_idm(roots: list[str | os.PathLike], out_dir: str | os.PathLike, *, ima
     cont = actions[rows, :GRIPPER]
     model.mean.copy_(torch.from_numpy(cont.mean(0)))
     model.std.copy_(torch.from_numpy(np.maximum(cont.std(0), 1e-4)))  # constant dims (droll) stay finite
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    frames = torch.from_numpy(clips.frames)  # (F, S, S, 3)
-    acts = torch.from_numpy(actions)
+    stage = _IDMStage(model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4), clips.frames, actions,
+                      rows, batch_size, seed)
     t0 = time.perf_counter()
-    losses: list[float] = []
     model.train()
-    for step in tqdm(range(steps), desc="IDM", unit="step", disable=not progress):
-        rng = np.random.default_rng([seed, step])
-        r = torch.from_numpy(rows[rng.integers(0, len(rows), batch_size)])  # (B,)
-        pairs = torch.stack([frames[r], frames[r + 1]], dim=1)  # (B, 2, S, S, 3)
-        loss = model.loss(pairs, acts[r])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+    train(stage, LoopOptions(steps, progress=progress, desc="IDM"))
     model.eval()
+    losses = stage.losses
     pred = predict_clip_actions(model, clips)  # on its own training data: a sanity figure only
     metrics = compare_actions(np.concatenate([p[:-1] for p in pred]),
                               np.concatenate([a[:-1] for a in clips.actions]))  # type: ignore[index]

@@ -65,7 +65,7 @@ def _record(args: argparse.Namespace) -> int:
 def resolve_task(text: str, seed: int):
     """A task name, a family (random colour from the seed), or an instruction -> (task, instruction)."""
     from lapa.sim.env import episode_task
-    from lapa.sim.tasks import FAMILIES, TaskInstance, parse_instruction
+    from lapa.vocabulary import FAMILIES, TaskInstance, parse_instruction
 
     text = text.strip()
     if text in FAMILIES:

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lapa.sim.driver import Driver
 from lapa.sim.expert import ScriptedExpert
-from lapa.sim.tasks import FAMILIES, EpisodeStart, TaskInstance, is_success, sample_instance
+from lapa.sim.tasks import EpisodeStart, is_success
+from lapa.vocabulary import FAMILIES, TaskInstance, sample_instance
 
 
 @dataclass
@@ -43,7 +45,7 @@ def episode_task(family: str, seed: int, held_out: bool = False) -> tuple[TaskIn
 class TabletopEnv:
     """Wraps a driver (fast or franky) with a task and its success check."""
 
-    def __init__(self, driver) -> None:
+    def __init__(self, driver: Driver) -> None:
         self.driver = driver
         self.task: TaskInstance | None = None
         self.instruction = ""

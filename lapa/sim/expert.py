@@ -14,7 +14,8 @@ import numpy as np
 from lapa.action import GRIPPER_CLOSED, GRIPPER_OPEN
 from lapa.geometry import matrix_to_rpy, wrap_angle
 from lapa.sim.scene import BLOCK_HALF_SIZE_M
-from lapa.sim.tasks import DIRECTIONS, SceneView, TaskInstance
+from lapa.sim.tasks import SceneView
+from lapa.vocabulary import DIRECTIONS, TaskInstance
 
 MAX_STEP_M = 0.02  # per control step at 10 Hz
 MAX_YAW_STEP_RAD = 0.15

@@ -12,18 +12,13 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from lapa.action import RobotState, gripper_is_open, validate_action
-from lapa.geometry import matrix_to_rpy, quat_wxyz_to_matrix, rotation_error, rpy_to_matrix
+from lapa.action import gripper_is_open, validate_action
+from lapa.franka import HOME_GRIPPER_WIDTH_M, HOME_JOINT_POS_RAD
+from lapa.geometry import rotation_error, rpy_to_matrix
+from lapa.sim.driver import DriverBase
 from lapa.sim.rendering import SceneRenderer
-from lapa.sim.scene import (
-    HOME_GRIPPER_WIDTH_M,
-    HOME_JOINT_POS_RAD,
-    ROBOT_PREFIX,
-    SceneConfig,
-    block_joint_name,
-    sample_block_poses,
-    scene_xml,
-)
+from lapa.sim.scene import ROBOT_PREFIX, SceneConfig, sample_block_poses, scene_xml
+from lapa.sim.scene_index import ARM_JOINTS, SceneIndex
 
 HAND_CTRL_OPEN = 255.0  # the hand actuator maps 0..255 to 0..0.08 m opening
 HAND_CTRL_CLOSED = 0.0
@@ -35,7 +30,7 @@ HAND_STIFFNESS_N_PER_M = 1500.0  # fingers: ~30 N squeeze on a 4 cm block, like 
 HAND_DAMPING_N_S_PER_M = 40.0
 
 
-class FastDriver:
+class FastDriver(DriverBase):
     """The scene compiled once; `reset(seed)` re-places blocks and robot in microseconds."""
 
     def __init__(self, config: SceneConfig | None = None, control_hz: float = 10.0,
@@ -51,16 +46,12 @@ class FastDriver:
         self.substeps = max(1, round(1.0 / (self.control_hz * physics_dt_s)))
 
         m = self.model
-        self._arm_qpos = np.array([m.jnt_qposadr[m.joint(f"{ROBOT_PREFIX}fr3_joint{i}").id] for i in range(1, 8)])
-        self._arm_dof = np.array([m.jnt_dofadr[m.joint(f"{ROBOT_PREFIX}fr3_joint{i}").id] for i in range(1, 8)])
-        self._finger_qpos = np.array([m.jnt_qposadr[m.joint(f"{ROBOT_PREFIX}finger_joint{i}").id] for i in (1, 2)])
-        self._arm_ctrl = np.array([m.actuator(f"{ROBOT_PREFIX}fr3_joint{i}").id for i in range(1, 8)])
+        self.index = SceneIndex.of(m, self.config.colours)
+        self._arm_qpos, self._arm_dof, self._tcp_site = self.index.arm_qpos, self.index.arm_dof, self.index.tcp_site
+        self._arm_ctrl = np.array([m.actuator(name).id for name in ARM_JOINTS])  # each joint's servo
         self._hand_ctrl = m.actuator(f"{ROBOT_PREFIX}hand").id
-        self._tcp_site = m.site("tcp").id
-        self._joint_lo = m.jnt_range[[m.joint(f"{ROBOT_PREFIX}fr3_joint{i}").id for i in range(1, 8)], 0]
-        self._joint_hi = m.jnt_range[[m.joint(f"{ROBOT_PREFIX}fr3_joint{i}").id for i in range(1, 8)], 1]
-        self._block_qpos = {c: m.jnt_qposadr[m.joint(block_joint_name(c)).id] for c in self.config.colours}
-        self._block_dof = {c: m.jnt_dofadr[m.joint(block_joint_name(c)).id] for c in self.config.colours}
+        self._joint_lo = m.jnt_range[[m.joint(name).id for name in ARM_JOINTS], 0]
+        self._joint_hi = m.jnt_range[[m.joint(name).id for name in ARM_JOINTS], 1]
 
         self._tune_servos()
         self.renderer = SceneRenderer(self.model, self.config) if render else None
@@ -87,14 +78,10 @@ class FastDriver:
         """Robot to its home pose with the gripper open, blocks to seeded positions."""
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[self._arm_qpos] = HOME_JOINT_POS_RAD
-        self.data.qpos[self._finger_qpos] = HOME_GRIPPER_WIDTH_M / 2
+        self.data.qpos[self.index.finger_qpos] = HOME_GRIPPER_WIDTH_M / 2
         self.data.ctrl[self._arm_ctrl] = HOME_JOINT_POS_RAD
         self.data.ctrl[self._hand_ctrl] = HAND_CTRL_OPEN
-        rng = np.random.default_rng(seed)
-        for colour, (pos, yaw) in sample_block_poses(self.config, rng).items():
-            adr = self._block_qpos[colour]
-            self.data.qpos[adr:adr + 3] = pos
-            self.data.qpos[adr + 3:adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        self.index.place_blocks(self.data, sample_block_poses(self.config, np.random.default_rng(seed)))
         mujoco.mj_forward(self.model, self.data)
         self._gripper_open = True
         self._q_cmd = np.array(HOME_JOINT_POS_RAD)
@@ -162,24 +149,14 @@ class FastDriver:
     # ------------------------------------------------------------------ observation
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """TCP position (3,) and rotation (3, 3) in the base frame."""
-        return self.data.site_xpos[self._tcp_site].copy(), self.data.site_xmat[self._tcp_site].reshape(3, 3).copy()
+        return self.index.tcp_pose(self.data)
 
     def gripper_width_m(self) -> float:
-        return float(np.sum(self.data.qpos[self._finger_qpos]))
-
-    def robot_state(self) -> RobotState:
-        pos, R = self.tcp_pose()
-        return RobotState(ee_pos_m=pos, ee_rpy_rad=matrix_to_rpy(R), gripper_width_m=self.gripper_width_m())
+        return self.index.gripper_width_m(self.data)
 
     def block_pose(self, colour: str) -> tuple[np.ndarray, np.ndarray]:
         """Block centre (3,) in metres and rotation matrix (3, 3)."""
-        if colour not in self._block_qpos:
-            raise KeyError(f"unknown block colour {colour!r}; scene has {list(self._block_qpos)}")
-        adr = self._block_qpos[colour]
-        return self.data.qpos[adr:adr + 3].copy(), quat_wxyz_to_matrix(self.data.qpos[adr + 3:adr + 7])
-
-    def block_positions(self) -> dict[str, np.ndarray]:
-        return {c: self.block_pose(c)[0] for c in self.config.colours}
+        return self.index.block_pose(self.data, colour)
 
     def render(self, camera: str = "scene") -> np.ndarray:
         """uint8 (H, W, 3) RGB image from a named camera."""
@@ -191,10 +168,4 @@ class FastDriver:
         if self.renderer is not None:
             self.renderer.close()
             self.renderer = None
-
-    def __enter__(self) -> FastDriver:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 

@@ -5,46 +5,16 @@ background thread, served on a 127.x.y.z loopback address, see `hostname`) and d
 real `franky.Robot` / `franky.Gripper` over the network protocol: the code path a physical FR3
 sees. It offers the `FastDriver` interface; `apply_action` returns once per control period.
 
-Motion type. Each action becomes one asynchronous `CartesianVelocityMotion`: twist = delta /
-period, held for one period, then ramped down unless the next action preempts it. So the delta
-applies to the pose the robot is at when the action arrives, like franky's relative motions, and a
-stream of actions cruises without stopping between steps. Measured on franky-sim, 8 steps of
-+2 cm in x then 8 of +2 cm in y at 10 Hz (measured TCP at 1 kHz, 9 ms smoothing; "cruise" = the
-straight x leg; speed ripple = std / mean of the speed there; "expert pick" = the scripted expert
-closing the loop on `pick`, seeds 0 and 1):
+Motion type: each action becomes one asynchronous `CartesianVelocityMotion` (twist = delta /
+period, held for one period), as on the real robot; `lapa.franka` has the measurements that
+chose it.
 
-    motion, delta applied to ... (dynamics factor)    cruise jerk  peak acc  ripple  end err  expert pick
-    CartesianMotion Relative, franky's own (1.0)*     1590 m/s3  17.5 m/s2   0.67   6.9 mm
-    CartesianMotion Relative, franky's own (0.5)*      986       11.1        0.39   0.7
-    CartesianMotion Absolute, a running target (0.5)* 1316       10.3        0.41   0.01     fails
-    CartesianMotion Absolute, commanded pose (0.5)*    962       11.3        0.41   2.2      27 steps
-    CartesianVelocityMotion, running target (0.5)       56        8.7        0.00   0.06     fails
-    CartesianVelocityMotion, delta/period (0.5) CHOSEN  14        9.6        0.00   4.1      26-27 steps
-    (* with franky-sim's joint kp x8; with its stock gains position motions trail by 0.1 s.)
-
-Position motions stop and go: each new target is planned to rest, so the speed dips every step
-(10x the jerk). Steering towards a running target (the sum of all deltas) ends exactly on it in
-open loop but winds up in closed loop: the FR3's rotational limits (25 rad/s2 at factor 1) cannot
-finish the expert's 0.15 rad yaw steps in 0.1 s, the target runs ahead and the arm overshoots and
-oscillates. Applying each delta to where the robot is has no windup; the price is an open-loop
-drift of ~1% of the distance (4 mm over 32 cm), which a closed-loop policy corrects. A lone 2 cm
-step lands within ~0.3 mm, a lone 0.1 rad yaw 0-2 mrad long.
-
-What franky-sim does that the driver works around:
-- `O_T_EE` (hence `robot.current_cartesian_state`) is reported as the *desired* pose: pinocchio
-  returns frame placements by reference and the desired-pose computation overwrites the measured
-  one. The driver makes the simulated robot's kinematics return a copy, so the client reads the
-  measured pose (it then agrees with the scene's `tcp` site to < 0.5 mm).
+What franky-sim does that the driver works around (the server side, `SimLink`, has its own list in
+lapa/sim/franky_sim_link.py):
 - With 2 cores and other work, its Python 1 kHz loop runs at 0.4-0.9x real time, and franky times
   motions by its clock. `apply_action` therefore waits one control period of *simulated* time (the
   sim never runs faster than real time, so never less than the wall-clock period): a step is the
   same motion whatever the machine load.
-- It steps on whether or not the client has answered the last state, so a client starved of CPU
-  for a few ms has its last velocity held meanwhile (at load 9 on 2 cores: 6-16% of steps without
-  a fresh command, gaps up to 12 ms, a 2 cm step landing 2.4 mm long). The driver's server waits,
-  during motions, up to 10 ms for the client's reply before each step (`_lockstep_server`): at
-  load 9, 0.1% of steps without a fresh command and lone-step errors back to their idle values;
-  at load 17, 2%. (It reaches into franky-sim's private UDP socket; without it, stock behaviour.)
 - A franky call that blocks while holding the GIL starves the simulator thread (Python): a gripper
   command issued while another is in flight deadlocks the process (`Gripper.stop` too). Gripper
   commands are issued only once the previous one has finished, so a reset right after closing
@@ -52,261 +22,28 @@ What franky-sim does that the driver works around:
 - Rendering (`mujoco.Renderer`) holds the GIL, so the simulator thread pauses while a frame is
   drawn (10-30 ms at 128x128; the very first frame up to 1.5 s, so the driver draws it at start-up:
   libfranka aborts a motion after 1 s without state).
-- One client per port: another process (e.g. a ROS node) can connect to `hostname` once this
-  driver's own client has disconnected.
-- franky 2.0's `Robot.poll_motion()` returns True once the motion has *finished*, despite its
-  docstring; `is_in_control` tells whether a motion runs.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import select
-import threading
 import time
 import weakref
-from collections.abc import Callable
 
-import mujoco
 import numpy as np
 
-from lapa.action import RobotState, gripper_is_open, validate_action
-from lapa.geometry import matrix_to_rpy, quat_wxyz_to_matrix, rotation_error, rpy_to_matrix
+from lapa.action import gripper_is_open, validate_action
+from lapa.franka import command_gripper, connect_franky, franky_errors, halt, home_motion, velocity_motion
+from lapa.sim.driver import DriverBase
+from lapa.sim.franky_sim_link import SimLink
 from lapa.sim.rendering import SceneRenderer
-from lapa.sim.scene import (
-    HOME_GRIPPER_WIDTH_M,
-    HOME_JOINT_POS_RAD,
-    SceneConfig,
-    block_joint_name,
-    build_simulator,
-    sample_block_poses,
-)
+from lapa.sim.scene import SceneConfig
 
 logger = logging.getLogger(__name__)
 
-GRIPPER_SPEED_M_S = 0.1  # franky-sim caps finger speed at 0.05 m/s
-GRASP_FORCE_N = 30.0
-GRASP_EPSILON_OUTER_M = 0.1  # "grasp whatever is there": any width between 0 and 0.1 m counts
-MAX_LINEAR_SPEED_M_S = 1.0  # a larger delta per period is scaled down to these speeds
-MAX_ANGULAR_SPEED_RAD_S = 2.0
-SETTLE_S = 0.3  # simulated time for the blocks to come to rest after reset
 RESET_MOTION_TIMEOUT_S = 30.0  # wall clock, for the joint motion home
 GRIPPER_TIMEOUT_S = 3.0  # simulated time for one gripper command (a full stroke takes ~0.9 s)
 GRIPPER_WALL_TIMEOUT_S = 120.0  # wall clock: only a stalled simulator takes this long
-SIM_STALL_TIMEOUT_S = 5.0  # wall clock without simulated time advancing -> the server is dead
-LOCKSTEP_REPLY_TIMEOUT_S = 0.01  # longest a physics step waits for the client's command
-
-
-def franky_errors() -> tuple[type[BaseException], ...]:
-    import franky
-
-    return (franky.Exception, franky.GripperException, franky.InvalidMotionTypeException,
-            franky.MotionReuseException, franky.ReactionRecursionException)
-
-
-def connect_franky(hostname: str, timeout_s: float = 10.0, relative_dynamics_factor: float = 1.0):
-    """Connect `franky.Robot` and `franky.Gripper` to `hostname`; fail clearly within `timeout_s`.
-
-    libfranka has no timeout of its own against a listener that accepts but never answers, so the
-    constructors run in a helper thread (they release the GIL while they wait). On a timeout that
-    thread is abandoned; it ends when the peer closes the connection.
-    """
-    import franky
-
-    result: dict = {}
-
-    def connect() -> None:
-        try:
-            result["robot"] = franky.Robot(hostname, relative_dynamics_factor=relative_dynamics_factor,
-                                           realtime_config=franky.RealtimeConfig.Ignore)
-            result["gripper"] = franky.Gripper(hostname)
-        except Exception as e:  # noqa: BLE001 - reported below with the hostname
-            result["error"] = e
-
-    thread = threading.Thread(target=connect, name=f"franky-connect-{hostname}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TimeoutError(f"no answer from a Franka (libfranka protocol) at {hostname} within "
-                           f"{timeout_s:g} s; is the robot or franky-sim server running there, FCI enabled?")
-    if "error" in result:
-        error = result["error"]
-        raise ConnectionError(f"could not connect to a Franka at {hostname}: {error}") from error
-    return result["robot"], result["gripper"]
-
-
-def _patch_simulated_robot(sim_robot) -> None:
-    """Make franky-sim report the measured EE pose as O_T_EE (see the module docstring)."""
-    kinematics = sim_robot.kinematics
-    sim_robot.kinematics = lambda q: kinematics(q).copy()  # instance attribute shadows the method
-
-
-def halt(robot, timeout_s: float = 5.0) -> None:
-    """Stop any running motion without a jump.
-
-    A Cartesian velocity stream (what `apply_action` runs) is preempted by a jerk-limited
-    `CartesianVelocityStopMotion` (franky-sim: 9 m/s2 peak, 4 mm from 0.2 m/s); any other motion
-    by libfranka's stop, which holds the last desired pose (an abrupt 40 m/s2 halt in franky-sim).
-    """
-    import franky
-
-    try:
-        robot.poll_motion()  # raises the error the last motion ended with, if any
-    except franky_errors() as e:
-        logger.info("last motion ended with: %s", e)
-    if not robot.is_in_control:
-        return
-    try:
-        robot.move(franky.CartesianVelocityStopMotion(), asynchronous=True)
-    except franky_errors():
-        robot.stop()
-    try:
-        if not robot.join_motion(timeout_s):
-            robot.stop()
-            robot.join_motion(timeout_s)
-    except franky_errors() as e:  # a stop preempts the running motion, which reports exactly that
-        logger.debug("motion ended by stop: %s", e)
-
-
-def _lockstep_server(sim, reply_timeout_s: float = LOCKSTEP_REPLY_TIMEOUT_S):
-    """franky-sim's `SimulationServer`, made to wait for the client's reply while a motion runs.
-
-    Stock franky-sim steps on at 1 kHz whether or not the client has answered the last state; a
-    client starved of CPU for a few ms (2 cores, other load) then has its last velocity held that
-    long: 2 mm at 0.2 m/s per 10 ms. A real FCI would abort the motion instead. Here each step
-    first waits (up to `reply_timeout_s`, then steps on regardless) until the client's command
-    is readable, so simulated motion depends much less on how busy the machine is.
-    """
-    from franky_sim import SimulationServer
-
-    class LockstepServer(SimulationServer):
-        waits = 0  # steps that waited for the client, and of those, ones that gave up
-        timeouts = 0
-
-        def run_once(self, realtime: bool | float = True) -> None:
-            for rs in self.robot_servers:
-                # franky-sim keeps the UDP socket private; without it, behave like stock franky-sim.
-                sock = getattr(rs, "_FrankaServer__udp_socket", None)
-                if rs.current_motion_id and sock is not None:
-                    ready, _, _ = select.select([sock], [], [], 0)
-                    if not ready:
-                        self.waits += 1
-                        ready, _, _ = select.select([sock], [], [], reply_timeout_s)
-                        self.timeouts += not ready
-            super().run_once(realtime)
-
-    return LockstepServer(sim)
-
-
-class SimLink:
-    """The simulator side: server thread, a job queue run inside it, and a state snapshot.
-
-    franky-sim has no lock: its thread steps the physics continuously. Writes (block placement)
-    run as jobs in its pre-step callback; reads copy a snapshot taken in its post-step callback
-    into a private `MjData`, so they never see a half-updated step.
-    """
-
-    def __init__(self, config: SceneConfig) -> None:
-        self.closed = False
-        self.sim = build_simulator(config)
-        self.sim.init()
-        self.server = _lockstep_server(self.sim)
-        try:
-            self.server.init()  # binds a free 127.x.y.z:1337/1338, compiles the model
-            self.model: mujoco.MjModel = self.sim.model
-            self.robot = self.sim.robots[0]
-            _patch_simulated_robot(self.robot)
-            self.hostname: str = self.robot.hostname
-
-            self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-            self._lock = threading.Lock()
-            self._qpos = self.sim.data.qpos.copy()
-            self._time_s = float(self.sim.data.time)
-            self.mirror = mujoco.MjData(self.model)
-            self._wake = threading.Event()  # set by the simulator thread when its clock passes _wake_at_s
-            self._wake_at_s = float("inf")
-            self.sim.register_pre_step_callback(self._run_jobs)
-            self.sim.register_post_step_callback(self._snapshot)
-            self.server.run_async()
-        except BaseException:
-            self.close()
-            raise
-
-    def _run_jobs(self, sim) -> None:
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            job()
-
-    def _snapshot(self, sim) -> None:
-        with self._lock:
-            self._qpos[:] = sim.data.qpos
-            self._time_s = float(sim.data.time)
-        if self._time_s >= self._wake_at_s:
-            self._wake.set()
-
-    @property
-    def time_s(self) -> float:
-        return self._time_s
-
-    def call(self, fn: Callable[[mujoco.MjData], None], timeout_s: float = 5.0) -> None:
-        """Run fn(data) inside the simulator thread between two physics steps; wait for it."""
-        done = threading.Event()
-        error: list[BaseException] = []
-
-        def job() -> None:
-            try:
-                fn(self.sim.data)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-                error.append(e)
-            finally:
-                done.set()
-
-        self._jobs.put(job)
-        if not done.wait(timeout_s):
-            raise RuntimeError(f"franky-sim did not step within {timeout_s:g} s; is its thread alive?")
-        if error:
-            raise error[0]
-
-    def wait_until(self, sim_time_s: float) -> None:
-        """Block until the simulated clock reaches sim_time_s (woken by the simulator thread).
-
-        Raises if the clock stops advancing altogether for `SIM_STALL_TIMEOUT_S` of wall time.
-        """
-        last_s, last_wall_s = self.time_s, time.monotonic()
-        while self.time_s < sim_time_s:
-            self._wake_at_s = sim_time_s
-            self._wake.clear()
-            if self.time_s >= sim_time_s:  # reached between the check and clear()
-                break
-            if self._wake.wait(0.25):
-                continue
-            if self.time_s != last_s:
-                last_s, last_wall_s = self.time_s, time.monotonic()
-            elif time.monotonic() - last_wall_s > SIM_STALL_TIMEOUT_S:
-                raise RuntimeError(f"franky-sim's clock stopped at {self.time_s:.3f} s; is its thread alive?")
-
-    def observe(self, camera_ready: bool = False) -> mujoco.MjData:
-        """The mirror `MjData` with positions from the latest completed step."""
-        with self._lock:
-            self.mirror.qpos[:] = self._qpos
-            self.mirror.time = self._time_s
-        mujoco.mj_kinematics(self.model, self.mirror)
-        if camera_ready:
-            mujoco.mj_comPos(self.model, self.mirror)
-            mujoco.mj_camlight(self.model, self.mirror)
-        return self.mirror
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.server.cleanup()  # stops and joins the physics thread, closes the listening sockets
-        if not self.sim.is_cleaned_up:
-            self.sim.cleanup()
 
 
 _ABANDONED: list = []  # unfinished gripper futures kept alive at close (see _Session.close)
@@ -343,8 +80,8 @@ class _Session:
             self.link = None
 
 
-class FrankyDriver:
-    """franky-sim server + franky client on loopback, real time; the `FastDriver` interface."""
+class FrankyDriver(DriverBase):
+    """franky-sim server + franky client on loopback, real time; the `Driver` interface."""
 
     def __init__(self, config: SceneConfig | None = None, control_hz: float = 10.0, render: bool = True,
                  connect_timeout_s: float = 10.0, relative_dynamics_factor: float = 0.5) -> None:
@@ -375,11 +112,6 @@ class FrankyDriver:
                 # without state. Take that hit now, while nothing moves.
                 for camera in self.renderer.cameras:
                     self.render(camera)
-            m = link.model
-            joints = {c: m.joint(block_joint_name(c)).id for c in self.config.colours}
-            self._tcp_site = m.site("tcp").id
-            self._block_qpos = {c: int(m.jnt_qposadr[j]) for c, j in joints.items()}
-            self._block_dof = {c: int(m.jnt_dofadr[j]) for c, j in joints.items()}
             self.reset(seed=0)
             self.timings_s = {"server_start": t1 - t0, "connect": t2 - t1,
                               "first_reset": time.monotonic() - t2}
@@ -463,12 +195,7 @@ class FrankyDriver:
             s.gripper_future = None
         if self._gripper_wanted == self._gripper_open:
             return
-        if self._gripper_wanted:
-            s.gripper_future = self.gripper.move_async(HOME_GRIPPER_WIDTH_M, GRIPPER_SPEED_M_S)
-        else:
-            s.gripper_future = self.gripper.grasp_async(0.0, GRIPPER_SPEED_M_S, GRASP_FORCE_N,
-                                                        epsilon_inner=0.005,
-                                                        epsilon_outer=GRASP_EPSILON_OUTER_M)
+        s.gripper_future = command_gripper(self.gripper, self._gripper_wanted)
         self._gripper_open = self._gripper_wanted
 
     def _wait_gripper(self, timeout_s: float = GRIPPER_TIMEOUT_S) -> None:
@@ -486,30 +213,17 @@ class FrankyDriver:
     # ------------------------------------------------------------------ episode control
     def reset(self, seed: int) -> None:
         """Stop, move home with a joint motion while the gripper opens, re-place the blocks, settle."""
-        import franky
-
         self.stop()
         self._gripper_wanted = True
         self._service_gripper()  # opens now, or once a command still in flight has finished
         try:
-            home = franky.JointState(np.array(HOME_JOINT_POS_RAD))
-            self.robot.move(franky.JointMotion(home), asynchronous=True)
+            self.robot.move(home_motion(), asynchronous=True)
             self._wait_gripper()
             if not self.robot.join_motion(RESET_MOTION_TIMEOUT_S):
                 raise RuntimeError(f"the move home did not finish within {RESET_MOTION_TIMEOUT_S:g} s")
         except franky_errors() as e:
             raise self._fail("move home", e) from e
-        poses = sample_block_poses(self.config, np.random.default_rng(seed))
-
-        def place_blocks(data: mujoco.MjData) -> None:
-            for colour, (pos, yaw) in poses.items():
-                adr, dof = self._block_qpos[colour], self._block_dof[colour]
-                data.qpos[adr:adr + 3] = pos
-                data.qpos[adr + 3:adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
-                data.qvel[dof:dof + 6] = 0.0
-
-        self._link.call(place_blocks)
-        self._link.wait_until(self._link.time_s + SETTLE_S)
+        self._link.place_blocks(seed)
         self._deadline_s = self._link.time_s
 
     def apply_action(self, action) -> None:
@@ -519,17 +233,10 @@ class FrankyDriver:
         R_delta @ R_now) at constant velocity over one period; the gripper target is sent when it
         changes from open to closed or back.
         """
-        import franky
-
         a = validate_action(action)
         self._check_motion()
         link = self._link
-        v = a[:3] / self.period_s
-        w = rotation_error(rpy_to_matrix(a[3:6]), np.eye(3)) / self.period_s  # base-frame axis-angle rate
-        v *= min(1.0, MAX_LINEAR_SPEED_M_S / max(float(np.linalg.norm(v)), 1e-12))
-        w *= min(1.0, MAX_ANGULAR_SPEED_RAD_S / max(float(np.linalg.norm(w)), 1e-12))
-        hold = franky.Duration(round(self.period_s * 1000))  # milliseconds
-        motion = franky.CartesianVelocityMotion(franky.Twist(v, w), duration=hold)
+        motion = velocity_motion(a, self.period_s)
         try:
             self.robot.move(motion, asynchronous=True)  # preempts the previous step's motion seamlessly
         except franky_errors() as e:
@@ -572,26 +279,14 @@ class FrankyDriver:
 
     def sim_tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """The `tcp` site in the simulator (privileged ground truth, for checks)."""
-        d = self._link.observe()
-        return d.site_xpos[self._tcp_site].copy(), d.site_xmat[self._tcp_site].reshape(3, 3).copy()
+        return self._link.index.tcp_pose(self._link.observe())
 
     def gripper_width_m(self) -> float:
         return float(self.gripper.width)
 
-    def robot_state(self) -> RobotState:
-        pos, R = self.tcp_pose()
-        return RobotState(ee_pos_m=pos, ee_rpy_rad=matrix_to_rpy(R), gripper_width_m=self.gripper_width_m())
-
     def block_pose(self, colour: str) -> tuple[np.ndarray, np.ndarray]:
         """Block centre (3,) in metres and rotation matrix (3, 3)."""
-        if colour not in self._block_qpos:
-            raise KeyError(f"unknown block colour {colour!r}; scene has {list(self._block_qpos)}")
-        d = self._link.observe()
-        adr = self._block_qpos[colour]
-        return d.qpos[adr:adr + 3].copy(), quat_wxyz_to_matrix(d.qpos[adr + 3:adr + 7])
-
-    def block_positions(self) -> dict[str, np.ndarray]:
-        return {c: self.block_pose(c)[0] for c in self.config.colours}
+        return self._link.view().block_pose(colour)
 
     def render(self, camera: str = "scene") -> np.ndarray:
         """uint8 (H, W, 3) RGB image from a named camera."""
@@ -607,9 +302,3 @@ class FrankyDriver:
     @property
     def closed(self) -> bool:
         return not self._finalizer.alive
-
-    def __enter__(self) -> FrankyDriver:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -20,7 +20,7 @@ from lapa.errors import UserError
 from lapa.sim.env import EpisodeResult, TabletopEnv, episode_task, run_episode
 from lapa.sim.fast_driver import FastDriver
 from lapa.sim.scene import SceneConfig
-from lapa.sim.tasks import get_suite
+from lapa.vocabulary import get_suite
 
 MAX_ATTEMPTS_PER_EPISODE = 5  # expert failures are skipped; the next seed is tried
 

@@ -15,18 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-BLOCK_COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.85, 0.12, 0.10),
-    "green": (0.15, 0.70, 0.20),
-    "blue": (0.12, 0.30, 0.85),
-    "yellow": (0.95, 0.85, 0.10),
-}
+from lapa.franka import HOME_GRIPPER_WIDTH_M, HOME_JOINT_POS_RAD
+from lapa.vocabulary import BLOCK_COLOURS
+
 BLOCK_HALF_SIZE_M = 0.02  # 4 cm cubes
 TCP_OFFSET_M = 0.1034  # flange -> fingertip centre, franky's default end effector
 ROBOT_PREFIX = "robot0_"
-# A joint configuration that puts the gripper 25 cm above the table centre, pointing down.
-HOME_JOINT_POS_RAD = (0.0, -0.0418, 0.0, -2.3343, 0.0, 2.2925, 0.7854)
-HOME_GRIPPER_WIDTH_M = 0.08
 
 
 @dataclass(frozen=True)

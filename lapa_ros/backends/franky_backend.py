@@ -1,13 +1,12 @@
 """A Franka through `franky`: a real FR3/Panda at `robot_ip`, or franky-sim on a 127.x address.
 
 Motion type: each 7-D delta becomes one asynchronous `CartesianVelocityMotion` (twist = delta /
-period, held for one period, ramped down unless the next action preempts it). This reuses the
-conclusion and the measurements of `lapa.sim.franky_driver` (its module docstring has the table):
-in franky-sim, relative `CartesianMotion`s stop and go at every step (about 1000 m/s3 of jerk while
-cruising at 10 Hz, speed ripple 0.4-0.7), velocity motions cruise smoothly (14 m/s3, no ripple),
-and applying each delta from where the arm is never winds up in closed loop. It is also franky's
-maintainers' advice for streaming small increments. The connection and the stop are franky_driver's
-too (`connect_franky` with its timeout, `halt`'s jerk-limited `CartesianVelocityStopMotion`).
+period, held for one period, ramped down unless the next action preempts it); `lapa.franka` has
+the measurements in franky-sim that chose it: relative `CartesianMotion`s stop and go at every step
+(about 1000 m/s3 of jerk while cruising at 10 Hz, speed ripple 0.4-0.7), velocity motions cruise
+smoothly (14 m/s3, no ripple), and applying each delta from where the arm is never winds up in
+closed loop. The connection and the stop come from there too (`connect_franky` with its timeout,
+`halt`'s jerk-limited `CartesianVelocityStopMotion`).
 
 Panda (FER) users: `franky-control` from PyPI bundles libfranka 0.21, which talks only to the
 Franka Research 3. A Panda needs a franky build against libfranka 0.9.2 (< 0.10), published with
@@ -28,18 +27,16 @@ import time
 import numpy as np
 
 from lapa.action import RobotState, gripper_is_open, validate_action
-from lapa.geometry import matrix_to_rpy, rotation_error, rpy_to_matrix
-from lapa.sim.franky_driver import (
-    GRASP_EPSILON_OUTER_M,
-    GRASP_FORCE_N,
-    GRIPPER_SPEED_M_S,
-    MAX_ANGULAR_SPEED_RAD_S,
-    MAX_LINEAR_SPEED_M_S,
+from lapa.franka import (
+    HOME_GRIPPER_WIDTH_M,
+    command_gripper,
     connect_franky,
     franky_errors,
     halt,
+    home_motion,
+    velocity_motion,
 )
-from lapa.sim.scene import HOME_GRIPPER_WIDTH_M, HOME_JOINT_POS_RAD
+from lapa.geometry import matrix_to_rpy
 from lapa_ros.backends.base import BackendError
 
 logger = logging.getLogger(__name__)
@@ -60,15 +57,6 @@ def _is_network(error: BaseException) -> bool:
     import franky
 
     return isinstance(error, franky.NetworkException) or "Net Exception" in str(error)
-
-
-def velocity_for(action: np.ndarray, period_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """(linear m/s, angular rad/s) in the base frame that cover the delta in one period, capped."""
-    v = action[:3] / period_s
-    w = rotation_error(rpy_to_matrix(action[3:6]), np.eye(3)) / period_s  # base-frame axis-angle rate
-    v = v * min(1.0, MAX_LINEAR_SPEED_M_S / max(float(np.linalg.norm(v)), 1e-12))
-    w = w * min(1.0, MAX_ANGULAR_SPEED_RAD_S / max(float(np.linalg.norm(w)), 1e-12))
-    return v, w
 
 
 class FrankyBackend:
@@ -192,13 +180,9 @@ class FrankyBackend:
 
     # ------------------------------------------------------------------ motion
     def apply(self, action) -> None:
-        import franky
-
         a = validate_action(action)
         robot = self._robot()
-        v, w = velocity_for(a, self.period_s)
-        motion = franky.CartesianVelocityMotion(franky.Twist(v, w), duration=franky.Duration(
-            round(self.period_s * 1000)))  # milliseconds
+        motion = velocity_motion(a, self.period_s)
         try:
             robot.move(motion, asynchronous=True)  # preempts the previous step's motion seamlessly
         except _errors() as e:
@@ -255,7 +239,6 @@ class FrankyBackend:
             raise self._failed("error recovery", e) from e
 
     def home(self) -> None:
-        import franky
 
         robot = self._robot()
         self.recover()
@@ -267,7 +250,7 @@ class FrankyBackend:
                 raise BackendError("the gripper did not open in time")
             time.sleep(0.02)
         try:
-            robot.move(franky.JointMotion(franky.JointState(np.array(HOME_JOINT_POS_RAD))), asynchronous=True)
+            robot.move(home_motion(), asynchronous=True)
             # Poll rather than join_motion(): a join holds the GIL for the whole motion, which would
             # stall the node's other threads (control timer, status) for seconds.
             while robot.is_in_control:
@@ -293,9 +276,5 @@ class FrankyBackend:
                 raise self._failed("gripper command", e) from e
         if self._gripper_wanted == self._gripper_open:
             return
-        if self._gripper_wanted:
-            self._gripper_future = self.gripper.move_async(HOME_GRIPPER_WIDTH_M, GRIPPER_SPEED_M_S)
-        else:
-            self._gripper_future = self.gripper.grasp_async(0.0, GRIPPER_SPEED_M_S, GRASP_FORCE_N,
-                                                            epsilon_inner=0.005, epsilon_outer=GRASP_EPSILON_OUTER_M)
+        self._gripper_future = command_gripper(self.gripper, self._gripper_wanted)
         self._gripper_open = self._gripper_wanted

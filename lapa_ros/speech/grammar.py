@@ -1,4 +1,4 @@
-"""A JSGF grammar for spoken commands, generated from the task suite in `lapa.sim.tasks`.
+"""A JSGF grammar for spoken commands, generated from the task vocabulary in `lapa.vocabulary`.
 
 Every training and held-out template becomes one rule whose `{colour}`, `{target}` and
 `{direction}` slots refer to shared alternative rules, so the grammar stays small (no list of
@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from lapa.sim.scene import BLOCK_COLOURS
-from lapa.sim.tasks import DIRECTIONS, FAMILIES, TaskFamily
+from lapa.vocabulary import BLOCK_COLOURS, DIRECTIONS, FAMILIES, TaskFamily
 
 GRAMMAR_NAME = "lapa_commands"
 # Spoken ways to stop; kept short and distinct from every task phrase.

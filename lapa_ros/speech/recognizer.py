@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lapa.sim.tasks import TaskInstance, parse_instruction
+from lapa.vocabulary import TaskInstance, parse_instruction
 from lapa_ros.speech.audio import SAMPLE_RATE_HZ, read_wav, to_int16_mono
 from lapa_ros.speech.grammar import build_jsgf, grammar_words, is_stop, strip_polite
 

@@ -1,4 +1,10 @@
-"""`lapa bench ...`: benchmarks whose JSON results go into BENCHMARKS.md."""
+"""`lapa bench ...`: the benchmarks whose numbers BENCHMARKS.md reports, with their JSON and PNG
+results beside them in this folder.
+
+Each benchmark is a module with `add_arguments(parser)` and `run(args) -> dict`; they drive every
+layer (simulator, LAQ, the exported model, the policy server, the ROS loop) from outside, so no
+deployment package carries benchmark code.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,11 @@ from pathlib import Path
 
 # (subcommand, module defining `add_arguments(parser)` and `run(args) -> dict`, help)
 BENCHMARKS: list[tuple[str, str, str]] = [
-    ("sim", "lapa.bench.sim", "simulator speed, scripted-expert success, recording throughput"),
-    ("laq", "lapa.bench.laq", "LAQ training throughput (frame pairs/s) and held-out quality of a checkpoint"),
-    ("server", "policy_server.bench", "policy server overhead (HTTP, WebSocket) and throughput under concurrency"),
-    ("model", "export.bench", "VLA step latency: torch eager vs ONNX Runtime, parallel vs autoregressive, FLOPs"),
-    ("loop", "lapa_ros.bench", "ROS control loop: period jitter, camera-to-command latency, demo success"),
+    ("sim", "bench.sim", "simulator speed, scripted-expert success, recording throughput"),
+    ("laq", "bench.laq", "LAQ training throughput (frame pairs/s) and held-out quality of a checkpoint"),
+    ("server", "bench.server", "policy server overhead (HTTP, WebSocket) and throughput under concurrency"),
+    ("model", "bench.model", "VLA step latency: torch eager vs ONNX Runtime, parallel vs autoregressive, FLOPs"),
+    ("loop", "bench.loop", "ROS control loop: period jitter, camera-to-command latency, demo success"),
 ]
 
 

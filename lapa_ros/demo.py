@@ -86,7 +86,7 @@ def demo_script(args: argparse.Namespace, model: str) -> tuple[str, Path, str]:
 def episode_plan(args: argparse.Namespace, model: str) -> list[tuple[str, int, str]]:
     """[(instruction or WAV path, seed, source)]: typed, spoken, then suite tasks."""
     from lapa.sim.env import episode_task
-    from lapa.sim.tasks import get_suite
+    from lapa.vocabulary import get_suite
 
     typed, wav, suite = demo_script(args, model)
     plan = [(typed, args.seed, "typed"), (str(wav), args.seed + 1, "spoken")]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.random_models import random_checkpoint
 from lapa_ros.launch_plan import DEFAULT_MODEL_DIR, DEFAULT_MODEL_SUITE, EXPERT_MODEL
 from lapa_ros.session import LoopSession, SessionConfig, summarize_stats
 
@@ -53,25 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("out/bench_loop"), help="logs and the histogram PNG")
 
 
-def random_default_checkpoint(directory: Path, control_hz: float = 10.0) -> Path:
-    """A VLA of the default model's preset (`tabletop`) with random weights: its cost, not its skill."""
-    import torch
-
-    from lapa.policy.action_tokenizer import ActionTokenizer
-    from lapa.policy.checkpoint_io import save_vla
-    from lapa.policy.config import VLAConfig
-    from lapa.policy.model import VLA
-
-    rng = np.random.default_rng(0)
-    actions = rng.normal(0, 0.005, (1000, 7))
-    actions[:, 6] = rng.random(1000) < 0.5
-    tokenizer = ActionTokenizer.fit_new(actions)
-    torch.manual_seed(0)
-    model = VLA(VLAConfig.preset("tabletop", control_hz=control_hz)).replace_head_for_actions(tokenizer)
-    save_vla(directory, model.eval(), model.config, tokenizer)
-    return directory
-
-
 def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camera_hz: float,
                  image_size: int, rt_priority: int = 0) -> tuple[dict, list]:
     session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=rate_hz, camera_hz=camera_hz,
@@ -98,7 +80,7 @@ def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camer
 
 def measure_success(model: str, episodes: int, suite: str, out: Path) -> dict:
     from lapa.sim.env import episode_task
-    from lapa.sim.tasks import get_suite
+    from lapa.vocabulary import get_suite
 
     session = LoopSession(SessionConfig(out_dir=out, model=model, record_every=10 ** 9))
     per_task: dict[str, list[bool]] = {}
@@ -159,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
         elif trained:
             model, model_note = str(DEFAULT_MODEL_DIR), f"the default model {DEFAULT_MODEL_DIR}"
         else:
-            model = str(random_default_checkpoint(Path(tmp) / "random"))
+            model = str(random_checkpoint(Path(tmp) / "random", preset="tabletop"))
             model_note = (f"random-weight VLA of the tabletop preset ({DEFAULT_MODEL_DIR} not found): "
                           "the default model's architecture and cost, not its skill")
         per_rate, latencies = {}, {}

@@ -58,7 +58,7 @@ def _steps_per_s(steps: int, image_size: int) -> dict:
 def _expert_success(suite: str, episodes: int) -> dict:
     from lapa.sim.env import TabletopEnv, episode_task, run_episode
     from lapa.sim.fast_driver import FastDriver
-    from lapa.sim.tasks import get_suite
+    from lapa.vocabulary import get_suite
 
     families = get_suite(suite)
     success, steps = {}, {}
