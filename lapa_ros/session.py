@@ -19,7 +19,7 @@ import numpy as np
 
 from lapa.vocabulary import FAMILIES, parse_instruction
 from lapa_ros.bringup import Bringup
-from lapa_ros.launch_plan import EXPERT_MODEL, LaunchPlan, NodeSpec, ProcessSpec
+from lapa_ros.launch_plan import EXPERT_MODEL, LaunchPlan, NodeSpec, ProcessSpec, execution_parameters
 from lapa_ros.ros_env import apply_ros_env, private_domain_id
 
 
@@ -89,7 +89,7 @@ class LoopSession:
         policy = NodeSpec("lapa_policy", "lapa_policy_node", "lapa_ros.policy_node", {
             "server_url": f"ws://127.0.0.1:{self.port}", "robot_backend": "franky", "robot_ip": "sim",
             "control_hz": float(c.control_hz), "stats_file": str(self.stats_file), "status_hz": 10.0,
-            **c.policy_params})
+            **execution_parameters(str(c.model)), **c.policy_params})
         return LaunchPlan((server,), (sim, policy))
 
     def start(self, timeout_s: float = 180.0) -> float:

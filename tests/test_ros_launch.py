@@ -35,6 +35,16 @@ def test_default_plan_is_the_simulated_franka_with_a_server():
     assert server.arguments[server.arguments.index("--host") + 1] == "127.0.0.1"
 
 
+def test_the_shipped_model_runs_with_its_measured_chunk_execution(monkeypatch, tmp_path):
+    from lapa_ros.launch_plan import DEFAULT_MODEL_DIR, DEFAULT_MODEL_EXECUTION, execution_parameters
+
+    if DEFAULT_MODEL_DIR.joinpath("config.json").is_file():
+        assert plan().nodes[1].parameters["chunk_mode"] == DEFAULT_MODEL_EXECUTION["chunk_mode"] == "ensemble"
+    other = plan({"model": str(tmp_path)}).nodes[1].parameters
+    assert "chunk_mode" not in other and "ensemble_decay" not in other, "other models keep the node's default"
+    assert execution_parameters("expert") == {} and execution_parameters(str(DEFAULT_MODEL_DIR) + "/") != {}
+
+
 def test_the_real_robot_needs_an_address_and_a_camera():
     with pytest.raises(LaunchPlanError, match="robot_ip"):
         plan({"sim": "false"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def server(tmp_path_factory):
 def _request(srv, method, path, **kwargs):
     body = codec.packb({"image": np.zeros((224, 224, 3), np.uint8), "instruction": "x"})
     if path == "/act":
-        body = b'{"image": [[[0, 0, 0]]], "instruction": "x"}'
+        body = json.dumps({"image": np.zeros((32, 32, 3), int).tolist(), "instruction": "x"}).encode()
     content = body if method == "POST" else None
     return httpx.request(method, srv.http_url + path, content=content, timeout=10,
                          headers={"Content-Type": "application/json" if path == "/act" else "application/msgpack",
