@@ -112,6 +112,14 @@ class ChunkExecutor:
             mean = (weights[:, None] * stacked).sum(0) / weights.sum()
             return TickAction(mean, newest.obs_time_s, newest.chunk_id, tick - newest.start_tick)
 
+    @property
+    def waits_for_reply(self) -> bool:
+        """Whether a tick's action waits for the chunk requested in that tick. Ensemble: yes, every
+        action averages in the newest prediction (as ACT does, and as `lapa eval` steps); executing
+        the older chunks at once would act on an image one control period older. first_n: a chunk
+        that covers the tick runs at once."""
+        return self.mode == "ensemble"
+
     def needs_request(self, tick: int) -> bool:
         """Whether this tick asks the model for a new chunk."""
         if self.mode == "ensemble":

@@ -216,7 +216,7 @@ class ControlCore:
             if stale is not None:
                 self._hold(self._explain(stale))
                 return
-            ta = self.chunks.action_for(tick)
+            ta = None if self.chunks.waits_for_reply else self.chunks.action_for(tick)
             if ta is not None:
                 self._execute(ta, now)
             elif not previous_done:

@@ -3,6 +3,8 @@ tick by tick (faults, stale input, emergency-stop latching, chunk timing, the se
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -213,8 +215,12 @@ def test_a_reply_for_a_tick_that_already_has_its_command_serves_the_next_tick():
     rig.reply(rig.worker.requests[0], steps(3))  # executes action 0 in tick 1
     rig.reply(rig.worker.requests[0], steps(3, dx=0.02))  # tick 1 is done: nothing more now
     assert len(rig.backend.applied) == 1
-    rig.tick()  # tick 2: the weighted mean of both chunks' action 1
-    assert rig.backend.applied[1][0] == pytest.approx((0.02 + 0.04) / 2)
+    rig.tick()  # tick 2 waits for its own chunk: ensembling averages in the newest prediction
+    assert len(rig.backend.applied) == 1 and rig.worker.requests[-1].tick == 2
+    rig.reply(rig.worker.requests[-1], steps(3, dx=0.03))  # action 0 of tick 2's chunk, weight 1
+    w = math.exp(-0.5)  # both tick-1 chunks are one tick old (decay 0.5)
+    assert rig.backend.applied[1][0] == pytest.approx((w * 0.02 + w * 0.04 + 0.03) / (2 * w + 1))
+    assert rig.core.stats["latency_ms"], "ensembled commands carry their image's latency"
 
 
 def test_stale_image_holds_without_latching_and_resumes_when_fresh():
