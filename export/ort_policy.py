@@ -46,7 +46,7 @@ from export.metadata import (
     read_metadata,
 )
 from lapa.action import fake_state
-from lapa.lru_cache import LruCache
+from lapa.lru_cache import CachedLookup, LruCache
 from lapa.policy_protocol import (
     REPLY_ACTIONS,
     REPLY_MODEL_MS,
@@ -144,7 +144,7 @@ def state_feed(state_dim: int, state: np.ndarray | None, batch: int) -> dict[str
     return {STATE_INPUT: state}
 
 
-class OnnxTextEncoder:
+class OnnxTextEncoder(CachedLookup):
     """tokenizer.json + text_encoder.onnx -> float32 unit embeddings, with an LRU cache per instruction."""
 
     def __init__(self, export_dir: Path, meta: ExportMetadata, options: Any, providers: list[Any],
@@ -186,24 +186,6 @@ class OnnxTextEncoder:
         emb = self.encode([text])[0]
         emb.setflags(write=False)
         return emb
-
-    @property
-    def max_size(self) -> int:
-        return self._cache.max_size
-
-    @property
-    def hits(self) -> int:
-        return self._cache.hits
-
-    @property
-    def misses(self) -> int:
-        return self._cache.misses
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self._cache
 
 
 class OrtPolicy:

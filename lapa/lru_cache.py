@@ -57,3 +57,28 @@ class LruCache(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class CachedLookup:
+    """What a class that answers from an `LruCache` in `self._cache` reports about it: size, hits,
+    misses, membership (the torch and ONNX Runtime instruction caches)."""
+
+    _cache: LruCache
+
+    @property
+    def max_size(self) -> int:
+        return self._cache.max_size
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._cache

