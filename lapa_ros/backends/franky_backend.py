@@ -251,14 +251,14 @@ class FrankyBackend:
             time.sleep(0.02)
         try:
             robot.move(home_motion(), asynchronous=True)
-            # Poll rather than join_motion(): a join holds the GIL for the whole motion, which would
-            # stall the node's other threads (control timer, status) for seconds.
-            while robot.is_in_control:
+            # join_motion() in short slices: it returns True once the motion has finished (raising its
+            # error if any); is_in_control alone can read False before the control loop has taken the
+            # new motion. A long join would hold the GIL for the whole motion.
+            while not robot.join_motion(0.002):
                 if time.monotonic() > deadline:
                     halt(robot)
                     raise BackendError(f"the move home did not finish within {HOME_TIMEOUT_S:g} s")
                 time.sleep(0.01)
-            robot.join_motion(1.0)  # finished: returns at once, raising the motion's error if any
         except _errors() as e:
             raise self._failed("move home", e) from e
 
