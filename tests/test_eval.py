@@ -78,6 +78,20 @@ def test_overlapping_training_seeds_are_refused(tmp_path, checkpoint):
 # ----------------------------------------------------------------------------- real rollouts
 
 
+def test_summary_medians_each_familys_own_progress_and_the_common_keys_overall():
+    from lapa.eval.closed_loop import EpisodeOutcome, summarize
+
+    rows = [EpisodeOutcome("push", 1, "push_red_left", "x", False, 60, progress={"along_m": 0.02, "sideways_m": 0.0}),
+            EpisodeOutcome("push", 2, "push_red_left", "x", False, 60, progress={"along_m": 0.04, "sideways_m": 0.01}),
+            EpisodeOutcome("pick", 3, "pick_red", "x", False, 60, progress={"lift_m": 0.0}),
+            EpisodeOutcome("reach", 4, "reach_red", "x", True, 10)]
+    summary = summarize(rows, ("reach", "push", "pick"))
+    assert summary["tasks"]["push"]["failed_median_progress"] == pytest.approx({"along_m": 0.03, "sideways_m": 0.005})
+    assert summary["tasks"]["pick"]["failed_median_progress"] == {"lift_m": 0.0}
+    assert summary["tasks"]["reach"]["failed_median_progress"] == {}
+    assert summary["overall"]["failed_median_progress"] == {}, "push and pick share no measure"
+
+
 def test_eval_runs_one_episode_per_task_and_reports(checkpoint, tmp_path):
     result = evaluate_checkpoint(checkpoint, "default", 1, text_encoder=FakeEncoder(), videos=tmp_path / "videos",
                                  max_videos_per_task=1, progress=False)

@@ -136,6 +136,12 @@ def final_geometry(driver: Any, colour: str) -> tuple[float, float, bool]:
     return xy[colour], float(tcp[2] - target[2] - BLOCK_HALF_SIZE_M), min(xy, key=xy.get) == colour
 
 
+def _median_progress(rows: list[EpisodeOutcome]) -> dict[str, float]:
+    """The median of each progress measure that every row has (families measure different things)."""
+    keys = set.intersection(*(set(r.progress) for r in rows)) if rows else set()
+    return {key: float(np.median([r.progress[key] for r in rows])) for key in sorted(keys)}
+
+
 def summarize(outcomes: list[EpisodeOutcome], families: tuple[str, ...]) -> dict[str, Any]:
     """Per family and overall: successes, episodes, success_rate, ci95 [lo, hi], mean_steps."""
 
@@ -149,8 +155,7 @@ def summarize(outcomes: list[EpisodeOutcome], families: tuple[str, ...]) -> dict
                 "failed_median_target_xy_m": float(np.median([r.target_xy_m for r in failed])) if failed else None,
                 "failed_median_height_above_target_m":
                     float(np.median([r.height_above_target_m for r in failed])) if failed else None,
-                "failed_median_progress": {key: float(np.median([r.progress[key] for r in failed]))
-                                           for key in (failed[0].progress if failed else {})}}
+                "failed_median_progress": _median_progress(failed)}
 
     return {"tasks": {f: block([o for o in outcomes if o.family == f]) for f in families},
             "overall": block(outcomes)}
