@@ -31,6 +31,9 @@ def test_lerobot_dataset_reads_back_and_matches_a_replay(tmp_path):
     ds = LeRobotV3Dataset(out)
     assert ds.num_episodes == 2 and ds.fps == 10
     recording = json.loads((out / "meta" / "lapa_recording.json").read_text())
+    features = json.loads((out / "meta" / "info.json").read_text())["features"]
+    assert features["observation.state"]["names"][:3] == ["x_m", "y_m", "z_m"]
+    assert features["action"]["names"] == ["dx_m", "dy_m", "dz_m", "droll_rad", "dpitch_rad", "dyaw_rad", "gripper"]
     with FastDriver(SceneConfig(image_size=64)) as driver:
         env = TabletopEnv(driver)
         for i in range(2):

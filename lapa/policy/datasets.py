@@ -330,7 +330,7 @@ class ActionSet:
 
 def _wordings(instruction: str, broad: bool = False) -> list[str]:
     """The recorded instruction first, then every other training wording of the task it names
-    (lapa.sim.tasks: training and augmentation templates, with `broad` its broad augmentation; never
+    (lapa.vocabulary: training and augmentation templates, with `broad` its broad augmentation; never
     the held-out paraphrases). An instruction that names no task of the suite keeps only itself."""
     from lapa.sim.tasks import parse_instruction
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lapa.action import ACTION_NAMES, STATE_NAMES
 from lapa.errors import UserError
 from lapa.sim.env import EpisodeResult, TabletopEnv, episode_task, run_episode
 from lapa.sim.fast_driver import FastDriver
@@ -178,7 +179,9 @@ class _LeRobotSink:
     def finalize(self, recording: dict) -> None:
         from lapa.data.lerobot_v3 import LeRobotV3Writer
 
-        writer = LeRobotV3Writer(self.out, fps=self.fps, image_shape=(self.image_size, self.image_size, 3))
+        # named dimensions in info.json, as LeRobot's own robots have (not s0..s7, a0..a6)
+        writer = LeRobotV3Writer(self.out, fps=self.fps, image_shape=(self.image_size, self.image_size, 3),
+                                 state_names=STATE_NAMES, action_names=ACTION_NAMES)
         metas = sorted((json.loads(p.read_text()) for p in self.staging.glob("episode_*.json")),
                        key=lambda m: m["index"])
         for meta in metas:
