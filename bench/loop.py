@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> dict:
         "jitter_p99_ms": {k: v["jitter_p99_ms"] for k, v in per_rate.items()},
         "latency_p50_ms": first["latency_p50_ms"],
         "latency_p99_ms": first["latency_p99_ms"],
+        "node_to_command_p50_ms": first["node_to_command_p50_ms"],
+        "node_to_command_p99_ms": first["node_to_command_p99_ms"],
         "latency_rate_hz": rates[0],
         "latency_histogram": str(histogram),
         "camera": {"hz": args.camera_hz, "image_size": args.image_size},

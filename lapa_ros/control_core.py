@@ -134,7 +134,7 @@ class ControlCore:
             "tick_mono_s": deque(maxlen=STATS_WINDOW), "latency_ms": deque(maxlen=STATS_WINDOW),
             "model_ms": deque(maxlen=STATS_WINDOW), "round_trip_ms": deque(maxlen=STATS_WINDOW),
             "camera_ms": deque(maxlen=STATS_WINDOW), "frame_wait_ms": deque(maxlen=STATS_WINDOW),
-            "command_mono_s": deque(maxlen=STATS_WINDOW)}
+            "command_mono_s": deque(maxlen=STATS_WINDOW), "node_to_command_ms": deque(maxlen=STATS_WINDOW)}
         self.counts = {"commands": 0, "holds": 0, "faults": 0, "clamped": 0, "images": 0, "replies": 0}
 
     @property
@@ -244,14 +244,16 @@ class ControlCore:
                 return  # this tick already has its command: the chunk serves the next ticks
             ta = self.chunks.action_for(self._tick)
             if ta is not None:
-                self._execute(ta, self.clock.monotonic(), result.frame.capture_time_s)
+                self._execute(ta, self.clock.monotonic(), result.frame.capture_time_s, result.frame.receipt_mono_s)
 
     def on_server_error(self, message: str, fatal: bool) -> None:
         if fatal:
             self.fault(message)
 
-    def _execute(self, ta: TickAction, now: float, capture_time_s: float | None = None) -> None:
-        """Under _lock: safety filter, then the robot. Marks the tick done."""
+    def _execute(self, ta: TickAction, now: float, capture_time_s: float | None = None,
+                 receipt_mono_s: float | None = None) -> None:
+        """Under _lock: safety filter, then the robot. Marks the tick done. `capture_time_s` (wall) and
+        `receipt_mono_s` belong to the image of the chunk just received, when it is one."""
         self._tick_done = True
         verdict = self.safety.filter(ta.action, self.robot_state, now, self._newest_image_time(), ta.obs_time_s,
                                      self.worker.server_time_s)
@@ -276,6 +278,8 @@ class ControlCore:
         if capture_time_s is not None:
             latency_ms = 1e3 * (self.clock.wall() - capture_time_s)
             self.stats["latency_ms"].append(latency_ms)
+        if receipt_mono_s is not None:  # the stack's own part: the frame's arrival here -> the command sent
+            self.stats["node_to_command_ms"].append(1e3 * (self.clock.monotonic() - receipt_mono_s))
         self.on_command(verdict.action, latency_ms)
 
     # ------------------------------------------------------------------ stopping

@@ -314,4 +314,8 @@ def summarize_stats(stats: dict, control_hz: float) -> dict:
         "frame_wait_p50_ms": pct(np.asarray(stats.get("frame_wait_ms", [])), 50),
         "round_trip_p50_ms": pct(np.asarray(stats.get("round_trip_ms", [])), 50),
         "latency_samples": int(len(lat)),
+        # the stack's own part: the frame's arrival at lapa_policy -> the command handed to franky
+        # (frame wait for the tick, request, server, model, reply, safety filter, franky call)
+        "node_to_command_p50_ms": pct(np.asarray(stats.get("node_to_command_ms", [])), 50),
+        "node_to_command_p99_ms": pct(np.asarray(stats.get("node_to_command_ms", [])), 99),
     }

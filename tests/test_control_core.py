@@ -184,6 +184,7 @@ def test_a_reply_executes_its_first_action_at_once_and_then_one_per_tick():
     assert len(rig.backend.applied) == 1 and rig.backend.applied[0][0] == pytest.approx(0.01)
     action, latency_ms = rig.commands[0]
     assert latency_ms == pytest.approx(20.0)  # capture (tick 1's frame) -> command
+    assert list(rig.core.stats["node_to_command_ms"]) == pytest.approx([20.0])  # received -> command
     rig.tick()  # tick 2: the chunk's action 1, no request
     rig.tick()  # tick 3: action 2
     assert [a[0] for a in rig.backend.applied] == pytest.approx([0.01, 0.02, 0.03])

@@ -27,3 +27,4 @@ def test_an_instruction_through_the_whole_loop_reaches_the_block(tmp_path):
     stats = session.policy_stats()
     numbers = summarize_stats(stats, stats["control_hz"])
     assert numbers["commands"] > 5 and numbers["latency_p50_ms"] > 0
+    assert 0 < numbers["node_to_command_p50_ms"] <= numbers["latency_p50_ms"]
