@@ -33,10 +33,12 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
+from lapa import __version__
 from lapa.policy_protocol import Policy
 from policy_server import codec
 from policy_server.metrics import Metrics
 from policy_server.observation import InputLimits, RequestError
+from policy_server.openapi import openapi_document
 from policy_server.security import ApiKeyMiddleware, InsecureBindError, check_bind, resolve_api_key
 from policy_server.service import PolicyService, ServiceConfig
 
@@ -161,7 +163,10 @@ def create_app(service: PolicyService, api_key: str | None = None,
         task.cancel()
         service.close()
 
-    app = FastAPI(title="lapa policy server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="lapa policy server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
+    document = openapi_document(__version__)
+    app.openapi = lambda: document  # the hand-written document (policy_server/openapi.py)
     app.state.server = server
 
     # The hot HTTP routes are plain Starlette routes, registered first: no FastAPI dependency
@@ -233,7 +238,8 @@ def create_app(service: PolicyService, api_key: str | None = None,
     async def index() -> JSONResponse:
         return JSONResponse({"service": "lapa policy server", "protocol": "lapa-policy/1",
                              "endpoints": ["/v1/act", "/v1/stream", "/v1/metadata", "/v1/reset", "/healthz",
-                                           "/readyz", "/metrics", "/act (OpenVLA)", "ws:/ (openpi)"]})
+                                           "/readyz", "/metrics", "/openapi.json", "/act (OpenVLA)",
+                                           "ws:/ (openpi)"]})
 
     from policy_server import compat_openpi, compat_openvla
 

@@ -137,6 +137,7 @@ class PolicyService:
             "image_formats": ["raw uint8 (H, W, 3) RGB", "jpeg", "png"],
             "resize": limits.resize,
             "limits": {"max_body_bytes": self.config.max_body_bytes, "max_image_side": limits.max_image_side,
+                       "min_image_side": limits.min_image_side,
                        "max_instruction_chars": limits.max_instruction_chars,
                        "max_request_id_chars": limits.max_request_id_chars},
             "request_ids": {"replay_ttl_s": self.config.replay_ttl_s, "remembered_ids": self.config.remembered_ids},
