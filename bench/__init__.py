@@ -24,6 +24,7 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("server", "bench.server", "policy server overhead (HTTP, WebSocket) and throughput under concurrency"),
     ("model", "bench.model", "VLA step latency: torch eager vs ONNX Runtime, parallel vs autoregressive, FLOPs"),
     ("loop", "bench.loop", "ROS control loop: period jitter, camera-to-command latency, demo success"),
+    ("speech", "bench.speech", "spoken commands: true commands accepted, near misses and other speech rejected"),
 ]
 
 

@@ -62,6 +62,8 @@ _SENSCR_SHIFT = 10
 _COMMAND_SEARCH = "command"
 _GARBAGE_SEARCH = "garbage"
 _PHONE_WORD = "ph_"
+# short words whose few frames score erratically: the worst-word check reads the content words
+FUNCTION_WORDS = frozenset({"the", "a", "on", "up", "to", "of", "top", "please", "it", "and"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class Recognition:
     kind: str = "none"              # "task", "stop" or "none"
     task: TaskInstance | None = None
     llr_per_frame: float = -math.inf
+    # the worst word: the lowest per-frame log-likelihood ratio over one grammar word's frames. A
+    # near miss ("pick up the purple block") scores like the command on average, but the word the
+    # grammar had to force ("blue" for "purple") scores far below the free phone loop.
+    min_word_llr: float = -math.inf
     reason: str = ""                # why it was not accepted
     duration_s: float = 0.0
     decode_time_s: float = 0.0
@@ -88,6 +94,7 @@ class Recognition:
         d["task"] = self.task.name if self.task else None
         d["command"] = self.command
         d["llr_per_frame"] = None if math.isinf(self.llr_per_frame) else round(self.llr_per_frame, 4)
+        d["min_word_llr"] = None if math.isinf(self.min_word_llr) else round(self.min_word_llr, 4)
         d["confidence"] = round(self.confidence, 4)
         return d
 
@@ -209,12 +216,27 @@ class CommandRecognizer:
         speech = cmd_speech | garbage_speech
         llr = float((cmd - garbage).sum() / max(int(speech.sum()), 1))
         confidence = float(min(1.0, math.exp(min(llr, 0.0))))
+        word_llr = self._min_word_llr(cmd_segs, cmd - garbage, n_frames)
         decode_time_s = time.perf_counter() - t0
-        return self._decide(text, confidence, llr, duration_s, decode_time_s)
+        return self._decide(text, confidence, llr, duration_s, decode_time_s, word_llr)
+
+    @staticmethod
+    def _min_word_llr(segs: list, frame_llr: np.ndarray, n_frames: int) -> float:
+        """The lowest mean per-frame LLR over the frames of one content word of the grammar's sentence
+        (fillers, silence and function words skipped)."""
+        worst = math.inf
+        for s in segs:
+            if s.word.startswith(("<", "[")) or s.word.startswith(_PHONE_WORD) or s.word in FUNCTION_WORDS:
+                continue
+            end = min(s.end_frame, n_frames - 1) + 1
+            if end > s.start_frame:
+                worst = min(worst, float(frame_llr[s.start_frame:end].mean()))
+        return worst if math.isfinite(worst) else -math.inf
 
     def _decide(self, text: str, confidence: float, llr: float, duration_s: float,
-                decode_time_s: float) -> Recognition:
-        common = dict(llr_per_frame=llr, duration_s=duration_s, decode_time_s=decode_time_s)
+                decode_time_s: float, min_word_llr: float = -math.inf) -> Recognition:
+        common = dict(llr_per_frame=llr, min_word_llr=min_word_llr, duration_s=duration_s,
+                      decode_time_s=decode_time_s)
         if is_stop(text):
             ok = confidence >= self.stop_threshold
             return Recognition(text, confidence, ok, kind="stop",
