@@ -321,6 +321,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         driver.close()
     progress.close()
 
+    by_stage = {r["stage"]: r for r in stages.rows if "skipped" not in r}
+    summary: dict[str, Any] = {
+        "ort_over_eager": round(by_stage["ONNX Runtime fp32"]["p50_ms"] / by_stage["torch eager"]["p50_ms"], 4),
+        "node_to_command_in_process_p50_ms": results["node_to_command_in_process_p50_ms"],
+        "node_to_command_in_process_p99_ms": results["node_to_command_in_process_p99_ms"],
+    }
+    if "ONNX Runtime int8 (dynamic)" in by_stage:
+        summary["int8_over_fp32"] = round(by_stage["ONNX Runtime int8 (dynamic)"]["p50_ms"]
+                                          / by_stage["ONNX Runtime fp32"]["p50_ms"], 4)
+    if "http" in results["server"]:
+        summary["server_overhead_p50_ms"] = {k: v["overhead_p50_ms"] for k, v in results["server"].items()
+                                             if isinstance(v, dict) and "overhead_p50_ms" in v}
+    results["summary"] = summary
     results["stages"] = sorted(stages.rows, key=lambda r: GROUPS.index(r["group"]))  # stable: camera -> command
     results["notes"] = notes
     results["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -421,17 +434,21 @@ def _transports(export_dir: Path, frame: np.ndarray, jpeg: bytes, state, threads
             _wait_ready(proc, "http://" + base)
             info["startup_s"] = round(time.perf_counter() - started, 2)
             for name, scheme in (("HTTP msgpack", "http"), ("WebSocket msgpack", "ws")):
-                with PolicyClient(f"{scheme}://{base}", timeout_s=30.0) as client:
-                    for _ in range(warmup):
-                        client.act(frame, INSTRUCTION, state)
-                    over, model_ms = [], []
-                    for _ in range(runs):
-                        r = client.act(frame, INSTRUCTION, state)
-                        over.append((r.round_trip_ms - r.model_ms) / 1000.0)
-                        model_ms.append(r.model_ms)
-                row = stages.add("transport", f"{name} (round trip - model_ms)", over, backend="onnxruntime",
-                                 threads=threads, model_p50_ms=round(float(np.median(model_ms)), 4))
-                info[scheme] = {"overhead_p50_ms": row["p50_ms"], "overhead_p99_ms": row["p99_ms"]}
+                for image_name, image in (("raw", frame), ("jpeg", jpeg)):
+                    with PolicyClient(f"{scheme}://{base}", timeout_s=30.0) as client:
+                        for _ in range(warmup):
+                            client.act(image, INSTRUCTION, state)
+                        over, model_ms = [], []
+                        for _ in range(runs):
+                            r = client.act(image, INSTRUCTION, state)
+                            over.append((r.round_trip_ms - r.model_ms) / 1000.0)
+                            model_ms.append(r.model_ms)
+                    label = "raw image" if image_name == "raw" else "JPEG image, decoded by the server"
+                    row = stages.add("transport", f"{name}, {label} (round trip - model_ms)", over,
+                                     backend="onnxruntime", threads=threads,
+                                     model_p50_ms=round(float(np.median(model_ms)), 4))
+                    key = scheme if image_name == "raw" else f"{scheme}_jpeg"
+                    info[key] = {"overhead_p50_ms": row["p50_ms"], "overhead_p99_ms": row["p99_ms"]}
             info["openvla"] = _openvla(port, frame, runs, warmup, stages, notes, codec, threads)
         except Exception:
             log_file.seek(0)

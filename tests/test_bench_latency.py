@@ -66,6 +66,7 @@ def test_quick_run_without_server_has_every_in_process_stage(tmp_path):
         assert 0 <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert not any(row["group"] == "transport" and "HTTP" in row["stage"] for row in r["stages"])
     assert r["server"] == {"skipped": "--no-server"}
+    assert r["summary"]["ort_over_eager"] > 0 and "server_overhead_p50_ms" not in r["summary"]
     assert r["int8"]["default"] is False and "closed-loop" in r["int8"]["note"]
     assert 0 <= r["int8"]["bin_agreement"] <= 1
     for b in ("1", "8", "32"):
@@ -121,8 +122,11 @@ def test_quick_run_with_the_server_has_the_transport_rows(tmp_path):
     _, r = _run(tmp_path, _ckpt(tmp_path, "tiny"))
     transport = [row for row in r["stages"] if row["group"] == "transport"]
     names = " ".join(row["stage"] for row in transport)
-    assert "in-process" in names and "HTTP msgpack" in names and "WebSocket msgpack" in names
+    for wanted in ("in-process", "HTTP msgpack, raw image", "HTTP msgpack, JPEG image", "WebSocket msgpack, raw image",
+                   "WebSocket msgpack, JPEG image"):
+        assert wanted in names, wanted
     assert "OpenVLA JSON /act (round trip - model_ms)" in names  # a model without a state: answered 200
     assert r["server"]["openvla"]["statuses"] == [200]
-    for key in ("http", "ws", "openvla"):
+    for key in ("http", "ws", "http_jpeg", "ws_jpeg", "openvla"):
         assert r["server"][key]["overhead_p50_ms"] >= 0
+    assert set(r["summary"]["server_overhead_p50_ms"]) == {"http", "ws", "http_jpeg", "ws_jpeg", "openvla"}
