@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import cv2
     import torch
 
-    from bench.model import _forward_flops, _matmul_peak_gflops
+    from bench.model import _forward_flops, _interleaved, _matmul_peak_gflops
     from bench.random_models import random_text_encoder
     from export.metadata import ACTIONS_OUTPUT, BINS_OUTPUT, IMAGE_INPUT, POLICY_ONNX, STATE_INPUT, TEXT_EMB_INPUT
     from export.onnx_export import export_onnx
@@ -233,16 +233,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 model.predict_actions(img_t, text_t, state=state_t)
 
         outputs = [ACTIONS_OUTPUT, BINS_OUTPUT]
-        model_times: dict[str, list[float]] = {}
-        model_times["torch eager"] = time_calls(eager, runs, warmup)
+        int8_session, int8_info = _quantize(export_dir / POLICY_ONNX, work, threads, open_session, session_options)
+        engines = {"torch eager": eager, "ORT fp32": lambda: policy.session.run(outputs, feeds)}
+        if int8_session is not None:
+            engines["ORT int8"] = lambda: int8_session.run(outputs, feeds)
+        # interleaved in blocks (bench/model.py), so a noisy neighbour hits every engine alike
+        load_before = os.getloadavg()
+        model_times = _interleaved(engines, runs, warmup, block=max(1, min(25, runs)))
+        load_after = os.getloadavg()
+        results["model_load_average"] = {"before": [round(x, 2) for x in load_before],
+                                         "after": [round(x, 2) for x in load_after]}
+        if max(load_before[0], load_after[0]) > 1.5 * threads:
+            notes.append(f"the machine was busy during the model runs (1-min load average {load_before[0]:.1f} -> "
+                         f"{load_after[0]:.1f} on {os.cpu_count()} CPUs): tails include waiting for a core, torch's "
+                         "OpenMP threads suffer most")
         stages.add("model", "torch eager", model_times["torch eager"], backend="torch", threads=threads)
-        model_times["ORT fp32"] = time_calls(lambda: policy.session.run(outputs, feeds), runs, warmup)
         stages.add("model", "ONNX Runtime fp32", model_times["ORT fp32"], backend="onnxruntime",
                    threads=threads, providers=["CPUExecutionProvider"])
         progress.update()
-
-        results["int8"] = _int8(args, export_dir / POLICY_ONNX, work, policy, feeds, outputs, stages, config,
-                                open_session, session_options, fake_state)
+        if int8_session is None:
+            stages.skip("model", "ONNX Runtime int8 (dynamic)", int8_info["skipped"], backend="onnxruntime-int8")
+        else:
+            stages.add("model", "ONNX Runtime int8 (dynamic)", model_times["ORT int8"], backend="onnxruntime-int8",
+                       threads=threads, providers=["CPUExecutionProvider"])
+            int8_info.update(int8_agreement(policy.session, int8_session, config, args.quant_samples, fake_state))
+            int8_info["at_parity"] = int8_info["bin_agreement"] >= INT8_BIN_AGREEMENT_MIN
+        results["int8"] = int8_info
         progress.update()
         _gpu_providers(export_dir / POLICY_ONNX, feeds, outputs, stages, runs, warmup, threads,
                        open_session, session_options)
@@ -350,26 +366,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _int8(args, fp32_path: Path, work: Path, policy: Any, feeds: dict, outputs: list[str], stages: _Stages,
-          config: Any, open_session, session_options, fake_state) -> dict[str, Any]:
-    """Dynamic int8 quantisation: its latency and its agreement with fp32 on random inputs."""
+def _quantize(fp32_path: Path, work: Path, threads: int, open_session, session_options) -> tuple[Any, dict]:
+    """Dynamic int8 quantisation of policy.onnx: (its session or None, what the JSON says about it)."""
+    info: dict[str, Any] = {"default": False, "note": INT8_NOTE, "parity_min_bin_agreement": INT8_BIN_AGREEMENT_MIN}
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         int8_path = work / "policy_int8.onnx"
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
-        session = open_session(int8_path, session_options(args.threads), ["CPUExecutionProvider"])
+        session = open_session(int8_path, session_options(threads), ["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - recorded, the run goes on
-        stages.skip("model", "ONNX Runtime int8 (dynamic)", f"quantisation failed: {type(err).__name__}: {err}")
-        return {"skipped": f"{type(err).__name__}: {err}", "default": False, "note": INT8_NOTE}
-    stages.add("model", "ONNX Runtime int8 (dynamic)", time_calls(lambda: session.run(outputs, feeds), args.runs,
-                                                                   args.warmup),
-               backend="onnxruntime-int8", threads=args.threads, providers=["CPUExecutionProvider"])
-    agreement = int8_agreement(policy.session, session, config, args.quant_samples, fake_state)
-    return {**agreement, "model_bytes": {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size},
-            "parity_min_bin_agreement": INT8_BIN_AGREEMENT_MIN,
-            "at_parity": agreement["bin_agreement"] >= INT8_BIN_AGREEMENT_MIN,
-            "default": False, "note": INT8_NOTE}
+        return None, {**info, "skipped": f"quantisation failed: {type(err).__name__}: {err}"}
+    info["model_bytes"] = {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size}
+    return session, info
 
 
 def int8_agreement(fp32: Any, int8: Any, config: Any, samples: int, fake_state, seed: int = 0) -> dict[str, Any]:
