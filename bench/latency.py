@@ -350,8 +350,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary["server_overhead_p50_ms"] = {k: v["overhead_p50_ms"] for k, v in results["server"].items()
                                              if isinstance(v, dict) and "overhead_p50_ms" in v}
     results["summary"] = summary
-    results["stages"] = sorted(stages.rows, key=lambda r: GROUPS.index(r["group"]))  # stable: camera -> command
     results["notes"] = notes
+    results["stages"] = sorted(stages.rows, key=lambda r: GROUPS.index(r["group"]))  # stable: camera -> command
     results["load_average"] = [round(x, 2) for x in os.getloadavg()]
     json_path = getattr(args, "json", None)
     md = args.markdown or (json_path.with_suffix(".md") if json_path else None)
@@ -601,6 +601,13 @@ def markdown_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
         lines.append(f"\nint8 (dynamic) vs fp32 on {q['samples']} random inputs: bins agree {q['bin_agreement']:.1%} "
                      f"(within one bin {q['bin_within_one']:.1%}), "
                      f"max |action diff| {q['action_abs_diff_max']}. {q['note']}.")
+    load = results.get("under_load") or {}
+    if "loaded_p50_ms" in load:
+        lines.append(f"\nmodel under load ({load['load']}, {load['cpus']} CPUs): ORT fp32 p50 "
+                     f"{load['alone_p50_ms']} ms alone -> {load['loaded_p50_ms']} ms loaded "
+                     f"(x{load['slowdown_p50']}), p99 {load['loaded_p99_ms']} ms")
+    for note in results.get("notes", []):
+        lines.append(f"\nnote: {note}")
     return "\n".join(lines)
 
 
