@@ -130,7 +130,8 @@ class _Stages:
         self.rows: list[dict[str, Any]] = []
 
     def add(self, group: str, stage: str, seconds: list[float] | np.ndarray, **info: Any) -> dict[str, Any]:
-        row = {"group": group, "stage": stage, **stage_stats(seconds), **info}
+        """A timed row; `threads` defaults to 1 (a plain Python/numpy call on the calling thread)."""
+        row = {"group": group, "stage": stage, **stage_stats(seconds), "threads": 1, **info}
         self.rows.append(row)
         return row
 
@@ -199,12 +200,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    time_calls(lambda: driver.render("scene"), runs, warmup), backend="mujoco")
         stages.add("capture", "encode raw (bytes)", time_calls(frame.tobytes, runs, warmup), backend="numpy")
         jpeg_params = [int(cv2.IMWRITE_JPEG_QUALITY), JPEG_QUALITY]
+        cv2_info = {"backend": "cv2", "threads": cv2.getNumThreads()}
 
         def encode_jpeg() -> bytes:
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), jpeg_params)
             return buf.tobytes()
 
-        stages.add("capture", f"encode JPEG q{JPEG_QUALITY}", time_calls(encode_jpeg, runs, warmup), backend="cv2")
+        stages.add("capture", f"encode JPEG q{JPEG_QUALITY}", time_calls(encode_jpeg, runs, warmup), **cv2_info)
         jpeg = encode_jpeg()
         results["frame_bytes"] = {"raw": int(frame.nbytes), "jpeg": len(jpeg)}
         progress.update()
@@ -212,9 +214,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # ---- 3. decode / preprocessing (the server's own functions)
         limits = InputLimits()
         stages.add("decode", "decode JPEG -> array (server)", time_calls(lambda: decode_image_file(jpeg, limits),
-                                                                         runs, warmup), backend="cv2")
+                                                                         runs, warmup), **cv2_info)
         stages.add("preprocess", f"resize {CAMERA_SIZE}->{H} INTER_AREA (server)",
-                   time_calls(lambda: to_image(frame, (H, W), limits), runs, warmup), backend="cv2")
+                   time_calls(lambda: to_image(frame, (H, W), limits), runs, warmup), **cv2_info)
         image = np.ascontiguousarray(to_image(frame, (H, W), limits))
         state = robot_state.as_vector() if config.state_dim else None
         obs = {"image": image, "instruction": INSTRUCTION, **({"state": state} if state is not None else {})}
@@ -580,13 +582,14 @@ def _under_load(args, policy, feeds, outputs, stages: _Stages, alone: list[float
 def markdown_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
     lines = [f"# lapa bench latency: camera -> command, {results['threads']} threads, {results['runs']} runs "
              f"(warm-up {results['warmup']} excluded)", "",
-             "| group | stage | backend | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---:|---:|---:|---:|"]
+             "| group | stage | backend | threads | p50 ms | p95 ms | p99 ms | max ms |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['group']} | {r['stage']} | {r.get('backend', '')} | skipped: {r['skipped']} | | | |")
+            lines.append(f"| {r['group']} | {r['stage']} | {r.get('backend', '')} | | skipped: {r['skipped']} | | | |")
         else:
-            lines.append(f"| {r['group']} | {r['stage']} | {r.get('backend', '')} | {r['p50_ms']:.3f} | "
-                         f"{r['p95_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.3f} |")
+            lines.append(f"| {r['group']} | {r['stage']} | {r.get('backend', '')} | {r['threads']} | "
+                         f"{r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.3f} |")
     tp = results.get("throughput")
     if tp:
         lines += ["", "| batch | torch samples/s | ORT samples/s | torch % of matmul peak | ORT % of matmul peak |",

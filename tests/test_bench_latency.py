@@ -62,7 +62,7 @@ def test_quick_run_without_server_has_every_in_process_stage(tmp_path):
         if "skipped" in row:
             assert row["group"] == "model" and row["skipped"] == NO_GPU_REASON  # only the CUDA/TensorRT rows
             continue
-        assert row["runs"] == 6
+        assert row["runs"] == 6 and row["threads"] >= 1 and row["backend"]
         assert 0 <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert not any(row["group"] == "transport" and "HTTP" in row["stage"] for row in r["stages"])
     assert r["server"] == {"skipped": "--no-server"}
