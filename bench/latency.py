@@ -250,6 +250,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          f"{load_after[0]:.1f} on {os.cpu_count()} CPUs): tails include waiting for a core, torch's "
                          "OpenMP threads suffer most")
         stages.add("model", "torch eager", model_times["torch eager"], backend="torch", threads=threads)
+        if threads > 1:  # a single OpenMP thread never waits at a barrier for a descheduled sibling
+            torch.set_num_threads(1)
+            stages.add("model", "torch eager, 1 thread", time_calls(eager, runs, warmup), backend="torch", threads=1)
+            torch.set_num_threads(threads)
         stages.add("model", "ONNX Runtime fp32", model_times["ORT fp32"], backend="onnxruntime",
                    threads=threads, providers=["CPUExecutionProvider"])
         progress.update()
