@@ -23,6 +23,8 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("laq", "bench.laq", "LAQ training throughput (frame pairs/s) and held-out quality of a checkpoint"),
     ("server", "bench.server", "policy server overhead (HTTP, WebSocket) and throughput under concurrency"),
     ("model", "bench.model", "VLA step latency: torch eager vs ONNX Runtime, parallel vs autoregressive, FLOPs"),
+    ("latency", "bench.latency", "camera -> command: every stage side by side (capture, transport, decode, "
+     "model per backend, postprocessing, safety, command), batch throughput, the model under load"),
     ("loop", "bench.loop", "ROS control loop: period jitter, camera-to-command latency, demo success"),
     ("speech", "bench.speech", "spoken commands: true commands accepted, near misses and other speech rejected"),
 ]
