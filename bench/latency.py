@@ -29,7 +29,6 @@ import argparse
 import http.client
 import multiprocessing as mp
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -445,7 +444,7 @@ def _gpu_providers(path: Path, feeds: dict, outputs: list[str], stages: _Stages,
 def _transports(export_dir: Path, frame: np.ndarray, jpeg: bytes, state, threads: int, runs: int, warmup: int,
                 stages: _Stages, notes: list[str]) -> dict[str, Any]:
     """HTTP / WebSocket msgpack and OpenVLA JSON /act against a lapa-server subprocess on loopback."""
-    from bench.server import _free_port, _start_server, _wait_ready
+    from bench.server import _free_port, serving
     from policy_server import codec
     from policy_server.client import PolicyClient
 
@@ -453,39 +452,26 @@ def _transports(export_dir: Path, frame: np.ndarray, jpeg: bytes, state, threads
     base = f"127.0.0.1:{port}"
     server_args = argparse.Namespace(model=str(export_dir), backend="onnxruntime", threads=threads)
     info: dict[str, Any] = {"backend": "onnxruntime", "server_threads": threads, "image": f"{CAMERA_SIZE} px raw"}
-    with tempfile.TemporaryFile() as log_file:
-        proc = _start_server(server_args, port, log_file)
-        try:
-            started = time.perf_counter()
-            _wait_ready(proc, "http://" + base)
-            info["startup_s"] = round(time.perf_counter() - started, 2)
-            for name, scheme in (("HTTP msgpack", "http"), ("WebSocket msgpack", "ws")):
-                for image_name, image in (("raw", frame), ("jpeg", jpeg)):
-                    with PolicyClient(f"{scheme}://{base}", timeout_s=30.0) as client:
-                        for _ in range(warmup):
-                            client.act(image, INSTRUCTION, state)
-                        over, model_ms = [], []
-                        for _ in range(runs):
-                            r = client.act(image, INSTRUCTION, state)
-                            over.append((r.round_trip_ms - r.model_ms) / 1000.0)
-                            model_ms.append(r.model_ms)
-                    label = "raw image" if image_name == "raw" else "JPEG image, decoded by the server"
-                    row = stages.add("transport", f"{name}, {label} (round trip - model_ms)", over,
-                                     backend="onnxruntime", threads=threads,
-                                     model_p50_ms=round(float(np.median(model_ms)), 4))
-                    key = scheme if image_name == "raw" else f"{scheme}_jpeg"
-                    info[key] = {"overhead_p50_ms": row["p50_ms"], "overhead_p99_ms": row["p99_ms"]}
-            info["openvla"] = _openvla(port, frame, runs, warmup, stages, notes, codec, threads)
-        except Exception:
-            log_file.seek(0)
-            sys.stderr.write(log_file.read().decode(errors="replace")[-4000:])
-            raise
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    started = time.perf_counter()
+    with serving(server_args, port):
+        info["startup_s"] = round(time.perf_counter() - started, 2)
+        for name, scheme in (("HTTP msgpack", "http"), ("WebSocket msgpack", "ws")):
+            for image_name, image in (("raw", frame), ("jpeg", jpeg)):
+                with PolicyClient(f"{scheme}://{base}", timeout_s=30.0) as client:
+                    for _ in range(warmup):
+                        client.act(image, INSTRUCTION, state)
+                    over, model_ms = [], []
+                    for _ in range(runs):
+                        r = client.act(image, INSTRUCTION, state)
+                        over.append((r.round_trip_ms - r.model_ms) / 1000.0)
+                        model_ms.append(r.model_ms)
+                label = "raw image" if image_name == "raw" else "JPEG image, decoded by the server"
+                row = stages.add("transport", f"{name}, {label} (round trip - model_ms)", over,
+                                 backend="onnxruntime", threads=threads,
+                                 model_p50_ms=round(float(np.median(model_ms)), 4))
+                key = scheme if image_name == "raw" else f"{scheme}_jpeg"
+                info[key] = {"overhead_p50_ms": row["p50_ms"], "overhead_p99_ms": row["p99_ms"]}
+        info["openvla"] = _openvla(port, frame, runs, warmup, stages, notes, codec, threads)
     return info
 
 

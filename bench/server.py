@@ -13,6 +13,7 @@ RGB images through the project's own client, and reports:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,27 @@ def _wait_ready(proc: subprocess.Popen, url: str, timeout_s: float = 300.0) -> N
             pass
         time.sleep(0.1)
     raise TimeoutError(f"the server was not ready after {timeout_s} s")
+
+
+@contextlib.contextmanager
+def serving(args: argparse.Namespace, port: int) -> Iterator[subprocess.Popen]:
+    """A lapa-server subprocess on 127.0.0.1:`port`, ready; on an error its log's tail goes to stderr;
+    always stopped."""
+    with tempfile.TemporaryFile() as log_file:
+        proc = _start_server(args, port, log_file)
+        try:
+            _wait_ready(proc, f"http://127.0.0.1:{port}")
+            yield proc
+        except Exception:
+            log_file.seek(0)
+            sys.stderr.write(log_file.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -176,43 +199,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = f"127.0.0.1:{port}"
     image = np.random.default_rng(0).integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
     levels = [int(c) for c in str(args.clients).split(",") if c.strip()]
-    with tempfile.TemporaryFile() as log_file:
-        proc = _start_server(args, port, log_file)
-        try:
-            _wait_ready(proc, "http://" + base)
-            from policy_server.client import PolicyClient
+    with serving(args, port):
+        from policy_server.client import PolicyClient
 
-            with PolicyClient("http://" + base) as client:
-                meta = dict(client.metadata)
-            # a model with a proprio input refuses requests without one: send a plausible random state
-            state = fake_state(1)[0] if meta.get("state_dim") else None
-            results: dict[str, Any] = {
-                "policy": (f"{args.backend} backend, model {args.model}" if args.model else
-                           "fake numpy policy (tests/policy_fakes.py): no --model given, model_ms is near zero"),
-                "backend": meta.get("backend"), "model_hash": meta.get("model_hash"),
-                "model_image_size": meta.get("image_size"), "chunk_size": meta.get("chunk_size"),
-                "image_size": [args.image_size, args.image_size], "server_threads": args.threads,
-                "target_overhead_p50_ms": TARGET_OVERHEAD_P50_MS,
-                "method": "sequential requests with policy_server.client.PolicyClient (msgpack, raw uint8 image); "
-                          "overhead = client round trip - reply model_ms; concurrency: one thread and one "
-                          "connection per client, client and server on the same machine",
-            }
-            for name, scheme in TRANSPORTS.items():
-                results[name] = _sequential(f"{scheme}://{base}", image, args.requests, args.warmup, state)
-            results["concurrency"] = {
-                name: {str(c): _concurrent(f"{scheme}://{base}", image, c, args.duration, state) for c in levels}
-                for name, scheme in TRANSPORTS.items()
-            }
-        except Exception:
-            log_file.seek(0)
-            sys.stderr.write(log_file.read().decode(errors="replace")[-4000:])
-            raise
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        with PolicyClient("http://" + base) as client:
+            meta = dict(client.metadata)
+        # a model with a proprio input refuses requests without one: send a plausible random state
+        state = fake_state(1)[0] if meta.get("state_dim") else None
+        results: dict[str, Any] = {
+            "policy": (f"{args.backend} backend, model {args.model}" if args.model else
+                       "fake numpy policy (tests/policy_fakes.py): no --model given, model_ms is near zero"),
+            "backend": meta.get("backend"), "model_hash": meta.get("model_hash"),
+            "model_image_size": meta.get("image_size"), "chunk_size": meta.get("chunk_size"),
+            "image_size": [args.image_size, args.image_size], "server_threads": args.threads,
+            "target_overhead_p50_ms": TARGET_OVERHEAD_P50_MS,
+            "method": "sequential requests with policy_server.client.PolicyClient (msgpack, raw uint8 image); "
+                      "overhead = client round trip - reply model_ms; concurrency: one thread and one "
+                      "connection per client, client and server on the same machine",
+        }
+        for name, scheme in TRANSPORTS.items():
+            results[name] = _sequential(f"{scheme}://{base}", image, args.requests, args.warmup, state)
+        results["concurrency"] = {
+            name: {str(c): _concurrent(f"{scheme}://{base}", image, c, args.duration, state) for c in levels}
+            for name, scheme in TRANSPORTS.items()
+        }
     results["meets_target"] = {t: results[t]["overhead_p50_ms"] <= TARGET_OVERHEAD_P50_MS for t in TRANSPORTS}
     plot = args.plot or (args.json.with_suffix(".png") if getattr(args, "json", None) else None)
     if plot:
