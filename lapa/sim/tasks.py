@@ -58,21 +58,17 @@ def is_success(task: TaskInstance, view: SceneView, start: EpisodeStart) -> bool
         top = pos[2] + BLOCK_HALF_SIZE_M
         return bool(np.linalg.norm(tcp[:2] - pos[:2]) < REACH_RADIUS_M
                     and tcp[2] - top < REACH_MAX_HEIGHT_ABOVE_TOP_M)
-    if task.family == "push":
-        u = DIRECTIONS[task.direction]
-        moved = pos[:2] - start.block_positions[task.colour][:2]
-        along = float(moved @ u)
-        sideways = abs(float(moved @ np.array([-u[1], u[0]])))
-        on_table = pos[2] < BLOCK_HALF_SIZE_M + 0.01
-        return along >= PUSH_MIN_DISPLACEMENT_M and sideways <= PUSH_MAX_SIDEWAYS_M and on_table
     if task.family == "pick":
         return bool(pos[2] >= PICK_MIN_HEIGHT_M)
+    progress = task_progress(task, view, start)
+    if task.family == "push":
+        on_table = pos[2] < BLOCK_HALF_SIZE_M + 0.01
+        return (progress["along_m"] >= PUSH_MIN_DISPLACEMENT_M and progress["sideways_m"] <= PUSH_MAX_SIDEWAYS_M
+                and on_table)
     if task.family == "put":
-        below, _ = view.block_pose(task.target)
-        stacked_height = below[2] + 2 * BLOCK_HALF_SIZE_M
-        released = view.robot_state().gripper_width_m > 2 * BLOCK_HALF_SIZE_M + 0.005
-        return bool(np.linalg.norm(pos[:2] - below[:2]) < STACK_MAX_OFFSET_M
-                    and abs(pos[2] - stacked_height) < 0.012 and released)
+        released = progress["gripper_width_m"] > 2 * BLOCK_HALF_SIZE_M + 0.005
+        return bool(progress["stack_offset_m"] < STACK_MAX_OFFSET_M
+                    and abs(progress["stack_height_error_m"]) < 0.012 and released)
     raise AssertionError(f"no success check for {task.family}")
 
 
