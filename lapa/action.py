@@ -36,20 +36,25 @@ def gripper_is_open(command: float) -> bool:
     return command >= 0.5
 
 
-def fake_state(batch: int = 1, seed: int | None = 0) -> np.ndarray:
-    """Random plausible proprio states, float32 (batch, 8) in STATE_NAMES order (warm-up, export parity).
+def fake_state(batch: int = 1, seed: int | None = 0, dim: int = STATE_DIM) -> np.ndarray:
+    """Random plausible proprio states, float32 (batch, dim) in STATE_NAMES order (warm-up, export parity).
 
     A gripper over a tabletop: xyz in [0.3, 0.7] x [-0.2, 0.2] x [0.02, 0.3] m, roll/pitch/yaw within
     0.3 rad of pointing down (pi, 0, 0), wrapped to [-pi, pi) (so roll sits on both sides of +-pi),
     gripper width in [0, 0.08] m split evenly over the two fingers. Random, never zeros: a parity
-    check on a constant state would not exercise the state path.
+    check on a constant state would not exercise the state path. `dim` a multiple of 8: a state
+    history (lapa/state_history.py), the past states a few centimetres from the current one.
     """
+    if dim <= 0 or dim % STATE_DIM:
+        raise ValueError(f"dim must be a positive multiple of {STATE_DIM}, got {dim}")
     rng = np.random.default_rng(seed)
     xyz = rng.uniform((0.3, -0.2, 0.02), (0.7, 0.2, 0.3), (batch, 3))
     rpy = np.array([np.pi, 0.0, 0.0]) + rng.uniform(-0.3, 0.3, (batch, 3))
     rpy = (rpy + np.pi) % (2 * np.pi) - np.pi
     half = rng.uniform(0.0, 0.08, (batch, 1)) / 2
-    return np.concatenate([xyz, rpy, half, half], axis=1).astype(np.float32)
+    now = np.concatenate([xyz, rpy, half, half], axis=1)  # (batch, 8)
+    past = [now + np.pad(rng.uniform(-0.05, 0.05, (batch, 3)), ((0, 0), (0, 5))) for _ in range(dim // STATE_DIM - 1)]
+    return np.concatenate([now, *past], axis=1).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from lapa.chunking import DEFAULT_ENSEMBLE_DECAY, ChunkExecutor
 from lapa.errors import UserError
 from lapa.sim.env import Observation
+from lapa.state_history import StateHistory
 
 EVAL_SEED_BASE = 50_000_000
 FAMILY_SEED_STRIDE = 100_000
@@ -67,11 +68,15 @@ class ClosedLoopExecutor:
     (the simulator waits for the model). `first_n` asks the policy only when no chunk covers the
     tick, `ensemble` asks every tick. `image_size` (model input side): observations rendered at
     another size are resized first. `calls` and `model_ms` add up over all episodes.
+    `state_history` (lags in ticks): the model's state history, recorded every tick
+    (lapa/state_history.py), as the ROS node does.
     """
 
     def __init__(self, policy: Any, chunk_mode: str = "first_n", execute_n: int = 1,
-                 ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY, image_size: int | None = None) -> None:
+                 ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY, image_size: int | None = None,
+                 state_history: Sequence[int] = ()) -> None:
         self.chunks = ChunkExecutor(chunk_mode, execute_n, ensemble_decay)  # validates the three
+        self.history = StateHistory(state_history) if state_history else None
         self.policy = policy
         self.image_size = image_size
         self.tick = 0
@@ -82,20 +87,25 @@ class ClosedLoopExecutor:
         """A new episode: no chunks, tick 0, and the policy's own reset."""
         self.chunks.clear()
         self.tick = 0
+        if self.history is not None:
+            self.history.reset()
         self.policy.reset()
 
-    def _model_obs(self, obs: Observation) -> dict[str, Any]:
+    def _model_obs(self, obs: Observation, state: np.ndarray | None) -> dict[str, Any]:
         image = obs.image
         if self.image_size is not None and image.shape[0] != self.image_size:
             from lapa.data.frame_pairs import resize_frames
 
             image = resize_frames(image[None], self.image_size)[0]
-        return {"image": image, "instruction": obs.instruction, "state": obs.state}
+        return {"image": image, "instruction": obs.instruction, "state": state}
 
     def __call__(self, obs: Observation) -> np.ndarray:
         tick = self.tick
+        state = obs.state
+        if self.history is not None and state is not None:
+            state = self.history.push(state)  # (8 * (1 + H),) every tick, asked or not
         if self.chunks.needs_request(tick):
-            reply = self.policy.infer(self._model_obs(obs))
+            reply = self.policy.infer(self._model_obs(obs, state))
             self.calls += 1
             self.model_ms += float(reply.get("model_ms", 0.0))
             self.chunks.add_chunk(np.asarray(reply["actions"], np.float32), obs_time_s=float(tick),
@@ -305,7 +315,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, suite: str = "default", episode
     model_size = policy.config.image_size
     if render_size is None:
         render_size = recording_image_size(path) or model_size
-    executor = ClosedLoopExecutor(policy, chunk_mode, execute_n, ensemble_decay, image_size=model_size)
+    executor = ClosedLoopExecutor(policy, chunk_mode, execute_n, ensemble_decay, image_size=model_size,
+                                  state_history=policy.config.state_history)
     result = evaluate_policy(executor, suite, episodes, held_out=held_out, render_size=render_size,
                              seed_base=seed_base, videos=videos, max_videos_per_task=max_videos_per_task,
                              progress=progress, reset=executor.reset)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lapa.eval.closed_loop import EVAL_SEED_BASE, recording_image_size
+from lapa.state_history import StateHistory
 
 PROBE_SEED_BASE = EVAL_SEED_BASE + 10_000_000  # disjoint from the closed-loop seeds as well
 TEMPLATE = "reach the {colour} block"
@@ -43,7 +44,8 @@ def grounding_probe(ckpt: str | os.PathLike, scenes: int = 20, *, text_encoder: 
         for i in range(scenes):
             driver.reset(seed_base + i)
             image = torch.from_numpy(resize_frames(driver.render("scene")[None], config.image_size))  # (1, S, S, 3)
-            state = torch.from_numpy(driver.robot_state().as_vector()[None]).float()  # (1, 8)
+            now = driver.robot_state().as_vector()  # (8,) the first tick: every past state is this one
+            state = torch.from_numpy(StateHistory(config.state_history).push(now)[None])  # (1, 8 * (1 + H))
             n = len(colours)
             with torch.no_grad():
                 _, actions = model.predict_actions(image.expand(n, -1, -1, -1), text,

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = train_sub.add_parser("finetune", help="stage 3: action finetuning on robot episodes")
     f.add_argument("--init", required=True, help="'scratch', or a pretrained checkpoint / training run directory")
     f.add_argument("--data", nargs="+", required=True, help="LeRobot v3 datasets with actions")
+    f.add_argument("--state-history", type=_lags, metavar="LAGS",
+                   help="past states as input, control ticks back, comma-separated (e.g. 3,6,12; 'none' for "
+                        "none); default: the init checkpoint's")
     _common(f, steps=1000)
     f.set_defaults(func=_finetune)
 
@@ -79,6 +82,18 @@ def _options(args: argparse.Namespace):
                         ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads)
 
 
+def _lags(text: str) -> tuple[int, ...]:
+    """'3,6,12' -> (3, 6, 12); 'none' -> ()."""
+    from lapa.state_history import check_lags
+
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return check_lags(int(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
 def _config(args: argparse.Namespace):
     from lapa.policy.config import VLAConfig
 
@@ -116,7 +131,7 @@ def _finetune(args: argparse.Namespace) -> int:
     return _print(finetune_actions(args.init, args.data, args.out, config=_config(args), chunk_size=args.chunk_size,
                                    num_bins=args.num_bins, decoder=args.decoder,
                                    action_output=args.action_output, goal_aux=args.goal_aux or None,
-                                   opts=_options(args),
+                                   state_history=args.state_history, opts=_options(args),
                                    resume=args.resume))
 
 

@@ -15,6 +15,7 @@ import torch
 
 from lapa.action import ACTION_DIM, STATE_DIM
 from lapa.config_checks import check_patch_grid, check_positive_ints, from_known_keys, from_preset
+from lapa.state_history import check_lags, state_input_dim
 
 HEADS = ("latent", "action")
 DECODERS = ("parallel", "autoregressive")
@@ -54,8 +55,13 @@ class VLAConfig:
     # l1 head: one more query that predicts where the episode's end effector ends up (xyz), an
     # auxiliary loss in training only: a dense signal that ties the instruction to its block
     goal_aux: bool = False
+    # state history (lapa/state_history.py): control ticks back at which past states join the current
+    # one in the state input, e.g. (3, 6, 12); () the current state only. Needs state_dim 8.
+    state_history: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.state_history, list):  # from config.json
+            object.__setattr__(self, "state_history", tuple(self.state_history))
         positive = ("image_size", "patch_size", "dim", "depth", "heads", "text_dim", "latent_seq_len")
         check_positive_ints(self, positive)
         check_patch_grid(self.image_size, self.patch_size)
@@ -94,10 +100,18 @@ class VLAConfig:
             raise ValueError(f"action_output must be one of {ACTION_OUTPUTS}, got {self.action_output!r}")
         if not isinstance(self.goal_aux, bool):
             raise ValueError(f"goal_aux must be a bool, got {self.goal_aux!r}")
+        check_lags(self.state_history)
+        if self.state_history and not self.state_dim:
+            raise ValueError("state_history needs a state input (state_dim 8)")
         if self.action_output == "l1" and self.decoder != "parallel":
             raise ValueError("the l1 action head regresses the whole chunk in one pass: decoder must be 'parallel'")
 
     # ------------------------------------------------------------------ derived sizes
+    @property
+    def state_input_dim(self) -> int:
+        """Floats of the model's state input: 0, 8, or 8 per state with a history."""
+        return state_input_dim(self.state_history) if self.state_dim else 0
+
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size

@@ -31,6 +31,7 @@ from lapa.data.frame_pairs import ClipCatalog, resize_frames
 from lapa.errors import UserError
 from lapa.laq.labels import read_labels
 from lapa.policy.action_tokenizer import ActionTokenizer
+from lapa.state_history import history_rows
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Batch:
     bins: torch.Tensor | None = None  # (B, K, 7) int64 action tokens
     mask: torch.Tensor | None = None  # (B, K) bool: False past the episode end
     actions: torch.Tensor | None = None  # (B, K, 7) float32 true chunk (targets of an l1 head, error metrics)
-    states: torch.Tensor | None = None  # (B, 8) float32 proprio at x_t (None: the data has none)
+    states: torch.Tensor | None = None  # (B, 8 * (1 + H)) float32 proprio at x_t [+ history] (None: no states)
     goals: torch.Tensor | None = None  # (B, 3) float32 EE xyz at the episode's last frame (goal_aux)
 
     def __len__(self) -> int:
@@ -267,6 +268,7 @@ class ActionSet:
         width = max(len(ws) for ws in wordings)
         self.wording_ids = np.stack([np.resize(self.table.ids(ws), width) for ws in wordings])  # (C, W)
         self.paraphrase = paraphrase
+        self.state_lags: tuple[int, ...] = ()  # the model's state history (lapa/state_history.py)
         self.bins: torch.Tensor | None = None
         self.tokenizer: ActionTokenizer | None = None
 
@@ -321,7 +323,9 @@ class ActionSet:
         images = torch.from_numpy(self.clips.frames[rows])  # (B, S, S, 3) uint8
         states = goals = None
         if self.clips.states is not None:
-            states = torch.from_numpy(self.clips.states[rows])  # (B, 8)
+            starts = self.clips.offsets[self.sample_clip[idx]]  # (B,) each sample's episode start
+            past = history_rows(rows, starts, self.state_lags)  # (B, 1 + H) [now, lag 1, ...]
+            states = torch.from_numpy(self.clips.states[past].reshape(len(idx), -1))  # (B, 8 * (1 + H))
             goals = torch.from_numpy(self.clips.states[self.last_rows[idx], :3])  # (B, 3)
         return Batch(images, self.table.embeddings[self.text_ids[idx]], bins=self.bins[idx],
                      mask=self.masks[idx], actions=torch.from_numpy(self.chunks[idx]), states=states,

@@ -7,6 +7,8 @@
     instruction embedding (B, 384), precomputed and cached --LayerNorm, Linear--> text (B, 1, D)
     proprio state (B, 8) (state_dim = 8) --features, Linear--> state (B, 1, D); absent (latent
         pretraining, a caller without state): a learned "no state" token instead
+        with a state history (config.state_history, H lags): (B, 8 * (1 + H)), the displacements
+        since each lag --Linear--> added to the state token
     head-specific learnable queries                                            --> queries (B, Q, D)
     trunk: pre-norm transformer over [text, state, patches, queries], final LayerNorm
     head: Linear on the query outputs
@@ -54,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lapa.action import STATE_DIM
 from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.config import DECODERS, VLAConfig
 
@@ -205,6 +208,20 @@ def state_features(state: Tensor) -> Tensor:
     rpy = state[:, 3:6]  # (B, 3)
     width = state[:, 6:7] / _GRIPPER_HALF_WIDTH_M - 1.0  # (B, 1) from one finger (half the width): -1 closed, +1 open
     return torch.cat([xyz, torch.sin(rpy), torch.cos(rpy), width], dim=1)  # (B, 10)
+
+
+HISTORY_SCALE_M = 0.1  # EE displacement scale of the history features
+
+
+def history_features(state: Tensor, lags: int) -> Tensor:
+    """(B, 8 * (1 + H)) [now, lag 1, ...] (lapa/state_history.py) -> (B, 4 * H): per lag, the EE
+    displacement since then (xyz, of order 1 over a push) and the change of the finger opening."""
+    B = state.shape[0]
+    states = state.reshape(B, 1 + lags, -1)  # (B, 1 + H, 8)
+    now, past = states[:, :1], states[:, 1:]  # (B, 1, 8), (B, H, 8)
+    moved = (now[..., 0:3] - past[..., 0:3]) / HISTORY_SCALE_M  # (B, H, 3)
+    fingers = (now[..., 6:7] - past[..., 6:7]) / _GRIPPER_HALF_WIDTH_M  # (B, H, 1)
+    return torch.cat([moved, fingers], dim=2).reshape(B, 4 * lags)  # (B, 4H)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -379,6 +396,10 @@ class VLA(nn.Module):
         self.text_proj = nn.Linear(config.text_dim, D)
         self.state_proj = nn.Linear(STATE_FEATURES, D) if config.state_dim else None
         self.no_state = nn.Parameter(torch.randn(1, 1, D) * 0.02) if config.state_dim else None  # (1, 1, D)
+        # the state history joins the state token (zero-initialised: a model given a history starts
+        # as the same model without one)
+        H = len(config.state_history)
+        self.history_proj = nn.Linear(4 * H, D) if H else None
         self.blocks = nn.ModuleList(Block(D, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.norm = nn.LayerNorm(D)
         # heads: exactly one of them exists
@@ -392,6 +413,9 @@ class VLA(nn.Module):
         for module in self.modules():
             if isinstance(module, FiLM):
                 module.reset_to_identity()
+        if self.history_proj is not None:
+            nn.init.zeros_(self.history_proj.weight)
+            nn.init.zeros_(self.history_proj.bias)
         self.register_buffer("attn_blocked", _attention_mask(config), persistent=False)  # (S, S)
 
     # ------------------------------------------------------------------ trunk
@@ -423,9 +447,13 @@ class VLA(nn.Module):
         elif state is None:
             tokens.append(self.no_state.expand(images.shape[0], -1, -1))  # (B, 1, D)
         else:
-            if state.dim() != 2 or state.shape != (images.shape[0], c.state_dim):
-                raise ValueError(f"state must be (B, {c.state_dim}), got {tuple(state.shape)}")
-            tokens.append(self.state_proj(state_features(state.float())).unsqueeze(1))  # (B, 1, D)
+            if state.dim() != 2 or state.shape != (images.shape[0], c.state_input_dim):
+                raise ValueError(f"state must be (B, {c.state_input_dim}), got {tuple(state.shape)}")
+            state = state.float()
+            token = self.state_proj(state_features(state[:, :STATE_DIM]))  # (B, D)
+            if self.history_proj is not None:
+                token = token + self.history_proj(history_features(state, len(c.state_history)))  # (B, D)
+            tokens.append(token.unsqueeze(1))  # (B, 1, D)
         if keypoint_token is not None:
             tokens.append(keypoint_token)  # (B, 1, D)
         return torch.cat([*tokens, patches], dim=1)  # (B, P, D)
@@ -552,6 +580,16 @@ class VLA(nn.Module):
         self.attn_blocked = _attention_mask(config).to(ref.device)
         self.config = config
         return self
+
+    def with_state_history(self, lags: tuple[int, ...]) -> VLA:
+        """The same model taking a state history with these lags (a new VLA; self is unchanged). Its
+        history projection starts at zero, so until trained it acts exactly as this model. An
+        action model's tokenizer is set again by the caller (`set_action_tokenizer`)."""
+        model = VLA(self.config.replace(state_history=tuple(lags)))
+        fresh = model.state_dict()
+        own = self.state_dict()
+        model.load_state_dict({k: fresh[k] if k.startswith("history_proj.") else own[k] for k in fresh})
+        return model
 
     def set_action_tokenizer(self, tokenizer: ActionTokenizer) -> None:
         head = self._action_head()

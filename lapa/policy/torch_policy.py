@@ -83,7 +83,8 @@ class TorchPolicy:
             "model_hash": file_sha256(checkpoint / MODEL_FILE),
             "decoder": self.decoder,
             "num_bins": c.num_bins,
-            "state_dim": c.state_dim,
+            "state_dim": c.state_input_dim,
+            "state_history": list(c.state_history),
             "action_output": c.action_output,
             "text_encoder": getattr(encoder, "name", TEXT_ENCODER_NAME),
             "device": str(self.device),
@@ -97,7 +98,7 @@ class TorchPolicy:
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         """Validate (PolicyInputError on a malformed observation), encode, decode one chunk."""
         image, instruction, state = check_observation(obs, (self.config.image_size, self.config.image_size))
-        state = require_state(state, self.config.state_dim)  # PolicyInputError when the model needs it
+        state = require_state(state, self.config.state_input_dim)  # PolicyInputError when the model needs it
         if not image.flags.c_contiguous or not image.flags.writeable:
             image = image.copy()  # msgpack buffers are read-only; torch wants a writable array
         start = time.perf_counter()
@@ -115,7 +116,8 @@ class TorchPolicy:
     def warmup(self, steps: int = 2) -> None:
         """Run a few calls on random inputs so the first real call is not the slow one."""
         images, text = self.config.fake_inputs(1)
-        state = torch.from_numpy(fake_state(1)).to(self.device) if self.config.state_dim else None  # (1, 8)
+        c = self.config
+        state = torch.from_numpy(fake_state(1, dim=c.state_input_dim)).to(self.device) if c.state_dim else None
         with torch.inference_mode():
             for _ in range(steps):
                 self.model.predict_actions(images.to(self.device), text.to(self.device), decoder=self.decoder,

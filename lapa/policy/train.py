@@ -354,12 +354,14 @@ def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | o
 def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike,
                      *, config: VLAConfig | None = None, preset: str = "tiny", chunk_size: int | None = None,
                      num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
-                     goal_aux: bool | None = None, opts: TrainOptions | None = None, resume: bool = False,
+                     goal_aux: bool | None = None, state_history: tuple[int, ...] | None = None,
+                     opts: TrainOptions | None = None, resume: bool = False,
                      encoder: Any | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
 
     `config`/`preset` only matter from scratch; chunk_size, num_bins, decoder default to the
-    init checkpoint's (or the config's) values.
+    init checkpoint's (or the config's) values. `state_history` (lags in ticks) gives the model a
+    state history (lapa/state_history.py); None keeps the init's.
     """
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
@@ -388,7 +390,12 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     else:
         model.replace_head_for_actions(tokenizer, **{k: v for k, v in head.items() if k != "num_bins"})
         head_choice = "new (latent head dropped)" if base.head == "latent" else "new (shape changed)"
-    provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources}
+    if state_history is not None and tuple(state_history) != model.config.state_history:
+        model = model.with_state_history(tuple(state_history))
+        model.set_action_tokenizer(tokenizer)
+    data.state_lags = model.config.state_history
+    provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources,
+                  "state_history": list(model.config.state_history)}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune")
 
 
@@ -410,6 +417,7 @@ def evaluate_actions(ckpt: str | os.PathLike, data: list[str | os.PathLike], *, 
     encoder = load_text_encoder(encoder)
     actions = ActionSet.from_lerobot(data, config.image_size, config.chunk_size, encoder)
     actions.set_tokenizer(tokenizer)
+    actions.state_lags = config.state_history
     losses, accs, preds = [], [], []
     for start in range(0, len(actions), batch_size):
         idx = np.arange(start, min(start + batch_size, len(actions)))
