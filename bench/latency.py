@@ -408,7 +408,7 @@ def int8_agreement(fp32: Any, int8: Any, config: Any, samples: int, fake_state, 
         feeds = {IMAGE_INPUT: rng.integers(0, 256, (1, config.image_size, config.image_size, 3), dtype=np.uint8),
                  TEXT_EMB_INPUT: text / np.linalg.norm(text)}
         if config.state_dim:
-            feeds[STATE_INPUT] = fake_state(1, seed=seed + i)
+            feeds[STATE_INPUT] = fake_state(1, seed=seed + i, dim=config.state_input_dim)
         a32, b32 = fp32.run([ACTIONS_OUTPUT, BINS_OUTPUT], feeds)
         a8, b8 = int8.run([ACTIONS_OUTPUT, BINS_OUTPUT], feeds)
         same_bins.append(np.mean(b32 == b8))
@@ -518,13 +518,13 @@ def _throughput(torch, model, config, policy, outputs, runs, warmup, threads, fo
 
     peak = matmul_peak(torch)
     images1, text1 = config.fake_inputs(batch=1, seed=1)
-    state1 = torch.from_numpy(fake_state(1, seed=1)) if config.state_dim else None
+    state1 = torch.from_numpy(fake_state(1, seed=1, dim=config.state_input_dim)) if config.state_dim else None
     flops = forward_flops(torch, model, images1, text1, state1)
     out: dict[str, Any] = {"forward_flops_batch1": flops, "threads": threads}
     batch_runs = max(3, runs // 10)
     for b in BATCHES:
         images, text = config.fake_inputs(batch=b, seed=2)
-        state = fake_state(b, seed=2) if config.state_dim else None
+        state = fake_state(b, seed=2, dim=config.state_input_dim) if config.state_dim else None
         feeds = {IMAGE_INPUT: images.numpy(), TEXT_EMB_INPUT: text.numpy()}
         state_t = None
         if state is not None:

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         feeds = {IMAGE_INPUT: images.numpy(), TEXT_EMB_INPUT: text.numpy()}
         state = None
         if config.state_dim:  # a model with a proprio input needs it, in both engines
-            feeds[STATE_INPUT] = fake_state(1, seed=123)
+            feeds[STATE_INPUT] = fake_state(1, seed=123, dim=config.state_input_dim)
             state = torch.from_numpy(feeds[STATE_INPUT])
         session = policy.session
 

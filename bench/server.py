@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with PolicyClient("http://" + base) as client:
             meta = dict(client.metadata)
         # a model with a proprio input refuses requests without one: send a plausible random state
-        state = fake_state(1)[0] if meta.get("state_dim") else None
+        state = fake_state(1, dim=int(meta["state_dim"]))[0] if meta.get("state_dim") else None
         results: dict[str, Any] = {
             "policy": (f"{args.backend} backend, model {args.model}" if args.model else
                        "fake numpy policy (tests/policy_fakes.py): no --model given, model_ms is near zero"),

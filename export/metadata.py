@@ -26,6 +26,7 @@ from typing import Any
 
 from lapa.errors import UserError
 from lapa.file_hash import file_sha256
+from lapa.state_history import state_input_dim
 
 FORMAT_VERSION = 1
 POLICY_ONNX = "policy.onnx"
@@ -76,7 +77,7 @@ class ExportMetadata:
     model_hash: str
     files: dict[str, str]  # file name -> sha256
     raw: dict[str, Any]
-    state_dim: int = 0  # 8: policy.onnx takes `state` (B, 8) and needs it; 0: no state input
+    state_dim: int = 0  # 8 (or 8 per state with a state history): policy.onnx takes `state` (B, state_dim); 0: none
     action_output: str = "bins"  # "bins" (logits output) or "l1" (normalized_actions output)
 
     @property
@@ -106,6 +107,7 @@ class ExportMetadata:
             "decoder": r.get("decoder", "parallel"),
             "num_bins": self.num_bins,
             "state_dim": self.state_dim,
+            "state_history": list(r.get("state_history", [])),
             "action_output": self.action_output,
             "text_encoder": r.get("text_encoder", {}).get("name", ""),
             "opset": r.get("opset"),
@@ -176,8 +178,14 @@ def read_metadata(directory: str | os.PathLike, verify_hashes: bool = True) -> E
 def _check_policy_io(path: Path, meta: ExportMetadata) -> None:
     """state_dim, action_output and the recorded policy I/O names agree with each other."""
     doc = meta.raw
-    if meta.state_dim not in STATE_DIMS:
-        raise ExportError(f"{path}: state_dim {meta.state_dim}, expected one of {STATE_DIMS}")
+    lags = doc.get("state_history") or []
+    expected = state_input_dim(lags) if meta.state_dim else 0
+    if meta.state_dim not in STATE_DIMS and meta.state_dim != expected:
+        raise ExportError(f"{path}: state_dim {meta.state_dim}, expected one of {STATE_DIMS}, or "
+                          f"{expected} for the state history {lags}")
+    if lags and meta.state_dim != expected:
+        raise ExportError(f"{path}: state_dim {meta.state_dim} does not match the state history {lags} "
+                          f"(expected {expected}); re-export")
     if meta.action_output not in ACTION_OUTPUTS:
         raise ExportError(f"{path}: action_output {meta.action_output!r}, expected one of {ACTION_OUTPUTS}")
     want_state = STATE_INPUT if meta.state_dim else None

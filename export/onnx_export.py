@@ -173,7 +173,7 @@ def export_policy_graph(model: VLA, path: Path, exporter: str = "dynamo", opset:
     images, text = c.fake_inputs(batch=2, seed=0)  # batch 2: dynamo specialises a batch of 1
     args: tuple[Tensor, ...] = (images, text)
     if c.state_dim:
-        args += (torch.from_numpy(fake_state(2, seed=0)),)
+        args += (torch.from_numpy(fake_state(2, seed=0, dim=c.state_input_dim)),)
     inputs, outputs = policy_io_names(c.state_dim, c.action_output)
     batch = ("batch", 1, MAX_BATCH)
     export_graph(PolicyStep(model), args, path, inputs, outputs, {name: {0: batch} for name in inputs},
@@ -332,7 +332,8 @@ def _metadata(
         "decoder": c.decoder,
         "action_output": c.action_output,
         "action_decoding": decoding,
-        "state_dim": c.state_dim,
+        "state_dim": c.state_input_dim,
+        "state_history": list(c.state_history),
         "state_input": STATE_INPUT if c.state_dim else None,
         "state_names": list(STATE_NAMES) if c.state_dim else [],
         "policy_inputs": inputs,

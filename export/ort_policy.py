@@ -250,7 +250,7 @@ class OrtPolicy:
         H, W = self.meta.image_size
         text = rng.normal(size=(1, self.meta.text_dim)).astype(np.float32)
         text /= np.linalg.norm(text)
-        state = fake_state(1) if self.state_dim else None
+        state = fake_state(1, dim=self.state_dim) if self.state_dim else None
         for _ in range(steps):
             self.run(rng.integers(0, 256, (1, H, W, 3), dtype=np.uint8), text, state)
 

@@ -246,7 +246,8 @@ def policy_inputs(config: Any, samples: int, batch: int = 16, seed: int = 0) -> 
         images, text = config.fake_inputs(batch=size, seed=seed + i)
         feeds = {IMAGE_INPUT: images.numpy(), TEXT_EMB_INPUT: text.numpy()}
         if getattr(config, "state_dim", 0):
-            feeds[STATE_INPUT] = fake_state(size, seed=seed + i)
+            dim = getattr(config, "state_input_dim", config.state_dim)  # 8, or 8 per state with a history
+            feeds[STATE_INPUT] = fake_state(size, seed=seed + i, dim=dim)
         yield feeds
 
 

@@ -257,7 +257,7 @@ def engine_parity(onnx_dir: Path, engine: Path, options: BuildOptions):
             images = rng.integers(0, 256, (size, *meta.image_size, 3), dtype=np.uint8)
             text = rng.normal(size=(size, meta.text_dim)).astype(np.float32)
             text /= np.linalg.norm(text, axis=1, keepdims=True)
-            state = fake_state(size, seed=done) if meta.state_dim else None
+            state = fake_state(size, seed=done, dim=meta.state_dim) if meta.state_dim else None
             refs.append(ort_policy.run(images, text, state, logits=True))
             gots.append(runner.run(images, text, state))
             done += size

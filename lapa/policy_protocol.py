@@ -11,6 +11,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from lapa.action import STATE_DIM
+from lapa.state_history import MAX_STATE_FLOATS
+
 OBS_IMAGE = "image"  # uint8 (H, W, 3) RGB, scene camera
 OBS_INSTRUCTION = "instruction"  # str
 OBS_STATE = "state"  # optional float32 (8,): EE xyz, EE rpy, finger positions (lapa/action.py STATE_NAMES)
@@ -60,8 +63,10 @@ def check_observation(obs: dict[str, Any], image_size: tuple[int, int]) -> tuple
     state = obs.get(OBS_STATE)
     if state is not None:
         state = np.asarray(state)
-        if state.shape != (8,) or not np.issubdtype(state.dtype, np.floating) or not np.all(np.isfinite(state)):
-            raise PolicyInputError(f"'state' must be 8 finite floats, got {state.dtype} {tuple(state.shape)}")
+        if (state.ndim != 1 or not 0 < state.shape[0] <= MAX_STATE_FLOATS or state.shape[0] % STATE_DIM
+                or not np.issubdtype(state.dtype, np.floating) or not np.all(np.isfinite(state))):
+            raise PolicyInputError(f"'state' must be 8 finite floats (8 per state with a state history), "
+                                   f"got {state.dtype} {tuple(state.shape)}")
         state = state.astype(np.float32)
     return image, instruction, state
 

@@ -22,11 +22,15 @@ import numpy as np
 from lapa.action import STATE_DIM
 
 MAX_LAG_TICKS = 100
+MAX_LAGS = 16
+MAX_STATE_FLOATS = STATE_DIM * (1 + MAX_LAGS)  # the longest state vector a request may carry
 
 
 def check_lags(lags: Sequence[int]) -> tuple[int, ...]:
-    """Validated lags: strictly increasing ints in 1..MAX_LAG_TICKS (ValueError otherwise)."""
+    """Validated lags: at most MAX_LAGS strictly increasing ints in 1..MAX_LAG_TICKS (ValueError otherwise)."""
     lags = tuple(lags)
+    if len(lags) > MAX_LAGS:
+        raise ValueError(f"at most {MAX_LAGS} state history lags, got {len(lags)}")
     if not all(isinstance(lag, int) and not isinstance(lag, bool) and 1 <= lag <= MAX_LAG_TICKS for lag in lags):
         raise ValueError(f"state history lags must be ints in 1..{MAX_LAG_TICKS}, got {lags!r}")
     if any(b <= a for a, b in zip(lags, lags[1:], strict=False)):

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ import numpy as np
 
 from lapa.action import RobotState
 from lapa.chunking import ChunkExecutor, TickAction
+from lapa.state_history import StateHistory
 from lapa_ros.backends.base import BackendError, RobotBackend
 from lapa_ros.inference import Frame, FrameBuffer, Request, Result
 from lapa_ros.safety import FAULT, HOLD, SafetyFilter
@@ -130,6 +131,7 @@ class ControlCore:
         self._tick_done = True
         self._not_before_mono_s = 0.0
         self.robot_state: RobotState | None = None
+        self.history: StateHistory | None = None  # a model with a state history (set_state_history)
         self.stats = {
             "tick_mono_s": deque(maxlen=STATS_WINDOW), "latency_ms": deque(maxlen=STATS_WINDOW),
             "model_ms": deque(maxlen=STATS_WINDOW), "round_trip_ms": deque(maxlen=STATS_WINDOW),
@@ -145,6 +147,13 @@ class ControlCore:
     def set_waiting(self, reason: str) -> None:
         """Still starting up: say what for."""
         self._set_state("starting", reason)
+
+    def set_state_history(self, lags: Sequence[int]) -> None:
+        """The model takes past states `lags` ticks back (server metadata `state_history`; empty: none)."""
+        lags = tuple(int(lag) for lag in lags)
+        with self._lock:
+            if lags != (self.history.lags if self.history is not None else ()):
+                self.history = StateHistory(lags) if lags else None
 
     def attach_backend(self, backend: RobotBackend, control_hz: float) -> None:
         """A connected backend: read its state, release the safety filter, wait for an instruction."""
@@ -180,6 +189,8 @@ class ControlCore:
         with self._lock:
             self.instruction = text
             self.chunks.clear()
+            if self.history is not None:
+                self.history.reset()  # a new episode: its first state stands in for the past ones
             self._not_before_mono_s = self.clock.monotonic()
             started = self.settings.autostart and self.safety.fault is None and self.backend is not None
             if started:
@@ -205,6 +216,12 @@ class ControlCore:
             except BackendError as e:
                 self.fault(f"robot error: {e}")
                 return
+            state = self.robot_state.as_vector()  # (8,)
+            meta = getattr(self.worker, "metadata", None)  # the connected model's (it may change on reconnect)
+            if meta is not None:
+                self.set_state_history(meta.get("state_history") or ())
+            if self.history is not None:
+                state = self.history.push(state)  # (8 * (1 + H),) every tick, asked or not
             if not self.running or self.safety.fault is not None or not self.instruction:
                 self._halt_if_moving()
                 backend.hold()
@@ -222,7 +239,6 @@ class ControlCore:
             elif not previous_done:
                 backend.hold()  # no command last tick either: the sim backend steps (and renders) anyway
             if self.chunks.needs_request(tick):
-                state = self.robot_state.as_vector()
                 self.worker.request(Request(tick, now, self.instruction, state, self._not_before_mono_s))
 
     def on_result(self, result: Result) -> None:

@@ -77,7 +77,7 @@ class Request:
     tick: int
     tick_mono_s: float
     instruction: str
-    state: np.ndarray | None = None  # float32 (8,)
+    state: np.ndarray | None = None  # float32 (8,), or (8 * (1 + H),) for a model with a state history
     not_before_mono_s: float = 0.0  # ignore frames received before this (e.g. before a restart)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lapa.policy_protocol import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
+from lapa.state_history import MAX_STATE_FLOATS
 
 STATE_DIM = 8
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -119,8 +120,9 @@ def _state(value: Any) -> np.ndarray | None:
         value = np.asarray(value, dtype=np.float64)
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
         raise RequestError(422, f"'state' must be {STATE_DIM} numbers, got {type(value).__name__}")
-    if value.shape != (STATE_DIM,):
-        raise RequestError(422, f"'state' must have shape ({STATE_DIM},), got {tuple(value.shape)}")
+    if value.ndim != 1 or not 0 < value.shape[0] <= MAX_STATE_FLOATS or value.shape[0] % STATE_DIM:
+        raise RequestError(422, f"'state' must have shape ({STATE_DIM},) (or {STATE_DIM} per state for a model "
+                                f"with a state history, see /v1/metadata state_dim), got {tuple(value.shape)}")
     if not np.all(np.isfinite(value)):
         raise RequestError(422, "'state' has non-finite values")
     return value.astype(np.float32)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from lapa.action import ACTION_DIM, STATE_DIM
+from lapa.state_history import MAX_STATE_FLOATS
 
 ERROR_STATUSES = ("400", "401", "409", "413", "415", "422", "503")
 
@@ -36,9 +37,11 @@ _ACT_REQUEST = {
     "type": "object", "required": ["image", "instruction"],
     "properties": {
         "image": _IMAGE, "instruction": _INSTRUCTION, "request_id": _REQUEST_ID,
-        "state": {"type": ["array", "null"], "minItems": STATE_DIM, "maxItems": STATE_DIM, "items": {"type": "number"},
+        "state": {"type": ["array", "null"], "minItems": STATE_DIM, "maxItems": MAX_STATE_FLOATS,
+                  "items": {"type": "number"},
                   "description": "proprio state (EE xyz, roll/pitch/yaw, finger positions); required by "
-                                 "models with a state input (see /v1/metadata state_dim)"},
+                                 "models with a state input, exactly /v1/metadata state_dim numbers: 8, or "
+                                 "8 per state for a model with a state_history (now, then each lag back)"},
     },
 }
 _ACT_REPLY = {

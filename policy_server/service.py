@@ -124,7 +124,7 @@ class PolicyService:
             image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
             obs: dict[str, Any] = {"image": image, "instruction": f"warm up {i % 2}"}
             if state_dim:
-                obs["state"] = fake_state(1, seed=i)[0]
+                obs["state"] = fake_state(1, seed=i, dim=state_dim)[0]
             _check_actions(policy.infer(obs))
 
     def _server_metadata(self, meta: dict[str, Any]) -> dict[str, Any]:

@@ -364,3 +364,27 @@ def test_status_reports_rates_latency_pose_and_counts(tmp_path):
     assert status["ee_pos_m"] == HOME_M.tolist() and status["counts"]["commands"] == 5
     rig.core.write_stats(tmp_path / "stats.json", status)
     assert (tmp_path / "stats.json").stat().st_size > 0
+
+
+def test_a_model_with_a_state_history_gets_past_states_recorded_every_tick():
+    """Server metadata `state_history` (1, 3): each request carries [now, 1 tick ago, 3 ticks ago],
+    recorded on every tick (also those that ask nothing), restarted by a new instruction."""
+    rig = Rig(n=2).attach()
+    rig.worker.metadata = {"state_history": [1, 3]}
+    rig.core.on_instruction("reach the red block")
+    for _ in range(5):
+        rig.backend.state_value = RobotState(rig.backend.state_value.ee_pos_m + [0.01, 0, 0],
+                                             np.array([np.pi, 0.0, 0.0]), 0.08)
+        asked = len(rig.worker.requests)
+        rig.tick()
+        if len(rig.worker.requests) > asked:  # ticks 1, 3, 5 ask (first_n 2)
+            rig.reply(rig.worker.requests[-1], steps(4))
+    xs = [np.round(r.state.reshape(3, 8)[:, 0] - HOME_M[0], 3).tolist() for r in rig.worker.requests]
+    assert xs == [[0.01, 0.01, 0.01], [0.03, 0.02, 0.01], [0.05, 0.04, 0.02]]
+    rig.core.on_instruction("reach the blue block")  # a new episode
+    rig.tick()
+    assert np.allclose(rig.worker.requests[-1].state.reshape(3, 8)[:, 0], rig.backend.state_value.ee_pos_m[0])
+    rig.worker.metadata = {"state_history": []}  # reconnected to a model without one
+    rig.core.chunks.clear()
+    rig.tick()
+    assert rig.worker.requests[-1].state.shape == (8,)

@@ -152,3 +152,45 @@ def test_finetune_adds_a_history_to_a_checkpoint_without_one(robot, tmp_path):
                          encoder=FakeEncoder())
     model, loaded, _ = load_vla(r.checkpoint)
     assert loaded.state_history == LAGS and model.history_proj is not None
+
+
+# ----------------------------------------------------------------------------- the serving path
+
+
+@pytest.fixture(scope="module")
+def exported_history(tmp_path_factory):
+    """A small tabletop model with a state history whose projection is not zero, exported to ONNX."""
+    from bench.random_models import random_checkpoint, random_text_encoder
+    from export.onnx_export import export_onnx
+    from lapa.policy.checkpoint_io import save_vla
+
+    root = tmp_path_factory.mktemp("export_history")
+    ckpt = random_checkpoint(root / "ckpt", preset="tabletop", **{**SMALL, "text_dim": 32}, state_history=LAGS)
+    model, config, tokenizer = load_vla(ckpt)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.history_proj.weight, std=0.5)  # the history path must show in the outputs
+    save_vla(ckpt, model.eval(), config, tokenizer)
+    text = random_text_encoder(root / "text_encoder", hidden=32)
+    doc = export_onnx(ckpt, root / "out", text_encoder_dir=text, exporter="legacy", parity_samples=16,
+                      log=lambda _m: None)
+    return ckpt, root / "out", doc
+
+
+def test_export_keeps_the_history_in_the_graph_and_the_metadata(exported_history):
+    from export.ort_policy import OrtPolicy
+    from lapa.policy_protocol import PolicyInputError
+
+    ckpt, out, doc = exported_history
+    assert doc["state_dim"] == 24 and doc["state_history"] == list(LAGS) and doc["parity"]["policy"]["passed"]
+    policy = OrtPolicy(out, threads=1)
+    assert policy.metadata["state_dim"] == 24 and policy.metadata["state_history"] == list(LAGS)
+    model, config, _ = load_vla(ckpt)
+    image = config.fake_inputs(1, seed=4)[0][0].numpy()
+    states = fake_state(2, seed=5, dim=24)
+    moved = states[1].copy()
+    moved[:8] = states[0][:8]  # the same current state, another history
+    replies = [policy.infer({"image": image, "instruction": "push the red block left", "state": s})
+               for s in (states[0], moved)]
+    assert np.abs(replies[0]["actions"] - replies[1]["actions"]).max() > 1e-5, "the history reaches the graph"
+    with pytest.raises(PolicyInputError, match="24"):
+        policy.infer({"image": image, "instruction": "push the red block left", "state": states[0][:8]})
