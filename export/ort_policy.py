@@ -218,6 +218,14 @@ class OrtPolicy:
         self._metadata = {**self.meta.runtime_metadata(self.backend),
                           "providers": self.session.get_providers(), "num_threads": threads}
 
+    @classmethod
+    def from_dir(cls, model_dir: str | os.PathLike, threads: int | None = None) -> OrtPolicy:
+        """The server's constructor: an export directory, or a finetuned checkpoint, exported once
+        and cached (export/cache.py), so `--backend onnxruntime` serves a shipped model as it is."""
+        from export.cache import ensure_export
+
+        return cls(ensure_export(model_dir), threads=threads)
+
     @property
     def metadata(self) -> dict[str, Any]:
         return dict(self._metadata)
