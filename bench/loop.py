@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from bench.random_models import random_checkpoint
-from lapa_ros.launch_plan import DEFAULT_MODEL_DIR, DEFAULT_MODEL_SUITE, EXPERT_MODEL
+from lapa_ros.launch_plan import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_MODEL_SUITE,
+    DEFAULT_SERVER_BACKEND,
+    EXPERT_MODEL,
+    SERVER_BACKENDS,
+)
 from lapa_ros.session import LoopSession, SessionConfig, summarize_stats
 
 BENCH_INSTRUCTION = "pick up the red block"
@@ -46,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint for the latency runs (default: models/lapa_tabletop, else a "
                                         "random-weight VLA of its preset)")
     parser.add_argument("--camera-hz", type=float, default=30.0)
+    parser.add_argument("--server-backend", default=DEFAULT_SERVER_BACKEND, choices=SERVER_BACKENDS,
+                        help="the policy server's backend for a checkpoint (default: %(default)s)")
     parser.add_argument("--rt-priority", type=int, default=0,
                         help="lapa_policy's control_rt_priority (SCHED_FIFO control thread; default: off)")
     parser.add_argument("--image-size", type=int, default=128,
@@ -55,9 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camera_hz: float,
-                 image_size: int, rt_priority: int = 0) -> tuple[dict, list]:
+                 image_size: int, rt_priority: int = 0,
+                 server_backend: str = DEFAULT_SERVER_BACKEND) -> tuple[dict, list]:
     session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=rate_hz, camera_hz=camera_hz,
-                                        image_size=image_size, record_every=10 ** 9,
+                                        image_size=image_size, record_every=10 ** 9, server_backend=server_backend,
                                         policy_params={"control_rt_priority": rt_priority}))
     try:
         session.start()
@@ -78,11 +87,12 @@ def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camer
     return summary, list(stats.get("latency_ms", []))
 
 
-def measure_success(model: str, episodes: int, suite: str, out: Path) -> dict:
+def measure_success(model: str, episodes: int, suite: str, out: Path,
+                    server_backend: str = DEFAULT_SERVER_BACKEND) -> dict:
     from lapa.sim.env import episode_task
     from lapa.vocabulary import get_suite
 
-    session = LoopSession(SessionConfig(out_dir=out, model=model, record_every=10 ** 9))
+    session = LoopSession(SessionConfig(out_dir=out, model=model, record_every=10 ** 9, server_backend=server_backend))
     per_task: dict[str, list[bool]] = {}
     errors: list[str] = []
     try:
@@ -148,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
         for rate in rates:
             print(f"[bench loop] {rate:g} Hz for {args.duration:g} s ...", flush=True)
             summary, lat = measure_rate(model, rate, args.duration, out / f"rate_{rate:g}hz", args.camera_hz,
-                                        args.image_size, args.rt_priority)
+                                        args.image_size, args.rt_priority, args.server_backend)
             per_rate[f"{rate:g}"] = summary
             latencies[f"{rate:g} Hz"] = lat
             print(f"[bench loop]   {summary}", flush=True)
@@ -166,6 +176,7 @@ def run(args: argparse.Namespace) -> dict:
         "latency_rate_hz": rates[0],
         "latency_histogram": str(histogram),
         "camera": {"hz": args.camera_hz, "image_size": args.image_size},
+        "server_backend": args.server_backend,
         "control_rt_priority": args.rt_priority,
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
@@ -180,5 +191,5 @@ def run(args: argparse.Namespace) -> dict:
             label = f"{'scripted expert' if name == EXPERT_MODEL else model} ({suite} suite)"
             print(f"[bench loop] success: {label}, {args.episodes} episodes per task", flush=True)
             results["success"][label] = measure_success(model, args.episodes, suite,
-                                                        out / f"success_{Path(name).name}")
+                                                        out / f"success_{Path(name).name}", args.server_backend)
     return results

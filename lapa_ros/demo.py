@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lapa_ros.launch_plan import DEFAULT_MODEL_DIR as DEFAULT_MODEL
-from lapa_ros.launch_plan import DEFAULT_MODEL_SUITE, REPO_ROOT
+from lapa_ros.launch_plan import DEFAULT_MODEL_SUITE, DEFAULT_SERVER_BACKEND, REPO_ROOT, SERVER_BACKENDS
 
 SPEECH_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "speech"
 # (typed instruction, spoken WAV, suite of the further episodes): for the shipped model (reach and
@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                             "tests/fixtures/speech/ matching the model)")
     p.add_argument("--suite", help="task suite of the episodes after the first two (default: the model's)")
     p.add_argument("--control-hz", type=float, default=0.0, help="control rate (default: the model's)")
+    p.add_argument("--server-backend", default=DEFAULT_SERVER_BACKEND, choices=SERVER_BACKENDS,
+                   help="the policy server's backend for a checkpoint (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -128,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # 20 Hz of 128x128 scene camera: leaves CPU for franky-sim on a 2-core machine (the commands wait
     # for a fresh frame, so the camera-to-command latency does not grow with a slower camera)
-    session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=args.control_hz, camera_hz=20.0))
+    session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=args.control_hz, camera_hz=20.0,
+                                        server_backend=args.server_backend))
     results = []
     captions: list[str] = []
     try:

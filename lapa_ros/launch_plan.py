@@ -24,6 +24,10 @@ EXPERT_MODEL = "expert"  # model:=expert serves the scripted expert (simulation 
 # README.md: temporal ensembling, decay 0.5, lifts push from 76% to 82% and held-out paraphrases on
 # both families). Other models keep the node's own default (first_n, one action per model call).
 DEFAULT_MODEL_EXECUTION: dict[str, object] = {"chunk_mode": "ensemble", "ensemble_decay": 0.5}
+# The started server's backend: the fastest that keeps closed-loop success (BENCHMARKS.md). A
+# checkpoint is exported to ONNX once on first start and cached (export/cache.py).
+DEFAULT_SERVER_BACKEND = "onnxruntime"
+SERVER_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def execution_parameters(model: str) -> dict[str, object]:
@@ -41,7 +45,9 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "start_server": ("true", "start a policy server on server_url's port (false: use a running one)"),
     "model": ("", "checkpoint/export directory the started server loads (default: models/lapa_tabletop; "
                   "'expert' serves the scripted expert, simulation only)"),
-    "server_backend": ("torch", "torch | onnxruntime: the started server's backend"),
+    "server_backend": (DEFAULT_SERVER_BACKEND, "onnxruntime | torch | tensorrt: the started server's backend "
+                                              "(onnxruntime exports a checkpoint once, cached; tensorrt takes "
+                                              "an export directory with its engine)"),
     "server_threads": ("1", "intra-op threads of the started server's model"),
     "camera": ("sim", "sim (lapa_sim's scene camera), a device index, a stream URL, a video file, or none"),
     "camera_info_url": ("", "lapa_camera: intrinsics YAML (camera_info_manager format, `lapa calibration "
@@ -181,7 +187,7 @@ def _server(args: dict[str, str], sim: bool, notes: list[str]) -> tuple[ProcessS
             raise LaunchPlanError("model:=expert reads the simulator's state: it needs sim:=true")
         backend_args = ("--backend", "lapa_ros.expert_policy:make_policy")
     else:
-        if args["server_backend"] not in ("torch", "onnxruntime", "tensorrt"):
+        if args["server_backend"] not in SERVER_BACKENDS:
             raise LaunchPlanError(f"server_backend:={args['server_backend']!r}: torch, onnxruntime or tensorrt")
         backend_args = ("--model", model, "--backend", args["server_backend"])
     return ProcessSpec("lapa_server", "lapa-server", "policy_server.app",

@@ -19,7 +19,14 @@ import numpy as np
 
 from lapa.vocabulary import FAMILIES, parse_instruction
 from lapa_ros.bringup import Bringup
-from lapa_ros.launch_plan import EXPERT_MODEL, LaunchPlan, NodeSpec, ProcessSpec, execution_parameters
+from lapa_ros.launch_plan import (
+    DEFAULT_SERVER_BACKEND,
+    EXPERT_MODEL,
+    LaunchPlan,
+    NodeSpec,
+    ProcessSpec,
+    execution_parameters,
+)
 from lapa_ros.ros_env import apply_ros_env, private_domain_id
 
 
@@ -45,7 +52,7 @@ class EpisodeResult:
 class SessionConfig:
     out_dir: Path
     model: str = EXPERT_MODEL  # a checkpoint directory, or "expert"
-    server_backend: str = "torch"
+    server_backend: str = DEFAULT_SERVER_BACKEND  # for a checkpoint (the expert has its own)
     control_hz: float = 0.0  # 0: the model's
     camera_hz: float = 30.0
     image_size: int = 128
