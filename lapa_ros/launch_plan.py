@@ -8,6 +8,7 @@ into subprocesses (lapa_ros/bringup.py). Arguments are strings, as launch argume
     sim:=false            lapa_camera (camera:=0 | URL | file) ; lapa_policy (franky -> robot_ip)
     start_server:=true    lapa-server --model <model> (loopback address of server_url)
     speech:=true          lapa_speech (pocketsphinx; wav_files:=a.wav,b.wav to replay files)
+    console:=true         lapa_console (the operator's web page on console_host:console_port)
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "speech": ("false", "start lapa_speech (spoken instructions, pocketsphinx)"),
     "wav_files": ("", "lapa_speech: comma-separated WAV files to recognise instead of the microphone"),
     "control_hz": ("0", "control rate; 0 = the model's control_hz (server metadata)"),
+    "console": ("false", "start lapa_console, the operator's web page (watch, command, stop, record)"),
+    "console_host": ("127.0.0.1", "lapa_console: address of the page; anything but loopback needs $LAPA_API_KEY"),
+    "console_port": ("8080", "lapa_console: port of the page"),
     "params_file": ("", "a YAML parameter file for every node (e.g. config/lapa_ros.yaml)"),
 }
 
@@ -115,6 +119,7 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
     sim = parse_bool(args["sim"], "sim")
     start_server = parse_bool(args["start_server"], "start_server")
     speech = parse_bool(args["speech"], "speech")
+    console = parse_bool(args["console"], "console")
     try:
         control_hz = float(args["control_hz"])
     except ValueError:
@@ -158,7 +163,20 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
         if wavs:
             speech_params["wav_files"] = wavs
         nodes.append(NodeSpec("lapa_speech", "lapa_speech", "lapa_ros.speech_node", speech_params, params_files))
+    if console:
+        nodes.append(NodeSpec("lapa_console", "lapa_console", "lapa_ros.console", _console_params(args), params_files))
     return LaunchPlan(tuple(processes), tuple(nodes), tuple(notes))
+
+
+def _console_params(args: dict[str, str]) -> dict[str, object]:
+    try:
+        port = int(args["console_port"])
+    except ValueError:
+        raise LaunchPlanError(f"console_port:={args['console_port']!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise LaunchPlanError(f"console_port:={port} is not a port number")
+    return {"host": args["console_host"].strip() or "127.0.0.1", "port": port, "server_url": args["server_url"],
+            "image_topic": "/camera/image_raw", "instruction_topic": "/lapa/instruction"}
 
 
 def _server(args: dict[str, str], sim: bool, notes: list[str]) -> tuple[ProcessSpec, str]:
