@@ -121,12 +121,17 @@ class EpisodeRecorder:
             self._count += 1
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(episode.started_s))
             root = self.out_dir / f"episode_{stamp}_{self._count:03d}"
-        t = threading.Thread(target=self._write, args=(episode, root), name="lapa-console-record", daemon=True)
-        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            previous = self._threads[-1] if self._threads else None
+            t = threading.Thread(target=self._write, args=(episode, root, previous), name="lapa-console-record",
+                                 daemon=True)
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
         t.start()
 
-    def _write(self, episode: Episode, root: Path) -> None:
+    def _write(self, episode: Episode, root: Path, previous: threading.Thread | None) -> None:
         from lapa.data.lerobot_v3.writer import LeRobotV3Writer
+
+        if previous is not None:
+            previous.join()  # one encode at a time, episodes written in order
 
         fps = max(1, int(round(self.fps)))
         try:
