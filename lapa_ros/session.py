@@ -53,6 +53,8 @@ class SessionConfig:
     record_every: int = 2  # keep every n-th camera frame for the video
     policy_params: dict = field(default_factory=dict)
     domain_id: int | None = None
+    console_port: int | None = None  # also start lapa_console (the operator's page) on this port
+    console_params: dict = field(default_factory=dict)
 
 
 class LoopSession:
@@ -90,7 +92,12 @@ class LoopSession:
             "server_url": f"ws://127.0.0.1:{self.port}", "robot_backend": "franky", "robot_ip": "sim",
             "control_hz": float(c.control_hz), "stats_file": str(self.stats_file), "status_hz": 10.0,
             **execution_parameters(str(c.model)), **c.policy_params})
-        return LaunchPlan((server,), (sim, policy))
+        nodes = (sim, policy)
+        if c.console_port is not None:
+            nodes += (NodeSpec("lapa_console", "lapa_console", "lapa_ros.console", {
+                "host": "127.0.0.1", "port": int(c.console_port), "server_url": f"ws://127.0.0.1:{self.port}",
+                "record_dir": str(self.out_dir / "recordings"), **c.console_params}),)
+        return LaunchPlan((server,), nodes)
 
     def start(self, timeout_s: float = 180.0) -> float:
         """Start everything; return once the robot is connected. Raises with the logs on failure."""

@@ -233,8 +233,11 @@ def test_controller_state_words():
 
 def test_last_stop_reason_is_kept_after_the_robot_runs_again():
     t = Telemetry()
+    t.put_status({"state": "holding", "reason": "no image yet"})  # starting up: not a stop
     t.put_status({"state": "running", "reason": "executing"})
     assert t.summary()["last_stop_reason"] is None
+    t.put_status({"state": "holding", "reason": "stale image: 600 ms old"})
+    assert t.summary()["last_stop_reason"] == "stale image: 600 ms old"
     t.put_status({"state": "fault", "reason": "emergency stop (/lapa/emergency_stop)"})
     t.put_status({"state": "running", "reason": "executing"})
     assert t.summary()["last_stop_reason"] == "emergency stop (/lapa/emergency_stop)"

@@ -71,8 +71,10 @@ class Telemetry:
             previous = (self.status or {}).get("state")
             self.status, self.status_time_s = status, time.time()
             state = status.get("state")
-            if state in ("stopped", "fault", "holding") and (state != previous or self.last_stop_reason is None):
-                self.last_stop_reason = str(status.get("reason") or state)
+            # a stop: stopped or fault, or holding (stale input) that interrupted a running arm
+            stopped = state in ("stopped", "fault") or (state == "holding" and previous == "running")
+            if stopped and (state != previous or self.last_stop_reason is None):
+                self.last_stop_reason = str(status.get("fault") or status.get("reason") or state)
 
     def put_step(self, record: dict[str, Any]) -> Step:
         with self._lock:

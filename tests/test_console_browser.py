@@ -1,0 +1,151 @@
+"""The operator console in a real browser against the running stack on franky-sim.
+
+Headless Chromium from the system packages (`apt-get install chromium`, done by `./run setup`),
+driven by Playwright for Python through `executable_path` (no browser download). The stack is the
+demo's: the policy server with the scripted expert, lapa_sim (franky-sim), lapa_policy (franky)
+and lapa_console, all on 127.0.0.1 and a private ROS domain, stopped at the end whatever happens.
+
+The page loads; camera frames (full and policy-sized) arrive; a typed command moves the arm; the
+space bar's emergency stop reaches lapa_policy within one control period, the arm stops and the
+state latches; a recorded episode is a LeRobot v3 dataset. Screenshots go to docs/ (README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("franky")
+playwright = pytest.importorskip("playwright.sync_api")
+
+from lapa_ros.session import LoopSession, SessionConfig, free_port  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("LAPA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = REPO_ROOT / "docs"
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("no system Chromium (apt-get install chromium; ./run setup installs it)")
+    out = tmp_path_factory.mktemp("console")
+    port = free_port()
+    session = LoopSession(SessionConfig(out_dir=out, model="expert", camera_hz=15.0, image_size=96,
+                                        console_port=port))
+    try:
+        session.start(timeout_s=240)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(base), 60, "the console's web server")
+        yield session, base, out
+    finally:
+        codes = session.close()
+        assert "lapa_console" in codes and codes["lapa_console"] is not None  # it was stopped
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return get_json(base + "/healthz")["status"] == "ok"
+    except OSError:
+        return False
+
+
+def ee(base: str) -> np.ndarray | None:
+    pos = get_json(base + "/api/state").get("ee_pos_m")
+    return None if pos is None else np.asarray(pos)
+
+
+def test_watch_command_estop_and_record_in_the_browser(stack):
+    session, base, out = stack
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 860})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/")
+            # camera frames arrive: the full image and the policy's input, at their sizes
+            page.wait_for_function("+document.getElementById('camera').dataset.frames >= 2", timeout=30_000)
+            page.wait_for_function("+document.getElementById('policy-view').dataset.frames >= 1", timeout=10_000)
+            sizes = page.evaluate("['camera', 'policy-view'].map(id => [document.getElementById(id).naturalHeight, "
+                                  "document.getElementById(id).naturalWidth])")
+            policy_hw = get_json(base + "/api/state")["policy_image_size"]
+            assert sizes == [[96, 96], policy_hw] and policy_hw != [96, 96], sizes  # each at its own size
+            page.wait_for_function("document.getElementById('state').dataset.state === 'idle'", timeout=20_000)
+            assert page.locator("#vocabulary option").count() > 100
+
+            page.locator("#record").check()
+            wait_until(lambda: get_json(base + "/api/state")["recording"]["recording"], 5, "recording on")
+            wait_until(lambda: ee(base) is not None, 10, "an end-effector position")
+            start = ee(base)
+            page.locator("#command").fill("reach the green block")
+            page.locator("#send").click()
+            page.wait_for_function("document.getElementById('state').dataset.state === 'running'", timeout=20_000)
+            page.wait_for_function("document.getElementById('instruction').textContent === 'reach the green block'")
+            wait_until(lambda: np.linalg.norm(ee(base) - start) > 0.03, 60, "the arm moving 3 cm")
+            page.wait_for_timeout(1500)  # a few plot updates for the screenshot
+            page.screenshot(path=str(SCREENSHOTS / "console.png"), full_page=True)
+
+            # the space bar: emergency stop through /lapa/emergency_stop, within one control period
+            page.locator("h1").click()  # focus out of the command box
+            with page.expect_response(lambda r: r.url.endswith("/api/command/estop")) as response:
+                page.keyboard.press("Space")
+            reply = response.value.json()
+            control_hz = session.policy_status["control_hz"]
+            assert reply["ok"] and reply["elapsed_ms"] < 1e3 / control_hz, reply
+            page.wait_for_function("document.getElementById('state').dataset.state === 'e-stopped'", timeout=5_000)
+            assert "emergency stop" in page.inner_text("#stop-reason")
+            time.sleep(0.5)  # franky decelerates
+            stopped = ee(base)
+            time.sleep(1.5)
+            assert np.linalg.norm(ee(base) - stopped) < 0.005, "the arm moved after the emergency stop"
+            # latched: a new instruction does not move it
+            page.locator("#command").fill("reach the blue block")
+            page.locator("#send").click()
+            time.sleep(1.5)
+            assert np.linalg.norm(ee(base) - stopped) < 0.005, "an instruction moved an e-stopped arm"
+            assert page.get_attribute("#state", "data-state") == "e-stopped"
+            page.screenshot(path=str(SCREENSHOTS / "console_estop.png"), full_page=True)
+
+            page.locator("#record").uncheck()
+            status = wait_until(lambda: (lambda r: r if r["written"] and not r["writing"] else None)(
+                get_json(base + "/api/state")["recording"]), 60, "the recorded episode on disk")
+            assert not status["errors"], status["errors"]
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    from lapa.data.lerobot_v3 import LeRobotV3Dataset
+
+    first = status["written"][0]
+    ds = LeRobotV3Dataset(first["path"])
+    episode = ds.episode(0)
+    assert episode.task == "reach the green block" and len(episode.frames) >= 5
+    assert list(episode.frames.shape[1:3]) == policy_hw  # what the policy saw
+    assert np.abs(episode.actions[:, :3]).sum() > 0.01 and episode.states.shape[1] == 8
