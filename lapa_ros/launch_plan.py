@@ -164,7 +164,8 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
             speech_params["wav_files"] = wavs
         nodes.append(NodeSpec("lapa_speech", "lapa_speech", "lapa_ros.speech_node", speech_params, params_files))
     if console:
-        nodes.append(NodeSpec("lapa_console", "lapa_console", "lapa_ros.console", _console_params(args), params_files))
+        nodes.append(NodeSpec("lapa_console", "lapa_console", "lapa_ros.console.node", _console_params(args),
+                              params_files))
     return LaunchPlan(tuple(processes), tuple(nodes), tuple(notes))
 
 

@@ -94,7 +94,7 @@ class LoopSession:
             **execution_parameters(str(c.model)), **c.policy_params})
         nodes = (sim, policy)
         if c.console_port is not None:
-            nodes += (NodeSpec("lapa_console", "lapa_console", "lapa_ros.console", {
+            nodes += (NodeSpec("lapa_console", "lapa_console", "lapa_ros.console.node", {
                 "host": "127.0.0.1", "port": int(c.console_port), "server_url": f"ws://127.0.0.1:{self.port}",
                 "record_dir": str(self.out_dir / "recordings"), **c.console_params}),)
         return LaunchPlan((server,), nodes)
