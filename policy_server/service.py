@@ -69,8 +69,12 @@ class ServiceConfig:
 class PolicyService:
     """Loads the policy once (`load`, blocking, off the event loop), then answers `act` calls."""
 
-    def __init__(self, factory: Callable[[], Policy], config: ServiceConfig, metrics: Metrics) -> None:
+    def __init__(self, factory: Callable[[], Policy], config: ServiceConfig, metrics: Metrics,
+                 intent_factory: Callable[[], Any] | None = None) -> None:
         self.factory = factory
+        # the intent preview (lapa/policy/intent.py: `imagine(image, instruction)` and `metadata`), if served
+        self.intent_factory = intent_factory
+        self.intent_model: Any = None
         self.config = config
         self.metrics = metrics
         self.policy: Policy | None = None
@@ -98,6 +102,9 @@ class PolicyService:
             self.image_size = (h, w)
             self._warm_up(policy, int(meta.get("state_dim") or 0))
             import cv2  # noqa: F401 - JPEG/PNG decoding and resizing: imported now, not on the first request
+            if self.intent_factory is not None:
+                self.intent_model = self.intent_factory()
+                meta["intent"] = dict(self.intent_model.metadata)
             self.metadata = self._server_metadata(meta)
             self.policy = policy
             self.status = "ready"
@@ -237,6 +244,23 @@ class PolicyService:
         finished = time.perf_counter()
         _check_actions(out)
         return out, started, finished
+
+    async def intent(self, request: ActRequest) -> dict[str, Any]:
+        """The intent preview of an observation: latent codes (T, L) and imagined frames (T, h, w, 3)."""
+        self.check_ready()
+        if self.intent_model is None:
+            raise RequestError(404, "this server has no intent preview: start it with --intent DIR (a latent-action "
+                                    "VLA and the LAQ decoder, lapa/policy/intent.py)")
+        obs = request.obs
+
+        def run() -> dict[str, Any]:
+            try:
+                return self.intent_model.imagine(obs["image"], obs["instruction"])
+            except Exception as err:
+                log.exception("intent preview failed")
+                raise RequestError(500, f"intent preview error: {type(err).__name__}: {err}") from err
+
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, run)
 
     async def reset(self) -> None:
         self.check_ready()

@@ -58,6 +58,10 @@ class RobotLink(Protocol):
 
 
 class IntentSource(Protocol):
+    """The intent preview (intent.py): imagined frames for an image and an instruction."""
+
+    def available(self) -> bool: ...
+
     def intent(self, image: np.ndarray, instruction: str) -> dict[str, Any]: ...
 
 
@@ -162,7 +166,8 @@ def create_app(robot: RobotLink, telemetry: Telemetry, recorder: EpisodeRecorder
         hw = robot.policy_image_hw()
         return {**telemetry.summary(), "policy_image_size": None if hw is None else list(hw),
                 "recording": recorder.status(), "control_rate_hz": telemetry.control_rate_hz(),
-                "confirm_before_motion": confirm_before_motion, "intent_available": intent is not None}
+                "confirm_before_motion": confirm_before_motion,
+                "intent_available": intent is not None and intent.available()}
 
     @app.get("/api/state")
     async def get_state() -> JSONResponse:
@@ -215,8 +220,9 @@ def create_app(robot: RobotLink, telemetry: Telemetry, recorder: EpisodeRecorder
     async def imagine(request: Request) -> JSONResponse:
         data = await read_json(request)
         text = check_instruction(data.get("text"))
-        if intent is None:
-            raise ConsoleError(404, "no intent preview: the served model has no latent-action head and LAQ decoder")
+        if intent is None or not intent.available():
+            raise ConsoleError(404, "no intent preview: the policy server serves no latent-action head and LAQ "
+                                    "decoder (lapa-server --intent DIR)")
         _, frame = telemetry.newest_frame()
         if frame is None:
             raise ConsoleError(409, "no camera image yet")
@@ -224,6 +230,8 @@ def create_app(robot: RobotLink, telemetry: Telemetry, recorder: EpisodeRecorder
             result = await asyncio.to_thread(intent.intent, frame, text)
         except ConnectionError as e:
             raise ConsoleError(503, f"intent preview unavailable: {e}") from None
+        except ValueError as e:
+            raise ConsoleError(422, str(e)) from None
         return JSONResponse(result)
 
     @app.websocket("/ws")

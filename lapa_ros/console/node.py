@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from lapa_ros.console.app import create_app
+from lapa_ros.console.intent import ServerIntent
 from lapa_ros.console.recorder import EpisodeRecorder
 from lapa_ros.console.speech import BrowserSpeech
 from lapa_ros.console.telemetry import Telemetry
@@ -91,8 +92,10 @@ class ConsoleNode:
         self.clients = {name: node.create_client(Trigger, service, callback_group=calls)
                         for name, service in SERVICES.items()}
 
-        self.app = create_app(self, self.telemetry, self.recorder, speech=BrowserSpeech(), api_key=self.api_key,
-                              confirm_before_motion=bool(p["confirm_before_motion"]))
+        server_key = os.environ.get("LAPA_API_KEY") or None  # the policy server's key, as lapa_policy reads it
+        self.intent = ServerIntent(http_base(p["server_url"]), server_key)
+        self.app = create_app(self, self.telemetry, self.recorder, speech=BrowserSpeech(), intent=self.intent,
+                              api_key=self.api_key, confirm_before_motion=bool(p["confirm_before_motion"]))
         self._metadata_thread = threading.Thread(target=self._fetch_metadata, name="lapa-console-meta", daemon=True)
         self._metadata_thread.start()
         self._server = None
@@ -127,6 +130,9 @@ class ConsoleNode:
                     self.recorder.image_hw = self._policy_hw
                 if meta.get("control_hz"):
                     self.recorder.fps = float(meta["control_hz"])
+                if isinstance(meta.get("intent"), dict):
+                    self.intent.metadata = meta["intent"]
+                    self.log.info(f"intent preview served: {meta['intent']}")
                 return
             except (OSError, ValueError):
                 self._closing.wait(1.0)
