@@ -13,7 +13,7 @@ into subprocesses (lapa_ros/bringup.py). Arguments are strings, as launch argume
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,6 +53,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "console": ("false", "start lapa_console, the operator's web page (watch, command, stop, record)"),
     "console_host": ("127.0.0.1", "lapa_console: address of the page; anything but loopback needs $LAPA_API_KEY"),
     "console_port": ("8080", "lapa_console: port of the page"),
+    "confirm_before_motion": ("false", "lapa_console: a new instruction waits for the operator's confirmation "
+                                       "(after the intent preview when the model ships one)"),
     "params_file": ("", "a YAML parameter file for every node (e.g. config/lapa_ros.yaml)"),
 }
 
@@ -120,6 +122,7 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
     start_server = parse_bool(args["start_server"], "start_server")
     speech = parse_bool(args["speech"], "speech")
     console = parse_bool(args["console"], "console")
+    confirm = parse_bool(args["confirm_before_motion"], "confirm_before_motion")
     try:
         control_hz = float(args["control_hz"])
     except ValueError:
@@ -139,6 +142,8 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
     execution: dict[str, object] = {}
     if start_server:
         server, model = _server(args, sim, notes)
+        if console and has_intent_preview(model):  # the page shows what the policy intends
+            server = replace(server, arguments=(*server.arguments, "--intent", model))
         processes.append(server)
         execution = execution_parameters(model)
 
@@ -164,9 +169,17 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
             speech_params["wav_files"] = wavs
         nodes.append(NodeSpec("lapa_speech", "lapa_speech", "lapa_ros.speech_node", speech_params, params_files))
     if console:
-        nodes.append(NodeSpec("lapa_console", "lapa_console", "lapa_ros.console.node", _console_params(args),
-                              params_files))
+        nodes.append(NodeSpec("lapa_console", "lapa_console", "lapa_ros.console.node",
+                              {**_console_params(args), "confirm_before_motion": confirm}, params_files))
     return LaunchPlan(tuple(processes), tuple(nodes), tuple(notes))
+
+
+def has_intent_preview(model: str) -> bool:
+    """A model directory with the intent preview's checkpoints beside it (lapa/policy/intent.py's layout)."""
+    if not model or model == EXPERT_MODEL:
+        return False
+    intent = Path(model) / "intent"
+    return (intent / "latent" / "config.json").is_file() and (intent / "laq" / "config.json").is_file()
 
 
 def _console_params(args: dict[str, str]) -> dict[str, object]:

@@ -55,6 +55,7 @@ class SessionConfig:
     domain_id: int | None = None
     console_port: int | None = None  # also start lapa_console (the operator's page) on this port
     console_params: dict = field(default_factory=dict)
+    server_intent: str | None = None  # the policy server also serves the intent preview from this directory
 
 
 class LoopSession:
@@ -83,6 +84,8 @@ class LoopSession:
             server_args = ("--backend", "lapa_ros.expert_policy:make_policy")
         else:
             server_args = ("--model", str(c.model), "--backend", c.server_backend)
+        if c.server_intent:
+            server_args += ("--intent", str(c.server_intent))
         server = ProcessSpec("lapa_server", "lapa-server", "policy_server.app",
                              (*server_args, "--host", "127.0.0.1", "--port", str(self.port), "--threads",
                               str(c.server_threads), "--log-level", "warning"))

@@ -7,7 +7,9 @@ and lapa_console, all on 127.0.0.1 and a private ROS domain, stopped at the end 
 
 The page loads; camera frames (full and policy-sized) arrive; a typed command moves the arm; the
 space bar's emergency stop reaches lapa_policy within one control period, the arm stops and the
-state latches; a recorded episode is a LeRobot v3 dataset. Screenshots go to docs/ (README.md).
+state latches; a recorded episode is a LeRobot v3 dataset. With `confirm_before_motion` the page first
+shows the intent preview (the default model's latent-action head and LAQ decoder, served beside the
+expert) and nothing moves until the operator confirms. Screenshots go to docs/ (README.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ pytest.importorskip("rclpy")
 pytest.importorskip("franky")
 playwright = pytest.importorskip("playwright.sync_api")
 
+from lapa_ros.launch_plan import DEFAULT_MODEL_DIR  # noqa: E402
 from lapa_ros.session import LoopSession, SessionConfig, free_port  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
@@ -58,7 +61,8 @@ def stack(tmp_path_factory):
     out = tmp_path_factory.mktemp("console")
     port = free_port()
     session = LoopSession(SessionConfig(out_dir=out, model="expert", camera_hz=15.0, image_size=96,
-                                        console_port=port))
+                                        console_port=port, console_params={"confirm_before_motion": True},
+                                        server_intent=str(DEFAULT_MODEL_DIR)))
     try:
         session.start(timeout_s=240)
         base = f"http://127.0.0.1:{port}"
@@ -106,6 +110,15 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             start = ee(base)
             page.locator("#command").fill("reach the green block")
             page.locator("#send").click()
+            # the intent preview: imagined frames before anything moves, and nothing moves until confirmed
+            page.wait_for_function("[...document.querySelectorAll('#intent-strip img')]"
+                                   ".filter(i => i.naturalWidth === 64).length === 4", timeout=30_000)
+            assert "latent actions" in page.inner_text("#intent-note")
+            page.screenshot(path=str(SCREENSHOTS / "console_intent.png"), full_page=True)
+            time.sleep(1.0)
+            assert page.get_attribute("#state", "data-state") == "idle"
+            assert np.linalg.norm(ee(base) - start) < 0.003, "the arm moved before the confirmation"
+            page.locator("#confirm").click()
             page.wait_for_function("document.getElementById('state').dataset.state === 'running'", timeout=20_000)
             page.wait_for_function("document.getElementById('instruction').textContent === 'reach the green block'")
             wait_until(lambda: np.linalg.norm(ee(base) - start) > 0.03, 60, "the arm moving 3 cm")
@@ -128,6 +141,7 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             # latched: a new instruction does not move it
             page.locator("#command").fill("reach the blue block")
             page.locator("#send").click()
+            page.locator("#confirm").click()
             time.sleep(1.5)
             assert np.linalg.norm(ee(base) - stopped) < 0.005, "an instruction moved an e-stopped arm"
             assert page.get_attribute("#state", "data-state") == "e-stopped"

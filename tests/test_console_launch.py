@@ -29,6 +29,16 @@ def test_console_is_off_by_default_and_on_with_console_true():
             plan({"model": "expert", **bad})
 
 
+def test_with_the_console_the_server_serves_the_default_models_intent_preview():
+    p = plan({"console": "true", "confirm_before_motion": "true"})
+    server = p.processes[0]
+    assert "--intent" in server.arguments
+    assert server.arguments[server.arguments.index("--intent") + 1] == server.arguments[1]  # the served model
+    assert next(n for n in p.nodes if n.name == "lapa_console").parameters["confirm_before_motion"] is True
+    assert "--intent" not in plan({}).processes[0].arguments  # no console: no preview to load
+    assert "--intent" not in plan({"console": "true", "model": "expert"}).processes[0].arguments
+
+
 def test_the_page_and_its_assets_ship_with_the_package():
     setup_py = (REPO_ROOT / "setup.py").read_text()
     assert '"lapa_ros.console": ["static/*"]' in setup_py
