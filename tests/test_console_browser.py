@@ -126,7 +126,7 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             page.screenshot(path=str(SCREENSHOTS / "console.png"), full_page=True)
 
             # the space bar: emergency stop through /lapa/emergency_stop, within one control period
-            page.locator("h1").click()  # focus out of the command box
+            page.locator("#start").focus()  # space on a focused button stops, and does not press the button
             with page.expect_response(lambda r: r.url.endswith("/api/command/estop")) as response:
                 page.keyboard.press("Space")
             reply = response.value.json()
@@ -134,6 +134,8 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             assert reply["ok"] and reply["elapsed_ms"] < 1e3 / control_hz, reply
             page.wait_for_function("document.getElementById('state').dataset.state === 'e-stopped'", timeout=5_000)
             assert "emergency stop" in page.inner_text("#stop-reason")
+            page.wait_for_timeout(500)
+            assert page.get_attribute("#state", "data-state") == "e-stopped"  # /lapa/start was not called
             time.sleep(0.5)  # franky decelerates
             stopped = ee(base)
             time.sleep(1.5)
@@ -163,3 +165,40 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
     assert episode.task == "reach the green block" and len(episode.frames) >= 5
     assert list(episode.frames.shape[1:3]) == policy_hw  # what the policy saw
     assert np.abs(episode.actions[:, :3]).sum() > 0.01 and episode.states.shape[1] == 8
+
+
+SPEECH = Path(__file__).resolve().parent / "fixtures" / "speech"
+
+
+@pytest.mark.parametrize(("wav", "expect"), [("pick_up_the_red_block.wav", "accepted"),
+                                             ("what_is_the_weather_today.wav", "rejected")])
+def test_push_to_talk_records_the_microphone_and_shows_the_recognition(stack, wav, expect):
+    """Chromium's fake microphone plays a WAV file (from its start, once) into the page's recorder."""
+    pytest.importorskip("pocketsphinx")
+    _, base, _ = stack
+    args = ["--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={SPEECH / wav}%noloop"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.wait_for_function("document.getElementById('vocabulary').options.length > 100", timeout=10_000)
+            talk = page.locator("#talk")
+            talk.hover()
+            page.mouse.down()  # hold to talk
+            page.wait_for_function("document.getElementById('talk').classList.contains('recording')", timeout=5_000)
+            page.wait_for_timeout(3200)  # the file lasts 2.5 s
+            page.mouse.up()
+            page.wait_for_function("!/recognising/.test(document.getElementById('recognition').textContent) && "
+                                   "document.getElementById('recognition').textContent.length > 0", timeout=30_000)
+            text = page.inner_text("#recognition")
+            cls = page.get_attribute("#recognition", "class")
+        finally:
+            browser.close()
+    assert expect in cls, text
+    assert "confidence" in text
+    if expect == "accepted":
+        assert '"pick up the red block"' in text and "press Send" in text  # shown, not sent
+    else:
+        assert text.startswith("rejected")

@@ -123,10 +123,15 @@ $("confirm").onclick = () => { if (pending) send(pending); pending = null; $("in
 $("cancel").onclick = () => { pending = null; $("intent-panel").hidden = true; log("cancelled"); };
 $("command-form").onsubmit = ev => { ev.preventDefault(); submit($("command").value); };
 for (const name of ["start", "stop", "home", "estop"]) $(name).onclick = () => command(name);
+// Space anywhere but in the command box is the emergency stop. On a focused button it must not
+// also press that button (a browser clicks a button on space's keyup): both events are swallowed.
+const typing = ev => ev.target.id === "command";
 document.addEventListener("keydown", ev => {
-  const typing = ev.target instanceof HTMLInputElement && ev.target.type === "text" || ev.target.id === "command";
-  if (ev.code === "Space" && !typing && !ev.repeat) { ev.preventDefault(); command("estop"); }
-});
+  if (ev.code !== "Space" || typing(ev)) return;
+  ev.preventDefault();
+  if (!ev.repeat) command("estop");
+}, true);
+document.addEventListener("keyup", ev => { if (ev.code === "Space" && !typing(ev)) ev.preventDefault(); }, true);
 $("record").onchange = async ev => {
   try { showRecording(await api("POST", "/api/recording", {on: ev.target.checked})); }
   catch (e) { log(`recording: ${e.message}`, "rejected"); }
