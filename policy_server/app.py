@@ -263,8 +263,8 @@ def create_app(service: PolicyService, api_key: str | None = None,
     @app.get("/")
     async def index() -> JSONResponse:
         return JSONResponse({"service": "lapa policy server", "protocol": "lapa-policy/1",
-                             "endpoints": ["/v1/act", "/v1/stream", "/v1/metadata", "/v1/reset", "/healthz",
-                                           "/readyz", "/metrics", "/openapi.json", "/act (OpenVLA)",
+                             "endpoints": ["/v1/act", "/v1/stream", "/v1/metadata", "/v1/reset", "/v1/intent",
+                                           "/healthz", "/readyz", "/metrics", "/openapi.json", "/act (OpenVLA)",
                                            "ws:/ (openpi)"]})
 
     from policy_server import compat_openpi, compat_openvla
