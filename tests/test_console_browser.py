@@ -9,7 +9,8 @@ The page loads; camera frames (full and policy-sized) arrive; a typed command mo
 space bar's emergency stop reaches lapa_policy within one control period, the arm stops and the
 state latches; a recorded episode is a LeRobot v3 dataset. With `confirm_before_motion` the page first
 shows the intent preview (the default model's latent-action head and LAQ decoder, served beside the
-expert) and nothing moves until the operator confirms. Screenshots go to docs/ (README.md).
+expert) and nothing moves until the operator confirms. Screenshots go to the test's directory, or to
+docs/ (README.md's pictures) with LAPA_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("LAPA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOTS = REPO_ROOT / "docs"
+UPDATE_SCREENSHOTS = os.environ.get("LAPA_UPDATE_SCREENSHOTS") == "1"
 
 
 def get_json(url: str) -> dict:
@@ -67,7 +68,7 @@ def stack(tmp_path_factory):
         session.start(timeout_s=240)
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: _healthy(base), 60, "the console's web server")
-        yield session, base, out
+        yield session, base, REPO_ROOT / "docs" if UPDATE_SCREENSHOTS else out
     finally:
         codes = session.close()
         assert "lapa_console" in codes and codes["lapa_console"] is not None  # it was stopped
@@ -86,7 +87,7 @@ def ee(base: str) -> np.ndarray | None:
 
 
 def test_watch_command_estop_and_record_in_the_browser(stack):
-    session, base, out = stack
+    session, base, shots = stack
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
@@ -114,7 +115,7 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             page.wait_for_function("[...document.querySelectorAll('#intent-strip img')]"
                                    ".filter(i => i.naturalWidth === 64).length === 4", timeout=30_000)
             assert "latent actions" in page.inner_text("#intent-note")
-            page.screenshot(path=str(SCREENSHOTS / "console_intent.png"), full_page=True)
+            page.screenshot(path=str(shots / "console_intent.png"), full_page=True)
             time.sleep(1.0)
             assert page.get_attribute("#state", "data-state") == "idle"
             assert np.linalg.norm(ee(base) - start) < 0.003, "the arm moved before the confirmation"
@@ -123,7 +124,7 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             page.wait_for_function("document.getElementById('instruction').textContent === 'reach the green block'")
             wait_until(lambda: np.linalg.norm(ee(base) - start) > 0.03, 60, "the arm moving 3 cm")
             page.wait_for_timeout(1500)  # a few plot updates for the screenshot
-            page.screenshot(path=str(SCREENSHOTS / "console.png"), full_page=True)
+            page.screenshot(path=str(shots / "console.png"), full_page=True)
 
             # the space bar: emergency stop through /lapa/emergency_stop, within one control period
             page.locator("#start").focus()  # space on a focused button stops, and does not press the button
@@ -147,7 +148,7 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             time.sleep(1.5)
             assert np.linalg.norm(ee(base) - stopped) < 0.005, "an instruction moved an e-stopped arm"
             assert page.get_attribute("#state", "data-state") == "e-stopped"
-            page.screenshot(path=str(SCREENSHOTS / "console_estop.png"), full_page=True)
+            page.screenshot(path=str(shots / "console_estop.png"), full_page=True)
 
             page.locator("#record").uncheck()
             status = wait_until(lambda: (lambda r: r if r["written"] and not r["writing"] else None)(

@@ -6,10 +6,10 @@ const Plots = (() => {
   const AXES = [["dx", "#e6194b"], ["dy", "#3cb44b"], ["dz", "#4363d8"],
                 ["droll", "#f58231"], ["dpitch", "#911eb4"], ["dyaw", "#46f0f0"], ["gripper", "#bbbbbb"]];
 
-  function frame(ctx, w, h, yMin, yMax, unit) {
+  function frame(ctx, w, h, yMin, yMax, unit, zeroY) {
     ctx.clearRect(0, 0, w, h);
     ctx.strokeStyle = "#333"; ctx.fillStyle = "#888"; ctx.font = "10px monospace";
-    ctx.beginPath(); ctx.moveTo(0, h / 2); ctx.lineTo(w, h / 2); ctx.stroke();
+    if (zeroY >= 0 && zeroY <= h) { ctx.beginPath(); ctx.moveTo(0, zeroY); ctx.lineTo(w, zeroY); ctx.stroke(); }
     ctx.fillText(`${fmt(yMax)} ${unit}`, 2, 10); ctx.fillText(`${fmt(yMin)} ${unit}`, 2, h - 3);
   }
 
@@ -28,8 +28,8 @@ const Plots = (() => {
     const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
     const all = series.flatMap(s => s.points.map(p => p[1]));
     const [lo, hi] = range(all, minSpan);
-    frame(ctx, w, h, lo, hi, unit);
     const x = t => w * (1 - (now - t) / windowS), y = v => h - 4 - (h - 16) * (v - lo) / (hi - lo);
+    frame(ctx, w, h, lo, hi, unit, y(0));
     series.forEach((s, i) => {
       ctx.strokeStyle = s.color; ctx.beginPath();
       s.points.forEach(([t, v], j) => (j ? ctx.lineTo(x(t), y(v)) : ctx.moveTo(x(t), y(v))));
