@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import urllib.request
@@ -114,8 +115,14 @@ class ConsoleNode:
                       + (" (API key required)" if self.api_key else ""))
         try:
             self._server.run()
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - e.g. the port is taken: say so, the robot is unaffected
-            self.log.error(f"the console's web server stopped: {e}")
+            error = None if self._closing.is_set() else "it stopped"
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - e.g. the port is taken (uvicorn exits)
+            error = f"{type(e).__name__}: {e}"
+        if error is not None and not self._closing.is_set():
+            # A console without its page is no console: end the node (lapa bringup then stops everything,
+            # and the policy node's own checks keep the robot safe meanwhile).
+            self.log.error(f"the console's web server on {p['host']}:{p['port']} failed ({error}); shutting down")
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _fetch_metadata(self) -> None:
         url = http_base(self.params["server_url"]) + "/v1/metadata"
