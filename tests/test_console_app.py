@@ -171,6 +171,22 @@ def test_speech_bad_input_is_a_4xx(tmp_path):
     assert r.status_code == 400 and "at most" in r.json()["error"]
 
 
+def test_speech_without_a_recogniser_is_a_503(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pocketsphinx(name, *args, **kwargs):
+        if name == "pocketsphinx":
+            raise ImportError("No module named 'pocketsphinx'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pocketsphinx)
+    client, *_ = make(tmp_path)
+    r = client.post("/api/speech", content=(SPEECH / "stop.wav").read_bytes(), headers={"Content-Type": "audio/wav"})
+    assert r.status_code == 503 and "pocketsphinx" in r.json()["error"]
+
+
 def test_recording_toggle_validates_and_reports(tmp_path):
     client, _, _, recorder = make(tmp_path)
     for body in ({"on": "yes"}, {"on": 1}, {}):

@@ -74,3 +74,12 @@ def test_http_base_of_the_policy_server_url():
     assert http_base("ws://127.0.0.1:8000") == "http://127.0.0.1:8000"
     assert http_base("wss://robot:443/v1/stream") == "https://robot:443"
     assert http_base("127.0.0.1:9000") == "http://127.0.0.1:9000"
+
+
+def test_config_yaml_has_the_consoles_parameters():
+    import yaml
+
+    from lapa_ros.console.node import PARAMETERS
+
+    params = yaml.safe_load((REPO_ROOT / "config" / "lapa_ros.yaml").read_text())["lapa_console"]["ros__parameters"]
+    assert params == {name: default for name, (default, _) in PARAMETERS.items()}

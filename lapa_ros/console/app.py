@@ -33,7 +33,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from lapa.vocabulary import parse_instruction
 from lapa_ros.console.recorder import EpisodeRecorder, fit_image
-from lapa_ros.console.speech import MAX_UPLOAD_BYTES, BrowserSpeech, SpeechInputError
+from lapa_ros.console.speech import MAX_UPLOAD_BYTES, BrowserSpeech, SpeechInputError, SpeechUnavailable
 from lapa_ros.console.telemetry import Telemetry
 from lapa_ros.console.vocabulary import suggestions
 from policy_server.security import OPEN_PATHS, ApiKeyMiddleware
@@ -206,6 +206,8 @@ def create_app(robot: RobotLink, telemetry: Telemetry, recorder: EpisodeRecorder
             result = await asyncio.to_thread(speech.recognize_wav, body)
         except SpeechInputError as e:
             raise ConsoleError(400, str(e)) from None
+        except SpeechUnavailable as e:
+            raise ConsoleError(503, str(e)) from None
         return JSONResponse(result)
 
     @app.post("/api/recording")

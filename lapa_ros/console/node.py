@@ -95,7 +95,9 @@ class ConsoleNode:
 
         server_key = os.environ.get("LAPA_API_KEY") or None  # the policy server's key, as lapa_policy reads it
         self.intent = ServerIntent(http_base(p["server_url"]), server_key)
-        self.app = create_app(self, self.telemetry, self.recorder, speech=BrowserSpeech(), intent=self.intent,
+        self.speech = BrowserSpeech()
+        threading.Thread(target=self._warm_speech, name="lapa-console-speech", daemon=True).start()
+        self.app = create_app(self, self.telemetry, self.recorder, speech=self.speech, intent=self.intent,
                               api_key=self.api_key, confirm_before_motion=bool(p["confirm_before_motion"]))
         self._metadata_thread = threading.Thread(target=self._fetch_metadata, name="lapa-console-meta", daemon=True)
         self._metadata_thread.start()
@@ -123,6 +125,13 @@ class ConsoleNode:
             # and the policy node's own checks keep the robot safe meanwhile).
             self.log.error(f"the console's web server on {p['host']}:{p['port']} failed ({error}); shutting down")
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def _warm_speech(self) -> None:
+        """Build the recogniser now, so the first push-to-talk answers at once."""
+        try:
+            self.speech.recognizer()
+        except Exception as e:  # noqa: BLE001 - push-to-talk answers 503 with this reason; the rest works
+            self.log.warning(str(e))
 
     def _fetch_metadata(self) -> None:
         url = http_base(self.params["server_url"]) + "/v1/metadata"

@@ -20,6 +20,10 @@ class SpeechInputError(ValueError):
     """An upload that is not audio the recogniser can take (the page gets a 4xx)."""
 
 
+class SpeechUnavailable(RuntimeError):
+    """No recogniser on this machine (pocketsphinx missing or its model broken): the page gets a 503."""
+
+
 class BrowserSpeech:
     def __init__(self, threshold: float | None = None, stop_threshold: float | None = None) -> None:
         self._kwargs = {k: v for k, v in (("threshold", threshold), ("stop_threshold", stop_threshold))
@@ -28,11 +32,15 @@ class BrowserSpeech:
         self._lock = threading.Lock()
 
     def recognizer(self):
+        """The recogniser, built on first use (a few seconds); SpeechUnavailable when it cannot be built."""
         with self._lock:
             if self._recognizer is None:
-                from lapa_ros.speech.recognizer import CommandRecognizer
+                try:
+                    from lapa_ros.speech.recognizer import CommandRecognizer
 
-                self._recognizer = CommandRecognizer(**self._kwargs)
+                    self._recognizer = CommandRecognizer(**self._kwargs)
+                except (ImportError, ValueError, RuntimeError) as e:
+                    raise SpeechUnavailable(f"speech recognition is not available here: {e}") from None
             return self._recognizer
 
     def recognize_wav(self, data: bytes) -> dict[str, Any]:
