@@ -41,11 +41,29 @@ class RecordingRobot:
         return (64, 64)
 
 
-def make(tmp_path, api_key=None, robot=None):
+class ImaginingSource:
+    """An IntentSource answering from a table (the real one, intent.py, is tested against a server in
+    test_intent.py and in the browser test)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.asked: list[tuple[tuple[int, ...], str]] = []
+
+    def available(self) -> bool:
+        return True
+
+    def intent(self, image, instruction):
+        self.asked.append((image.shape, instruction))
+        if self.error is not None:
+            raise self.error
+        return {"frames_png": ["iVBORw0KGgo="], "latent_tokens": [[1, 2, 3, 4]], "model_ms": 5.0}
+
+
+def make(tmp_path, api_key=None, robot=None, intent=None):
     robot = robot or RecordingRobot()
     telemetry = Telemetry()
     recorder = EpisodeRecorder(tmp_path / "rec", fps=10, image_hw=(64, 64))
-    client = TestClient(create_app(robot, telemetry, recorder, api_key=api_key))
+    client = TestClient(create_app(robot, telemetry, recorder, api_key=api_key, intent=intent))
     return client, robot, telemetry, recorder
 
 
@@ -203,6 +221,23 @@ def test_intent_without_a_model_that_imagines_is_a_404(tmp_path):
     assert r.status_code == 404 and "latent-action head" in r.json()["error"]
     assert client.post("/api/intent", json={"text": ""}).status_code == 422
     assert client.get("/api/state").json()["intent_available"] is False
+
+
+def test_intent_passes_the_newest_frame_and_maps_failures_to_4xx_5xx(tmp_path):
+    source = ImaginingSource()
+    client, robot, telemetry, _ = make(tmp_path, intent=source)
+    assert client.get("/api/state").json()["intent_available"] is True
+    r = client.post("/api/intent", json={"text": "reach the red block"})
+    assert r.status_code == 409 and "no camera image" in r.json()["error"]
+    telemetry.put_frame(np.zeros((48, 64, 3), np.uint8))
+    r = client.post("/api/intent", json={"text": "reach the red block"})
+    assert r.status_code == 200 and r.json()["latent_tokens"] == [[1, 2, 3, 4]]
+    assert source.asked == [((48, 64, 3), "reach the red block")] and robot.said == []  # a preview sends nothing
+    for error, status in ((ConnectionError("server down"), 503), (ValueError("refused (422): bad image"), 422)):
+        client, _, telemetry, _ = make(tmp_path, intent=ImaginingSource(error))
+        telemetry.put_frame(np.zeros((48, 64, 3), np.uint8))
+        r = client.post("/api/intent", json={"text": "reach the red block"})
+        assert r.status_code == status and r.json()["error"]
 
 
 def test_live_stream_sends_camera_policy_view_and_steps(tmp_path):

@@ -150,6 +150,20 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             assert page.get_attribute("#state", "data-state") == "e-stopped"
             page.screenshot(path=str(shots / "console_estop.png"), full_page=True)
 
+            # start clears the latch and runs the current instruction; stop holds; home moves home
+            page.locator("#start").click()
+            page.wait_for_function("document.getElementById('state').dataset.state === 'running'", timeout=10_000)
+            wait_until(lambda: np.linalg.norm(ee(base) - stopped) > 0.01, 60, "the arm moving again after start")
+            with page.expect_response(lambda r: r.url.endswith("/api/command/stop")) as response:
+                page.locator("#stop").click()
+            assert response.value.json()["ok"]
+            page.wait_for_function("document.getElementById('state').dataset.state === 'idle'", timeout=10_000)
+            assert "stopped by /lapa/stop" in page.inner_text("#stop-reason")
+            with page.expect_response(lambda r: r.url.endswith("/api/command/home"), timeout=120_000) as response:
+                page.locator("#home").click()
+            assert response.value.json()["message"] == "at home"
+            wait_until(lambda: np.linalg.norm(ee(base) - start) < 0.02, 10, "the arm back at home, where it started")
+
             page.locator("#record").uncheck()
             status = wait_until(lambda: (lambda r: r if r["written"] and not r["writing"] else None)(
                 get_json(base + "/api/state")["recording"]), 60, "the recorded episode on disk")
