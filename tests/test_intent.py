@@ -132,6 +132,19 @@ def test_a_server_without_intent_says_so(torch_one_thread):
         assert r.status_code == 404 and "--intent" in r.json()["error"]
 
 
+def test_a_preview_that_does_not_load_leaves_the_policy_served(tmp_path, torch_one_thread):
+    make_intent_dir(tmp_path, codebook_size=16)  # codes that do not match: IntentModel refuses
+    with server(tmp_path) as client:
+        wait_ready(client)
+        meta = client.get("/v1/metadata").json()
+        assert "intent" not in meta and "not the same codes" in meta["intent_error"]
+        image = np.zeros((32, 32, 3), np.uint8)
+        body = codec.packb({"image": image, "instruction": "reach the red block"})
+        assert client.post("/v1/act", content=body, headers={"Content-Type": "application/msgpack"}).status_code == 200
+        assert client.post("/v1/intent", content=body, headers={"Content-Type": "application/msgpack"}
+                           ).status_code == 404
+
+
 def test_the_default_model_ships_its_intent_preview(torch_one_thread):
     """The stage-2 model of the default policy's lineage and the LAQ it learnt the codes of."""
     assert has_intent(DEFAULT_MODEL_DIR)
