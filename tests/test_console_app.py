@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import wave
 from pathlib import Path
@@ -152,6 +153,32 @@ def test_commands_reach_the_robot_and_failures_say_why(tmp_path):
     client, robot, _, _ = make(tmp_path, robot=RecordingRobot(ok=False))
     r = client.post("/api/command/estop")
     assert r.status_code == 503 and "not available" in r.json()["error"]
+
+
+class SlowHomeRobot(RecordingRobot):
+    def command(self, name: str) -> tuple[bool, str]:
+        if name == "home":
+            time.sleep(3.0)
+        return super().command(name)
+
+
+def test_the_emergency_stop_never_waits_behind_slow_commands(tmp_path):
+    import threading
+
+    client, robot, _, _ = make(tmp_path, robot=SlowHomeRobot())
+    with client:  # one event loop for every request, as in the server
+        n = min(32, (os.cpu_count() or 1) + 4) + 4  # more moves home than asyncio's default pool has threads
+        homes = [threading.Thread(target=client.post, args=("/api/command/home",)) for _ in range(n)]
+        for t in homes:
+            t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        r = client.post("/api/command/estop")
+        elapsed = time.monotonic() - t0
+        for t in homes:
+            t.join(30)
+    assert r.status_code == 200 and elapsed < 1.0, elapsed
+    assert robot.commands.index("estop") < robot.commands.count("home")  # it went first
 
 
 def wav_bytes(path: Path) -> bytes:

@@ -23,6 +23,7 @@ import asyncio
 import json
 import time
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from typing import Any, Protocol
 
@@ -142,6 +143,7 @@ def create_app(robot: RobotLink, telemetry: Telemetry, recorder: EpisodeRecorder
     static = files("lapa_ros.console").joinpath("static")
     frames = FrameCache()
     speech = speech or BrowserSpeech()
+    stopping = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lapa-console-stop")
 
     @app.exception_handler(ConsoleError)
     async def console_error(_request: Request, err: ConsoleError) -> JSONResponse:
@@ -190,7 +192,10 @@ def create_app(robot: RobotLink, telemetry: Telemetry, recorder: EpisodeRecorder
         if name not in COMMANDS:
             raise ConsoleError(404, f"unknown command {name!r}; one of {list(COMMANDS)}")
         t0 = time.perf_counter()
-        ok, message = await asyncio.to_thread(robot.command, name)
+        if name in ("stop", "estop"):  # own threads: a stop never queues behind moves home or uploads
+            ok, message = await asyncio.get_running_loop().run_in_executor(stopping, robot.command, name)
+        else:
+            ok, message = await asyncio.to_thread(robot.command, name)
         elapsed_ms = 1e3 * (time.perf_counter() - t0)
         if not ok:
             return JSONResponse({"error": message, "status": 503, "command": name}, status_code=503)
