@@ -217,3 +217,32 @@ def test_push_to_talk_records_the_microphone_and_shows_the_recognition(stack, wa
         assert '"pick up the red block"' in text and "press Send" in text  # shown, not sent
     else:
         assert text.startswith("rejected")
+
+
+def test_an_emergency_stop_that_reaches_no_robot_is_an_alarm(tmp_path):
+    """A console without a policy node (nothing answers /lapa/emergency_stop): the page says so loudly."""
+    if CHROMIUM is None:
+        pytest.skip("no system Chromium (apt-get install chromium; ./run setup installs it)")
+    from ros_helpers import NodeProcess
+
+    port = free_port()
+    node = NodeProcess("lapa_ros.console.node", tmp_path / "console.log",
+                       {"port": port, "record_dir": str(tmp_path / "rec")}).start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(base), 60, "the console's web server")
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                page.wait_for_function("document.getElementById('state').dataset.state === 'offline'")
+                assert page.locator("#estop-failed").is_hidden()
+                page.keyboard.press("Space")
+                page.wait_for_selector("#estop-failed", state="visible", timeout=15_000)
+                assert "EMERGENCY STOP FAILED" in page.inner_text("#estop-failed")
+                assert "/lapa/emergency_stop is not available" in page.inner_text("#estop-failed")
+            finally:
+                browser.close()
+    finally:
+        node.stop()

@@ -84,7 +84,14 @@ async function command(name) {
   try {
     const r = await api("POST", `/api/command/${name}`);
     log(`${name}: ${r.message} (${r.elapsed_ms.toFixed(0)} ms)`);
-  } catch (e) { log(`${name} failed: ${e.message}`, "rejected"); }
+    if (name === "estop") $("estop-failed").hidden = true;
+  } catch (e) {
+    log(`${name} failed: ${e.message}`, "rejected");
+    if (name === "estop") {  // never quietly: the operator must know the robot was not stopped from here
+      $("estop-failed").hidden = false;
+      $("estop-failed").textContent = `EMERGENCY STOP FAILED: ${e.message}. Use the robot's own stop.`;
+    }
+  }
 }
 
 async function send(text) {
