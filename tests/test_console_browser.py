@@ -225,9 +225,12 @@ def test_an_emergency_stop_that_reaches_no_robot_is_an_alarm(tmp_path):
         pytest.skip("no system Chromium (apt-get install chromium; ./run setup installs it)")
     from ros_helpers import NodeProcess
 
+    from lapa_ros.ros_env import private_domain_id
+
     port = free_port()
+    lonely = str(private_domain_id(os.getpid() + 50))  # not the stack's domain (1 + pid % 100)
     node = NodeProcess("lapa_ros.console.node", tmp_path / "console.log",
-                       {"port": port, "record_dir": str(tmp_path / "rec")}).start()
+                       {"port": port, "record_dir": str(tmp_path / "rec")}, env={"ROS_DOMAIN_ID": lonely}).start()
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until(lambda: _healthy(base), 60, "the console's web server")
