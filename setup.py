@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["lapa", "lapa.*", "lapa_ros", "lapa_ros.*", "policy_server",
                                     "policy_server.*", "export", "export.*", "calibration",
                                     "calibration.*", "bench", "bench.*"]),
-    package_data={"calibration": ["*.yaml"]},
+    package_data={"calibration": ["*.yaml"], "lapa_ros.console": ["static/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
         (f"share/{PACKAGE_NAME}", ["package.xml"]),
@@ -38,6 +38,7 @@ setup(
             "lapa_policy_node = lapa_ros.policy_node:main",
             "lapa_camera_node = lapa_ros.camera_node:main",
             "lapa_sim_node = lapa_ros.sim_node:main",
+            "lapa_console = lapa_ros.console.node:main",
         ],
     },
 )

@@ -20,6 +20,7 @@ SUBSYSTEMS: list[tuple[str, str]] = [
     ("demo", "lapa_ros.demo"),
     ("say", "lapa_ros.say"),
     ("bringup", "lapa_ros.bringup"),
+    ("console", "lapa_ros.console.cli"),
     ("train", "lapa.policy.cli"),
     ("eval", "lapa.eval.cli"),
     ("ablation", "lapa.eval.ablation"),

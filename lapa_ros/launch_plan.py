@@ -8,11 +8,12 @@ into subprocesses (lapa_ros/bringup.py). Arguments are strings, as launch argume
     sim:=false            lapa_camera (camera:=0 | URL | file) ; lapa_policy (franky -> robot_ip)
     start_server:=true    lapa-server --model <model> (loopback address of server_url)
     speech:=true          lapa_speech (pocketsphinx; wav_files:=a.wav,b.wav to replay files)
+    console:=true         lapa_console (the operator's web page on console_host:console_port)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,6 +56,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "speech": ("false", "start lapa_speech (spoken instructions, pocketsphinx)"),
     "wav_files": ("", "lapa_speech: comma-separated WAV files to recognise instead of the microphone"),
     "control_hz": ("0", "control rate; 0 = the model's control_hz (server metadata)"),
+    "console": ("false", "start lapa_console, the operator's web page (watch, command, stop, record)"),
+    "console_host": ("127.0.0.1", "lapa_console: address of the page; anything but loopback needs $LAPA_API_KEY"),
+    "console_port": ("8080", "lapa_console: port of the page"),
+    "confirm_before_motion": ("false", "lapa_console: a new instruction waits for the operator's confirmation "
+                                       "(after the intent preview when the model ships one)"),
     "params_file": ("", "a YAML parameter file for every node (e.g. config/lapa_ros.yaml)"),
 }
 
@@ -121,6 +127,8 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
     sim = parse_bool(args["sim"], "sim")
     start_server = parse_bool(args["start_server"], "start_server")
     speech = parse_bool(args["speech"], "speech")
+    console = parse_bool(args["console"], "console")
+    confirm = parse_bool(args["confirm_before_motion"], "confirm_before_motion")
     try:
         control_hz = float(args["control_hz"])
     except ValueError:
@@ -140,6 +148,8 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
     execution: dict[str, object] = {}
     if start_server:
         server, model = _server(args, sim, notes)
+        if console and has_intent_preview(model):  # the page shows what the policy intends
+            server = replace(server, arguments=(*server.arguments, "--intent", model))
         processes.append(server)
         execution = execution_parameters(model)
 
@@ -164,7 +174,29 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
         if wavs:
             speech_params["wav_files"] = wavs
         nodes.append(NodeSpec("lapa_speech", "lapa_speech", "lapa_ros.speech_node", speech_params, params_files))
+    if console:
+        nodes.append(NodeSpec("lapa_console", "lapa_console", "lapa_ros.console.node",
+                              {**_console_params(args), "confirm_before_motion": confirm}, params_files))
     return LaunchPlan(tuple(processes), tuple(nodes), tuple(notes))
+
+
+def has_intent_preview(model: str) -> bool:
+    """A model directory with the intent preview's checkpoints beside it (lapa/policy/intent.py's layout)."""
+    if not model or model == EXPERT_MODEL:
+        return False
+    intent = Path(model) / "intent"
+    return (intent / "latent" / "config.json").is_file() and (intent / "laq" / "config.json").is_file()
+
+
+def _console_params(args: dict[str, str]) -> dict[str, object]:
+    try:
+        port = int(args["console_port"])
+    except ValueError:
+        raise LaunchPlanError(f"console_port:={args['console_port']!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise LaunchPlanError(f"console_port:={port} is not a port number")
+    return {"host": args["console_host"].strip() or "127.0.0.1", "port": port, "server_url": args["server_url"],
+            "image_topic": "/camera/image_raw", "instruction_topic": "/lapa/instruction"}
 
 
 def _server(args: dict[str, str], sim: bool, notes: list[str]) -> tuple[ProcessSpec, str]:

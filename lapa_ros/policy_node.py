@@ -11,6 +11,9 @@ Topics (defaults; the names are parameters):
   out  /lapa/latency_ms              std_msgs/Float32             camera-to-command latency (ms) of each
                                                                   command sent on a server reply
   out  /lapa/status                  std_msgs/String              JSON: state, reason, rates, latencies, pose
+  out  /lapa/step                    std_msgs/String              JSON of each executed command: wall stamp,
+                                                                  action float[7], the robot state float[8]
+                                                                  it was applied from, instruction, latency
   out  <image_topic>                 sensor_msgs/Image            only with robot_backend=sim (its camera)
 Services (std_srvs/Trigger):
   /lapa/start            clear a latched fault (emergency stop, error) and run; starts from the current pose
@@ -50,6 +53,7 @@ from lapa_ros.safety import SafetyFilter, SafetyLimits
 NODE_NAME = "lapa_policy"
 SIM_ROBOT_IP = "sim"  # robot_ip value: take the address lapa_sim announces
 ROBOT_IP_TOPIC = "/lapa_sim/robot_ip"
+STEP_TOPIC = "/lapa/step"  # one JSON record per executed command (the console's plots and recordings)
 
 # name: (default, description). Types follow the defaults.
 PARAMETERS: dict[str, tuple[object, str]] = {
@@ -148,6 +152,7 @@ class PolicyNode:
         self.pub_gripper = node.create_publisher(Float32, "/lapa/gripper", 10)
         self.pub_latency = node.create_publisher(Float32, "/lapa/latency_ms", 10)
         self.pub_status = node.create_publisher(String, "/lapa/status", 10)
+        self.pub_step = node.create_publisher(String, STEP_TOPIC, 50)
         self.pub_camera = (node.create_publisher(Image, p["image_topic"], qos_profile_sensor_data)
                            if p["robot_backend"] == "sim" and p["sim_publish_camera"] else None)
         node.create_service(Trigger, "/lapa/start", self._service(self.core.start), callback_group=services)
@@ -284,6 +289,14 @@ class PolicyNode:
         self.pub_gripper.publish(self._msgs["Float32"](data=float(action[6])))
         if latency_ms is not None:
             self.pub_latency.publish(self._msgs["Float32"](data=float(latency_ms)))
+        self.pub_step.publish(self._msgs["String"](data=json.dumps(self._step_record(action, latency_ms))))
+
+    def _step_record(self, action: np.ndarray, latency_ms: float | None) -> dict:
+        """What /lapa/step carries: the executed action and the measured state it was applied from."""
+        state = self.core.robot_state
+        return {"stamp_s": time.time(), "action": [round(float(x), 6) for x in action],
+                "state": None if state is None else [round(float(x), 6) for x in state.as_vector()],
+                "instruction": self.core.instruction, "latency_ms": latency_ms, "control_hz": self.control_hz}
 
     def _publish_sim_image(self, image: np.ndarray, stamp_s: float) -> None:
         from lapa_ros.images import rgb_to_image

@@ -60,6 +60,9 @@ class SessionConfig:
     record_every: int = 2  # keep every n-th camera frame for the video
     policy_params: dict = field(default_factory=dict)
     domain_id: int | None = None
+    console_port: int | None = None  # also start lapa_console (the operator's page) on this port
+    console_params: dict = field(default_factory=dict)
+    server_intent: str | None = None  # the policy server also serves the intent preview from this directory
 
 
 class LoopSession:
@@ -88,6 +91,8 @@ class LoopSession:
             server_args = ("--backend", "lapa_ros.expert_policy:make_policy")
         else:
             server_args = ("--model", str(c.model), "--backend", c.server_backend)
+        if c.server_intent:
+            server_args += ("--intent", str(c.server_intent))
         server = ProcessSpec("lapa_server", "lapa-server", "policy_server.app",
                              (*server_args, "--host", "127.0.0.1", "--port", str(self.port), "--threads",
                               str(c.server_threads), "--log-level", "warning"))
@@ -97,7 +102,12 @@ class LoopSession:
             "server_url": f"ws://127.0.0.1:{self.port}", "robot_backend": "franky", "robot_ip": "sim",
             "control_hz": float(c.control_hz), "stats_file": str(self.stats_file), "status_hz": 10.0,
             **execution_parameters(str(c.model)), **c.policy_params})
-        return LaunchPlan((server,), (sim, policy))
+        nodes = (sim, policy)
+        if c.console_port is not None:
+            nodes += (NodeSpec("lapa_console", "lapa_console", "lapa_ros.console.node", {
+                "host": "127.0.0.1", "port": int(c.console_port), "server_url": f"ws://127.0.0.1:{self.port}",
+                "record_dir": str(self.out_dir / "recordings"), **c.console_params}),)
+        return LaunchPlan((server,), nodes)
 
     def start(self, timeout_s: float = 180.0) -> float:
         """Start everything; return once the robot is connected. Raises with the logs on failure."""

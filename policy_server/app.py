@@ -5,6 +5,7 @@ Endpoints (all but /healthz need the API key when one is set):
   WS   /v1/stream     metadata frame on connect, then msgpack request/reply frames
   GET  /v1/metadata   action space, chunk size K, control_hz, image size, model hash
   POST /v1/reset      policy.reset() (start of an episode)
+  POST /v1/intent     the intent preview (with --intent): latent action codes and imagined frames
   GET  /healthz       the process is up (no key needed)
   GET  /readyz        the model is loaded and warmed up
   GET  /metrics       Prometheus
@@ -137,6 +138,14 @@ def _wants_json(request: Request, kind: str) -> bool:
     return kind == "json" or accept.startswith("application/json")
 
 
+def _png_base64(frame: Any) -> str:
+    import base64
+
+    import cv2
+
+    return base64.b64encode(cv2.imencode(".png", frame[:, :, ::-1])[1].tobytes()).decode("ascii")
+
+
 def _json_reply(reply: dict[str, Any]) -> bytes:
     plain = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in reply.items()}
     return json.dumps(plain, separators=(",", ":")).encode()
@@ -215,6 +224,23 @@ def create_app(service: PolicyService, api_key: str | None = None,
             return Response(codec.packb(service.metadata), media_type=MSGPACK)
         return JSONResponse(service.metadata)
 
+    @app.post("/v1/intent")
+    async def intent(request: Request) -> Response:
+        """Like /v1/act's body; the reply: `latent_codes` int64 (T, L), `frames` uint8 (T, h, w, 3) (msgpack) or
+        `frames_png` (base64 PNGs, JSON), `model_ms`."""
+        try:
+            service.check_ready()
+            body = await server.read_body(request)
+            msg, kind = server.decode_body(body, request.headers.get("content-type"))
+            parsed = await service.parse(msg, text_images=kind == "json")
+            out = await service.intent(parsed)
+        except Exception as err:  # noqa: BLE001
+            return error_response(server.error("http", err))
+        if _wants_json(request, kind):
+            return JSONResponse({"latent_codes": out["latent_codes"].tolist(), "model_ms": out["model_ms"],
+                                 "frames_png": [_png_base64(f) for f in out["frames"]]})
+        return Response(codec.packb(out), media_type=MSGPACK)
+
     @app.post("/v1/reset")
     async def reset() -> Response:
         try:
@@ -237,8 +263,8 @@ def create_app(service: PolicyService, api_key: str | None = None,
     @app.get("/")
     async def index() -> JSONResponse:
         return JSONResponse({"service": "lapa policy server", "protocol": "lapa-policy/1",
-                             "endpoints": ["/v1/act", "/v1/stream", "/v1/metadata", "/v1/reset", "/healthz",
-                                           "/readyz", "/metrics", "/openapi.json", "/act (OpenVLA)",
+                             "endpoints": ["/v1/act", "/v1/stream", "/v1/metadata", "/v1/reset", "/v1/intent",
+                                           "/healthz", "/readyz", "/metrics", "/openapi.json", "/act (OpenVLA)",
                                            "ws:/ (openpi)"]})
 
     from policy_server import compat_openpi, compat_openvla
@@ -297,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs an API key")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="required on every endpoint but /healthz (default: $LAPA_API_KEY)")
+    p.add_argument("--intent", metavar="DIR",
+                   help="serve the intent preview (POST /v1/intent) from DIR: a model directory with intent/, or "
+                        "an intent directory (latent/ + laq/, lapa/policy/intent.py); needs torch")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for the model")
     p.add_argument("--warmup", type=int, default=3, help="inferences before reporting ready")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body or WebSocket frame")
@@ -309,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true")
     return p
+
+
+def _load_intent(directory: str) -> Any:
+    """The intent preview model; imported only with --intent (it needs torch)."""
+    from lapa.policy.intent import IntentModel
+
+    return IntentModel.load(directory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
                            resize=not args.no_resize),
         warmup_steps=args.warmup, replay_ttl_s=args.replay_ttl, max_body_bytes=max_body)
     factory: Callable[[], Policy] = functools.partial(load_backend, args.backend, args.model, args.threads)
-    service = PolicyService(factory, config, Metrics())
+    intent_factory = None
+    if args.intent:
+        intent_factory = functools.partial(_load_intent, args.intent)
+    service = PolicyService(factory, config, Metrics(), intent_factory=intent_factory)
     holder: dict[str, uvicorn.Server] = {}
 
     def stop() -> None:

@@ -120,6 +120,21 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _OPENVLA_REQUEST}}},
                 "responses": {"200": _json(_OPENVLA_REPLY, "one action"), **_errors()}}},
+            "/v1/intent": {"post": {
+                "summary": "the intent preview (a server started with --intent): the latent action codes the "
+                           "VLA's latent-action head predicts and the frames the LAQ decoder imagines from them",
+                "requestBody": act_body,
+                "responses": {"200": _json({
+                    "type": "object", "required": ["latent_codes", "frames_png", "model_ms"],
+                    "properties": {"latent_codes": {"type": "array", "items": {"type": "array",
+                                                                               "items": {"type": "integer"}}},
+                                   "frames_png": {"type": "array", "items": {"type": "string"},
+                                                  "description": "base64 PNG per imagined step"},
+                                   "model_ms": {"type": "number"}}},
+                    "latent codes (T, L) and T imagined frames (msgpack: `frames` uint8 (T, h, w, 3))"),
+                              "404": _json({"$ref": "#/components/schemas/Error"},
+                                           "this server has no intent preview"),
+                              **_errors()}}},
             "/v1/reset": {"post": {
                 "summary": "reset the policy's episode state",
                 "responses": {"200": _json({"type": "object", "required": ["status"],

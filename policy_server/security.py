@@ -66,13 +66,15 @@ def key_from_scope(scope: dict[str, Any]) -> str | None:
 class ApiKeyMiddleware:
     """Pure ASGI (a few microseconds): refuses requests without the right key before any route runs."""
 
-    def __init__(self, app: Callable, api_key: str | None, on_failure: Callable[[], None] | None = None) -> None:
+    def __init__(self, app: Callable, api_key: str | None, on_failure: Callable[[], None] | None = None,
+                 open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.on_failure = on_failure
+        self.open_paths = open_paths  # served without a key (they must carry no data)
 
     def _allowed(self, scope: dict[str, Any]) -> bool:
-        if self.api_key is None or scope.get("path") in OPEN_PATHS:
+        if self.api_key is None or scope.get("path") in self.open_paths:
             return True
         key = key_from_scope(scope)
         return key is not None and hmac.compare_digest(key.encode(), self.api_key)

@@ -69,8 +69,13 @@ class ServiceConfig:
 class PolicyService:
     """Loads the policy once (`load`, blocking, off the event loop), then answers `act` calls."""
 
-    def __init__(self, factory: Callable[[], Policy], config: ServiceConfig, metrics: Metrics) -> None:
+    def __init__(self, factory: Callable[[], Policy], config: ServiceConfig, metrics: Metrics,
+                 intent_factory: Callable[[], Any] | None = None) -> None:
         self.factory = factory
+        # the intent preview (lapa/policy/intent.py: `imagine(image, instruction)` and `metadata`), if served
+        self.intent_factory = intent_factory
+        self.intent_model: Any = None
+        self.intent_error: str | None = None
         self.config = config
         self.metrics = metrics
         self.policy: Policy | None = None
@@ -98,6 +103,8 @@ class PolicyService:
             self.image_size = (h, w)
             self._warm_up(policy, int(meta.get("state_dim") or 0))
             import cv2  # noqa: F401 - JPEG/PNG decoding and resizing: imported now, not on the first request
+            if self.intent_factory is not None:
+                meta.update(self._load_intent())
             self.metadata = self._server_metadata(meta)
             self.policy = policy
             self.status = "ready"
@@ -107,6 +114,16 @@ class PolicyService:
         except Exception as err:  # noqa: BLE001 - reported through /readyz and the exit code
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
             log.exception("loading the policy failed")
+
+    def _load_intent(self) -> dict[str, Any]:
+        """The intent preview is an extra: when it does not load, the policy is served without it."""
+        try:
+            self.intent_model = self.intent_factory()
+            return {"intent": dict(self.intent_model.metadata)}
+        except Exception as err:  # noqa: BLE001 - reported in the metadata, on /v1/intent and in the log
+            log.exception("loading the intent preview failed; serving the policy without it")
+            self.intent_error = f"{type(err).__name__}: {err}"
+            return {"intent_error": self.intent_error}
 
     async def start_loading(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._model_thread, self.load)
@@ -237,6 +254,25 @@ class PolicyService:
         finished = time.perf_counter()
         _check_actions(out)
         return out, started, finished
+
+    async def intent(self, request: ActRequest) -> dict[str, Any]:
+        """The intent preview of an observation: latent codes (T, L) and imagined frames (T, h, w, 3)."""
+        self.check_ready()
+        if self.intent_model is None:
+            if self.intent_error:
+                raise RequestError(404, f"the intent preview did not load: {self.intent_error}")
+            raise RequestError(404, "this server has no intent preview: start it with --intent DIR (a latent-action "
+                                    "VLA and the LAQ decoder, lapa/policy/intent.py)")
+        obs = request.obs
+
+        def run() -> dict[str, Any]:
+            try:
+                return self.intent_model.imagine(obs["image"], obs["instruction"])
+            except Exception as err:
+                log.exception("intent preview failed")
+                raise RequestError(500, f"intent preview error: {type(err).__name__}: {err}") from err
+
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, run)
 
     async def reset(self) -> None:
         self.check_ready()

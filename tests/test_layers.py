@@ -41,6 +41,13 @@ HEAVY = ("torch", "mujoco", "franky_sim")
 SIMULATION_MODULES = ("lapa_ros.backends.sim_backend", "lapa_ros.sim_node", "lapa_ros.expert_policy",
                       "lapa_ros.demo", "calibration.sim_camera", "calibration.mujoco_camera",
                       "calibration.cli")
+# The dataset format (LeRobot v3 with pyarrow + PyAV, no torch): the console records episodes with it.
+# Exact modules: `lapa.data` names only the package's own __init__ here.
+DATASET_FORMAT = ("lapa.data", "lapa.data.lerobot_v3", "lapa.data.video_io")
+
+
+def in_dataset_format(module: str) -> bool:
+    return module in ("lapa.data", "lapa.data.video_io") or within(module, ("lapa.data.lerobot_v3",))
 
 
 def within(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -139,8 +146,16 @@ def test_robot_side_reaches_no_training_code_or_simulator(module):
     """Following every import, also those inside functions, except into the simulation modules."""
     seen = reachable(module, SIMULATION_MODULES)
     bad = {m: by for m, by in seen.items()
-           if (within(m, TRAINING_SIDE) or m.split(".")[0] in HEAVY) and not within(m, SIMULATION_MODULES)}
+           if (within(m, TRAINING_SIDE) and not in_dataset_format(m) or m.split(".")[0] in HEAVY)
+           and not within(m, SIMULATION_MODULES)}
     assert not bad, f"{module} reaches: " + ", ".join(f"{m} (imported by {by})" for m, by in sorted(bad.items()))
+
+
+@pytest.mark.parametrize("module", DATASET_FORMAT)
+def test_the_dataset_format_the_robot_side_records_with_reaches_no_torch_or_simulator(module):
+    seen = reachable(module, ())
+    bad = [m for m in seen if m.split(".")[0] in HEAVY or within(m, TRAINING_SIDE) and not in_dataset_format(m)]
+    assert not bad, f"{module} reaches {bad}"
 
 
 def loaded_after_import(*modules: str) -> list[str]:
@@ -155,7 +170,8 @@ def loaded_after_import(*modules: str) -> list[str]:
 def test_robot_side_loads_no_training_code_or_simulator_in_a_fresh_interpreter():
     """A robot PC runs the policy, camera and speech nodes, `lapa say` and `lapa bringup`."""
     loaded = loaded_after_import("lapa_ros.policy_node", "lapa_ros.backends.franky_backend", "lapa_ros.camera_node",
-                                 "lapa_ros.speech_node", "lapa_ros.say", "lapa_ros.bringup", "lapa_ros.control_core")
+                                 "lapa_ros.speech_node", "lapa_ros.say", "lapa_ros.bringup", "lapa_ros.control_core",
+                                 "lapa_ros.console.node", "lapa_ros.console.recorder")
     bad = [m for m in loaded if within(m, TRAINING_SIDE) or m.split(".")[0] in HEAVY]
     assert not bad, bad
 

@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 pytestmark = pytest.mark.timeout(240)
-ENDPOINTS = {"/v1/act", "/act", "/v1/reset", "/v1/metadata", "/healthz", "/readyz", "/metrics", "/"}
+ENDPOINTS = {"/v1/act", "/act", "/v1/intent", "/v1/reset", "/v1/metadata", "/healthz", "/readyz", "/metrics", "/"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

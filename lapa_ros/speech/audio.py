@@ -79,3 +79,19 @@ def read_wav(path: str | Path, target_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
         raise AudioFileError(f"cannot read {path}: invalid header (rate {rate} Hz, {channels} channels)")
     samples = to_int16_mono(_decode_frames(raw[: len(raw) - len(raw) % (width * channels)], width, channels))
     return resample(samples, rate, target_hz)
+
+
+def decode_wav_bytes(data: bytes, target_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """A PCM WAV file's bytes (an upload) as (N,) int16 mono at `target_hz`."""
+    import io
+
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+            raw = w.readframes(w.getnframes())
+    except (wave.Error, EOFError, OSError) as exc:
+        raise AudioFileError(f"not a PCM WAV file ({exc}); send 16-bit PCM WAV, e.g. 16 kHz mono") from None
+    if rate <= 0 or channels <= 0:
+        raise AudioFileError(f"invalid WAV header (rate {rate} Hz, {channels} channels)")
+    samples = to_int16_mono(_decode_frames(raw[: len(raw) - len(raw) % (width * channels)], width, channels))
+    return resample(samples, rate, target_hz)
