@@ -16,13 +16,15 @@ from lapa.state_history import MAX_STATE_FLOATS
 
 OBS_IMAGE = "image"  # uint8 (H, W, 3) RGB, scene camera
 OBS_INSTRUCTION = "instruction"  # str
-OBS_STATE = "state"  # optional float32 (8,): EE xyz, EE rpy, finger positions (lapa/action.py STATE_NAMES)
+OBS_STATE = "state"  # optional float32 (8,): EE xyz, EE rpy, finger positions (lapa/action.py STATE_NAMES);
+#   (8 * (1 + H),) for a model with a state history: now, then each lag back (lapa/state_history.py)
 REPLY_ACTIONS = "actions"  # float32 (K, 7): a chunk of delta-EE actions, first one to execute now
 REPLY_MODEL_MS = "model_ms"  # float: time spent in the model for this call
 # the PolicyInputError of a model with a proprio input (state_dim 8) given an observation without state
 STATE_REQUIRED = ("this model takes the proprio state: send 'state', 8 floats [x, y, z, roll, pitch, yaw, "
                   "finger_left, finger_right] (EE position m, EE roll/pitch/yaw rad, each finger's position m: "
-                  "half the gripper width)")
+                  "half the gripper width); a model with a state_history (metadata) takes 8 more per lag: the "
+                  "states that many control ticks ago, oldest last (lapa/state_history.py)")
 
 
 class PolicyInputError(ValueError):

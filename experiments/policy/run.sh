@@ -78,6 +78,12 @@ done_at "$RUNS/S1_lapa_pt" 3000 || lapa train finetune --init "$RUNS/pretrain" -
 done_at "$RUNS/S2_lapa_pt_broad" 2500 || lapa train finetune --init "$RUNS/S1_lapa_pt" --paraphrase broad \
   --data $RP_PT --out "$RUNS/S2_lapa_pt_broad" --steps 2500 $common $(resume "$RUNS/S2_lapa_pt_broad")
 
+# -- T: R with a state history (the end effector 3, 6 and 12 ticks ago); T_seed1: the same, seed 1
+done_at "$RUNS/T_lapa_broad_hist" 2500 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad --data $RP \
+  --state-history 3,6,12 --out "$RUNS/T_lapa_broad_hist" --steps 2500 $common $(resume "$RUNS/T_lapa_broad_hist")
+done_at "$RUNS/T_seed1" 2500 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad --data $RP \
+  --state-history 3,6,12 --seed 1 --out "$RUNS/T_seed1" --steps 2500 $common $(resume "$RUNS/T_seed1")
+
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
   local row=$1 ckpt=$2; shift 2
@@ -102,6 +108,10 @@ evaluate G_pick "$RUNS/G_pick" pick
 evaluate H_put "$RUNS/H_put" put
 evaluate R_lapa_broad "$RUNS/R_lapa_broad" reach push
 evaluate S1_lapa_pt "$RUNS/S1_lapa_pt" reach push
+evaluate R_lapa_broad_ensemble0.5 "$RUNS/R_lapa_broad" reach push -- --chunk-mode ensemble --ensemble-decay 0.5
+evaluate T_lapa_broad_hist "$RUNS/T_lapa_broad_hist" reach push
+evaluate T_lapa_broad_hist_ensemble0.5 "$RUNS/T_lapa_broad_hist" reach push -- --chunk-mode ensemble --ensemble-decay 0.5
+evaluate T_seed1_ensemble0.5 "$RUNS/T_seed1" reach push -- --chunk-mode ensemble --ensemble-decay 0.5
 evaluate S2_lapa_pt_broad "$RUNS/S2_lapa_pt_broad" reach push
 for row in D_scratch L_lapa; do
   [ -f "$RUNS/eval/probe_$row.json" ] || lapa eval --ckpt "$RUNS/$row" --grounding-probe 20 --json "$RUNS/eval/probe_$row.json"

@@ -2,7 +2,8 @@
 
 Per call only the image goes through the VLA: the instruction embedding comes from an LRU cache,
 so the text encoder runs once per distinct instruction. `state` in the observation (8 floats,
-lapa/action.py's STATE_NAMES) goes to a model with a proprio input (`state_dim` 8), which needs it:
+lapa/action.py's STATE_NAMES; 8 more per lag for a model with a state history, metadata
+`state_history`, lapa/state_history.py) goes to a model with a proprio input, which needs it:
 such a model was finetuned with the state, so an observation without one is refused with
 PolicyInputError (the server's 422) instead of falling back to the "no state" token; a model
 without state input validates and ignores it. The policy keeps no per-episode state: chunks are
