@@ -1,0 +1,241 @@
+"""Process groups, devices, precision and rank helpers for training under `torchrun`.
+
+One process without torchrun is a world of one: nothing here starts a process group then, and
+every helper degrades to the single-process behaviour. Under torchrun the environment variables
+it sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) describe the world; the backend
+is nccl when the training device is a GPU and gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from lapa.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("cpu", "cuda", "auto")
+PROCESS_GROUP_TIMEOUT_S = 1800  # a rank stuck on data for half an hour is dead, not slow
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the training world."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: no process group (a world of one)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints and metrics and shows progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if autocast_dtype(self.device) is not None else "fp32"
+
+
+def torchrun_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as err:
+        raise UserError(f"bad torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK): {err}") from err
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"bad torchrun environment: RANK={rank} WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """cpu | cuda | auto -> this process's device (cuda:LOCAL_RANK for GPUs)."""
+    if name not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to this process (torch.cuda.is_available() "
+                        f"is False, torch {torch.__version__})")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(f"LOCAL_RANK {local_rank} but only {count} CUDA device(s): start at most {count} "
+                        "processes per node (torchrun --nproc_per_node)")
+    return torch.device("cuda", local_rank)
+
+
+def init(device: str = "auto") -> DistEnv:
+    """This process's place in the world; starts the process group under torchrun (world > 1)."""
+    rank, world, local = torchrun_world()
+    dev = resolve_device(device, local)
+    if world == 1:
+        return DistEnv(0, 1, 0, dev, None)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)}
+        if dev.type == "cuda":
+            kwargs["device_id"] = dev  # binds NCCL to this GPU up front
+        dist.init_process_group(**kwargs)
+    log.info("rank %d of %d (local %d) on %s, backend %s", rank, world, local, dev, backend)
+    return DistEnv(rank, world, local, dev, backend)
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that support it, None (fp32) everywhere else, CPUs included."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward pass's precision context: bf16 autocast on capable GPUs, a no-op otherwise."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- collectives
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(env: DistEnv, values: list[float]) -> list[float]:
+    """Mean over ranks of a few scalars (one collective)."""
+    if not env.distributed or not values:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device(env))  # (N,)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return (t / env.world_size).tolist()
+
+
+def all_reduce_sum_(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (counts such as codebook usage)."""
+    if env.distributed:
+        moved = tensor.to(_comm_device(env))
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        tensor.copy_(moved)
+    return tensor
+
+
+def broadcast_(env: DistEnv, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place copy of rank `src`'s tensor onto every rank."""
+    if env.distributed:
+        moved = tensor.to(_comm_device(env))
+        dist.broadcast(moved, src=src)
+        tensor.copy_(moved)
+    return tensor
+
+
+def broadcast_object(env: DistEnv, obj: Any, src: int = 0) -> Any:
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=_comm_device(env))
+    return box[0]
+
+
+def _comm_device(env: DistEnv) -> torch.device:
+    return env.device if env.backend == "nccl" else torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- agreement across ranks
+
+
+def digest(value: Any) -> str:
+    """sha256 of a JSON-able value in canonical form (sorted keys)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_same_everywhere(env: DistEnv, parts: Mapping[str, Any]) -> None:
+    """Raise UserError on every rank unless all ranks hold the same `parts` (config, dataset index...).
+
+    Each part is hashed and the hashes are all-gathered, so large values (a dataset index) cost one
+    small message; the error names the parts and ranks that disagree with rank 0.
+    """
+    if not env.distributed:
+        return
+    mine = {name: digest(value) for name, value in parts.items()}
+    gathered: list[dict[str, str] | None] = [None] * env.world_size
+    dist.all_gather_object(gathered, mine)
+    reference = gathered[0] or {}
+    problems = []
+    for rank, theirs in enumerate(gathered):
+        theirs = theirs or {}
+        differ = sorted(k for k in set(reference) | set(theirs) if reference.get(k) != theirs.get(k))
+        if differ:
+            problems.append(f"rank {rank} differs from rank 0 in {', '.join(differ)}")
+    if problems:
+        raise UserError("the ranks disagree on the training setup (same command, code and data on every node?): "
+                        + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def shard(items: int, rank: int, world: int) -> range:
+    """Item positions of `rank` when `items` positions are dealt round-robin over `world` ranks."""
+    return range(rank, items, world)
+
+
+def worker_shard(rank: int, world: int) -> tuple[int, int]:
+    """(shard index, shard count) of this DataLoader worker across all ranks and their workers."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info else (0, 1)
+    return rank * workers + worker, world * workers
+
+
+def rank_slice(global_batch: int, rank: int, world: int) -> slice:
+    """This rank's contiguous slice of a global batch that divides evenly over the world."""
+    if global_batch % world:
+        raise ValueError(f"a global batch of {global_batch} does not split over {world} ranks")
+    per = global_batch // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+@contextlib.contextmanager
+def main_first(env: DistEnv) -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. builds and caches an index), the others after it."""
+    if not env.is_main:
+        barrier(env)
+    try:
+        yield
+    finally:
+        if env.is_main:
+            barrier(env)
