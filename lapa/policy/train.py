@@ -19,6 +19,7 @@ meaning: a better start than a random head); otherwise a fresh head replaces it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -32,9 +33,11 @@ import numpy as np
 import torch
 
 import lapa
-from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint
+from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint, load_state_strict
 from lapa.data.frame_pairs import dataset_image_size
+from lapa.distributed import DistEnv, check_same_everywhere
 from lapa.errors import UserError
+from lapa.parallel import ParallelModel, choose_parallel
 from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
@@ -45,12 +48,13 @@ from lapa.training import (
     MetricsWindow,
     StepResult,
     TrainingRun,
+    accumulate_step,
     check_same_config,
     json_float,
     latest_checkpoint,
-    optimizer_step,
     read_metrics,
-    restore_training,
+    restore_parallel,
+    scale_info,
     train,
 )
 
@@ -78,10 +82,15 @@ class TrainOptions:
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None leaves the process setting
     progress: bool = True
+    grad_accum: int = 1  # micro-batches per optimizer step: global batch = batch_size x world size x grad_accum
+    parallel: str = "auto"  # ddp | fsdp | auto (fsdp for the base preset) under torchrun
+    device: str = "cpu"  # cpu | cuda | auto (the DistEnv passed to train_vla takes precedence)
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1:
-            raise ValueError("steps >= 0 and batch_size, ckpt_every, log_every, keep_last >= 1 are required")
+        if (self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1
+                or self.grad_accum < 1):
+            raise ValueError("steps >= 0 and batch_size, ckpt_every, log_every, keep_last, grad_accum >= 1 "
+                             "are required")
         if not self.lr > 0 or self.grad_clip <= 0:
             raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
 
@@ -126,15 +135,15 @@ def run_step(out_dir: str | os.PathLike) -> int:
     return int(json.loads((latest / TRAINING_STATE_FILE).read_text())["step"])
 
 
-def _resume(directory: Path, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer) -> int:
-    """Load model, optimizer, RNG from a run's checkpoint after checking it is the same setup."""
+def _load_for_resume(directory: Path, model: VLA, tokenizer: ActionTokenizer | None) -> None:
+    """Check a run's checkpoint is the same setup and load its model tensors (before wrapping)."""
     _, saved_config, saved_tok = read_vla_config(directory)
     check_same_config(directory, saved_config, model.config)
     if (saved_tok is None) != (tokenizer is None) or (tokenizer is not None and saved_tok != tokenizer):
         raise CheckpointError(f"{directory}: the action tokenizer fitted on this data differs from the "
                               "checkpoint's (did the training data change?)")
     _, state = load_checkpoint(directory)
-    return restore_training(directory, model, state, optimizer)
+    load_state_strict(model, state, source=str(directory))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -195,22 +204,47 @@ def _optimizer(model: VLA, opts: TrainOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=opts.lr, betas=opts.betas)
 
 
-class _VLAStage:
-    """The VLA's batches (drawn from the step's own RNG), step, metrics line and checkpoint."""
+def slice_batch(batch: Batch, part: slice) -> Batch:
+    """The samples `part` of a batch (every tensor field sliced along its first dimension)."""
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[part] for f in dataclasses.fields(batch)
+                                         if getattr(batch, f.name) is not None})
 
-    def __init__(self, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer,
+
+def batch_to(batch: Batch, device: torch.device) -> Batch:
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True)
+                                         for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None})
+
+
+class _VLAStage:
+    """The VLA's batches (drawn from the step's own RNG), step, metrics line and checkpoint.
+
+    Every rank draws the step's whole global batch from `default_rng([seed, step])` and keeps its
+    slices, so a run's samples depend on the global batch only, never on how it is spread over
+    processes and accumulation steps (one process with batch 8 sees what two with batch 4 see).
+    """
+
+    def __init__(self, parallel: ParallelModel, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer,
                  data: TrainingSet, opts: TrainOptions, provenance: dict[str, Any], title: str) -> None:
-        self.model, self.tokenizer, self.optimizer, self.data, self.opts = model, tokenizer, optimizer, data, opts
+        self.parallel, self.model, self.env = parallel, parallel.model, parallel.env
+        self.tokenizer, self.optimizer, self.data, self.opts = tokenizer, optimizer, data, opts
         self.provenance, self.title = provenance, title
 
-    def batch(self, step: int) -> Batch:
+    def batch(self, step: int) -> list[Batch]:
+        """This rank's `grad_accum` micro-batches of global step `step`."""
         rng = np.random.default_rng([self.opts.seed, step])  # the batch of a step never depends on history
-        return self.data.sample(rng, self.opts.batch_size, augment=self.opts.augment)
+        env, per, accum = self.env, self.opts.batch_size, self.opts.grad_accum
+        full = self.data.sample(rng, per * env.world_size * accum, augment=self.opts.augment)
+        if env.world_size == 1 and accum == 1:
+            return [batch_to(full, env.device)]
+        width = per * env.world_size  # one accumulation step of the whole world
+        return [batch_to(slice_batch(full, slice(i * width + env.rank * per, i * width + (env.rank + 1) * per)),
+                         env.device) for i in range(accum)]
 
-    def train_step(self, step: int, batch: Batch) -> StepResult:
-        loss, stats = compute_loss(self.model, batch)
-        grad_norm = optimizer_step(self.model, self.optimizer, loss, self.opts.grad_clip)
-        return StepResult(loss.item(), len(batch), grad_norm, means=stats)
+    def train_step(self, step: int, batch: list[Batch]) -> StepResult:
+        loss, grad_norm, stats = accumulate_step(self.parallel, self.optimizer, batch, self.opts.grad_clip)
+        means = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        global_batch = len(batch[0]) * len(batch) * self.env.world_size
+        return StepResult(loss, global_batch, grad_norm, means=means)
 
     def metrics_row(self, step: int, window: MetricsWindow, now: float) -> dict[str, Any]:
         means = {k: json_float(window.mean(k)) for k in window.sums}
@@ -226,28 +260,45 @@ class _VLAStage:
 
 def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, out_dir: str | os.PathLike,
               opts: TrainOptions, *, resume: bool = False, provenance: dict[str, Any] | None = None,
-              desc: str = "VLA") -> VLATrainResult:
-    """Train `model` on `data` until global step `opts.steps`; see the module docstring."""
+              desc: str = "VLA", env: DistEnv | None = None, preset: str | None = None) -> VLATrainResult:
+    """Train `model` on `data` until global step `opts.steps`; see the module docstring.
+
+    Under torchrun pass the process's `env` (lapa.distributed.init): the model is wrapped in DDP or
+    FSDP2 (`opts.parallel`; `auto` shards the `base` preset) and rank 0 alone writes the run.
+    """
     if model.config.head == "action" and tokenizer is None:
         raise ValueError("an action-head model trains with its fitted ActionTokenizer")
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    run = TrainingRun(out_dir, resume, "pass --resume or pick a new --out")
+    env = env or DistEnv(device=torch.device(opts.device if opts.device != "auto" else "cpu"))
+    kind = choose_parallel(opts.parallel, preset, env)
+    options_doc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}
+    check_same_everywhere(env, {
+        "model config": model.config.to_dict(), "options": {k: v for k, v in options_doc.items()
+                                                            if k not in ("progress", "threads")},
+        "action tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+        "training data": {"sources": data.sources, "samples": len(data)},
+    })
+    run = TrainingRun(out_dir, resume, "pass --resume or pick a new --out", env)
+    if run.resume_from is not None:
+        _load_for_resume(run.resume_from, model, tokenizer)
+    parallel = ParallelModel(model, compute_loss, env, kind)
     optimizer = _optimizer(model, opts)
     start = 0
     if run.resume_from is not None:
-        start = _resume(run.resume_from, model, tokenizer, optimizer)
+        start = restore_parallel(run.resume_from, parallel, optimizer)
         log.info("resuming %s from %s (step %d)", desc, run.resume_from, start)
     run.start_at(start)
     provenance = {
-        **(provenance or {}), "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+        **(provenance or {}), "options": options_doc,
         "train_samples": len(data), "recording_image_size": _recording_image_size(data.sources),
+        "scale": scale_info(env, opts.batch_size, opts.grad_accum, kind),
         "lapa_version": lapa.__version__, "torch_version": torch.__version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    stage = _VLAStage(model, tokenizer, optimizer, data, opts, provenance, desc)
+    stage = _VLAStage(parallel, tokenizer, optimizer, data, opts, provenance, desc)
     options = LoopOptions(opts.steps, ckpt_every=opts.ckpt_every, log_every=opts.log_every, keep_last=opts.keep_last,
-                          progress=opts.progress, desc=desc)
+                          progress=opts.progress, desc=desc, env=env)
     model.train()
     result = train(stage, options, run, start)
     model.eval()
@@ -309,7 +360,7 @@ def _base_config(config: VLAConfig | None, preset: str, encoder: Any, **changes:
 
 def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, config: VLAConfig | None = None,
                     preset: str = "tiny", opts: TrainOptions | None = None, resume: bool = False,
-                    encoder: Any | None = None) -> VLATrainResult:
+                    encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """LAPA stage 2 on a label file (lapa laq label): latent head, cross-entropy on the LAQ codes."""
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
@@ -321,7 +372,8 @@ def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, co
     model = VLA(config)
     provenance = {"stage": "latent_pretrain", "init": SCRATCH, "labels": str(labels), "datasets": data.sources,
                   "laq_checkpoint": data.meta.get("laq_checkpoint"), "gap_s": data.meta.get("gap_s")}
-    return train_vla(model, None, data, out_dir, opts, resume=resume, provenance=provenance, desc="latent pretrain")
+    return train_vla(model, None, data, out_dir, opts, resume=resume, provenance=provenance, desc="latent pretrain",
+                     env=env, preset=preset)
 
 
 def _action_data(data: ActionSet | list[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
@@ -337,7 +389,7 @@ def _action_data(data: ActionSet | list[str | os.PathLike], image_size: int, chu
 def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike, *,
                      config: VLAConfig | None = None, preset: str = "tiny", opts: TrainOptions | None = None,
                      resume: bool = False, encoder: Any | None = None, stage: str = "action_pretrain",
-                     extra_provenance: dict[str, Any] | None = None) -> VLATrainResult:
+                     extra_provenance: dict[str, Any] | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """The ActionVLA baseline (true actions of the pretraining episodes) or VPT (an ActionSet of pseudo-labels)."""
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
@@ -348,14 +400,15 @@ def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | o
     torch.manual_seed(opts.seed)
     model = VLA(config, tokenizer)
     provenance = {"stage": stage, "init": SCRATCH, "datasets": data.sources, **(extra_provenance or {})}
-    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc=stage)
+    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc=stage,
+                     env=env, preset=preset)
 
 
 def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike,
                      *, config: VLAConfig | None = None, preset: str = "tiny", chunk_size: int | None = None,
                      num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
                      goal_aux: bool | None = None, opts: TrainOptions | None = None, resume: bool = False,
-                     encoder: Any | None = None) -> VLATrainResult:
+                     encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
 
     `config`/`preset` only matter from scratch; chunk_size, num_bins, decoder default to the
@@ -389,7 +442,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
         model.replace_head_for_actions(tokenizer, **{k: v for k, v in head.items() if k != "num_bins"})
         head_choice = "new (latent head dropped)" if base.head == "latent" else "new (shape changed)"
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources}
-    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune")
+    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
+                     env=env, preset=preset)
 
 
 @torch.no_grad()
