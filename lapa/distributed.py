@@ -239,3 +239,29 @@ def main_first(env: DistEnv) -> Iterator[None]:
     finally:
         if env.is_main:
             barrier(env)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: Any, parallel: bool = True) -> None:
+    """--device, --grad-accum and (for models that can be sharded) --parallel, shared by every training command."""
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="training device: cpu, cuda (cuda:LOCAL_RANK under torchrun) or auto (cuda when visible); "
+                        "bf16 autocast on GPUs that support it, fp32 on CPUs")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per optimizer step: global batch = --batch-size x processes x this")
+    if parallel:
+        p.add_argument("--parallel", default="auto", choices=("auto", "ddp", "fsdp"),
+                       help="under torchrun: DistributedDataParallel, FSDP2 (fully_shard), or auto "
+                            "(FSDP for the paper / base presets, DDP otherwise)")
+
+
+@contextlib.contextmanager
+def command_env(device: str) -> Iterator[DistEnv]:
+    """A training command's DistEnv, its process group shut down when the command ends."""
+    env = init(device)
+    try:
+        yield env
+    finally:
+        shutdown(env)

@@ -71,6 +71,19 @@ class VideoFolder:
                 if path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".") and path.is_file()
             ]
 
+    @classmethod
+    def from_clips(cls, root: str | os.PathLike[str], clips: list[tuple[str, str]], missing: int = 0,
+                   split: str = "train") -> VideoFolder:
+        """A folder from a listing made earlier (lapa/data/clip_index.py): (path relative to root, instruction)."""
+        folder = cls.__new__(cls)
+        folder.root, folder.split, folder.missing = Path(root), split, missing
+        folder.clips = [VideoClip(folder.root / rel, instruction) for rel, instruction in clips]
+        return folder
+
+    def listing(self) -> list[tuple[str, str]]:
+        """(path relative to root, instruction) of every clip, in order: what a clip index stores."""
+        return [(str(c.path.relative_to(self.root)), c.instruction) for c in self.clips]
+
     def __len__(self) -> int:
         return len(self.clips)
 
