@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lapa.data import clip_index as index_cache_io
-from lapa.data.lerobot_v3 import LeRobotV3Dataset
+from lapa.data.lerobot_v3 import EpisodeData, LeRobotV3Dataset
 from lapa.data.video_folder import VideoFolder
 from lapa.data.video_io import VideoReadError
 from lapa.distributed import worker_shard
@@ -116,6 +116,12 @@ class ClipCatalog:
 
     def __len__(self) -> int:
         return len(self.refs)
+
+    def episode_labels(self, ref: ClipRef) -> EpisodeData:
+        """A LeRobot episode's task, actions and states without decoding its video (UserError for a video folder)."""
+        if ref.kind != "lerobot":
+            raise UserError(f"{ref.source} is a video folder: it has no episode actions (a LeRobot dataset is needed)")
+        return self._lerobot[ref.source].episode_labels(ref.index)
 
     def read(self, ref: ClipRef) -> Clip:
         """Decode a clip; raises VideoReadError (or DatasetError) when it cannot be read."""

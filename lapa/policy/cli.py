@@ -71,6 +71,11 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader processes preparing batches ahead of training (0: in the training process)")
+    p.add_argument("--stream", action="store_true",
+                   help="action data: keep frames in the videos and decode episodes as batches draw them "
+                        "(corpora larger than memory), instead of decoding every episode up front")
     add_arguments(p)
 
 
@@ -82,6 +87,7 @@ def _options(args: argparse.Namespace, env: Any = None):
                         paraphrase=args.paraphrase,
                         ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads,
                         grad_accum=args.grad_accum, parallel=args.parallel, device=args.device,
+                        workers=args.workers, stream=args.stream,
                         progress=env is None or env.is_main)
 
 

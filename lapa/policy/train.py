@@ -43,6 +43,7 @@ from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
 from lapa.policy.model import VLA, RegressionHead, action_loss, goal_features, l1_action_loss, latent_loss
+from lapa.policy.streaming import StepLoader, streaming_action_set
 from lapa.training import (
     LoopOptions,
     MetricsWindow,
@@ -85,10 +86,12 @@ class TrainOptions:
     grad_accum: int = 1  # micro-batches per optimizer step: global batch = batch_size x world size x grad_accum
     parallel: str = "auto"  # ddp | fsdp | auto (fsdp for the base preset) under torchrun
     device: str = "cpu"  # cpu | cuda | auto (the DistEnv passed to train_vla takes precedence)
+    workers: int = 0  # DataLoader processes preparing batches ahead (0: in the training process)
+    stream: bool = False  # action data: frames stay in the videos, decoded when drawn (lapa/policy/streaming.py)
 
     def __post_init__(self) -> None:
         if (self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1
-                or self.grad_accum < 1):
+                or self.grad_accum < 1 or self.workers < 0):
             raise ValueError("steps >= 0 and batch_size, ckpt_every, log_every, keep_last, grad_accum >= 1 "
                              "are required")
         if not self.lr > 0 or self.grad_clip <= 0:
@@ -228,17 +231,22 @@ class _VLAStage:
         self.parallel, self.model, self.env = parallel, parallel.model, parallel.env
         self.tokenizer, self.optimizer, self.data, self.opts = tokenizer, optimizer, data, opts
         self.provenance, self.title = provenance, title
+        self.loader: StepLoader | None = None  # set when DataLoader workers prepare the batches
 
-    def batch(self, step: int) -> list[Batch]:
-        """This rank's `grad_accum` micro-batches of global step `step`."""
+    def cpu_batch(self, step: int) -> list[Batch]:
+        """This rank's `grad_accum` micro-batches of global step `step`, on the CPU."""
         rng = np.random.default_rng([self.opts.seed, step])  # the batch of a step never depends on history
         env, per, accum = self.env, self.opts.batch_size, self.opts.grad_accum
         full = self.data.sample(rng, per * env.world_size * accum, augment=self.opts.augment)
         if env.world_size == 1 and accum == 1:
-            return [batch_to(full, env.device)]
+            return [full]
         width = per * env.world_size  # one accumulation step of the whole world
-        return [batch_to(slice_batch(full, slice(i * width + env.rank * per, i * width + (env.rank + 1) * per)),
-                         env.device) for i in range(accum)]
+        return [slice_batch(full, slice(i * width + env.rank * per, i * width + (env.rank + 1) * per))
+                for i in range(accum)]
+
+    def batch(self, step: int) -> list[Batch]:
+        micro = self.loader.get(step) if self.loader is not None else self.cpu_batch(step)
+        return [batch_to(b, self.env.device) for b in micro]
 
     def train_step(self, step: int, batch: list[Batch]) -> StepResult:
         loss, grad_norm, stats = accumulate_step(self.parallel, self.optimizer, batch, self.opts.grad_clip)
@@ -297,6 +305,8 @@ def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, 
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     stage = _VLAStage(parallel, tokenizer, optimizer, data, opts, provenance, desc)
+    if opts.workers > 0 and start < opts.steps:
+        stage.loader = StepLoader(stage.cpu_batch, start, opts.steps, opts.workers)
     options = LoopOptions(opts.steps, ckpt_every=opts.ckpt_every, log_every=opts.log_every, keep_last=opts.keep_last,
                           progress=opts.progress, desc=desc, env=env)
     model.train()
@@ -377,12 +387,14 @@ def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, co
 
 
 def _action_data(data: ActionSet | list[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
-                 progress: bool, paraphrase: bool | str = False) -> ActionSet:
+                 progress: bool, paraphrase: bool | str = False, stream: bool = False) -> ActionSet:
     if isinstance(data, ActionSet):
         if data.chunk_size != chunk_size or data.clips.frames.shape[1] != image_size:
             raise ValueError(f"the action set has chunk {data.chunk_size} and image size {data.clips.frames.shape[1]}, "
                              f"the model {chunk_size} and {image_size}")
         return data
+    if stream:
+        return streaming_action_set(data, image_size, chunk_size, encoder, paraphrase=paraphrase)
     return ActionSet.from_lerobot(data, image_size, chunk_size, encoder, progress=progress, paraphrase=paraphrase)
 
 
@@ -394,7 +406,8 @@ def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | o
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
     config = _base_config(config, preset, encoder, head="action")
-    data = _action_data(data, config.image_size, config.chunk_size, encoder, opts.progress, opts.paraphrase)
+    data = _action_data(data, config.image_size, config.chunk_size, encoder, opts.progress, opts.paraphrase,
+                        opts.stream)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=config.num_bins)
     data.set_tokenizer(tokenizer)
     torch.manual_seed(opts.seed)
@@ -430,7 +443,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     head = {"chunk_size": chunk_size or base.chunk_size, "num_bins": num_bins or base.num_bins,
             "decoder": decoder or base.decoder, "action_output": action_output or base.action_output,
             "goal_aux": base.goal_aux if goal_aux is None else goal_aux}
-    data = _action_data(data, base.image_size, head["chunk_size"], encoder, opts.progress, opts.paraphrase)
+    data = _action_data(data, base.image_size, head["chunk_size"], encoder, opts.progress, opts.paraphrase,
+                        opts.stream)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=head["num_bins"])
     data.set_tokenizer(tokenizer)
     if model is None:
