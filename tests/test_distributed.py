@@ -163,22 +163,29 @@ def test_ranks_that_disagree_on_the_config_stop_with_a_clear_error(robot: Path, 
     assert not (tmp_path / "skewed" / "checkpoints").exists(), "nothing is written before the check"
 
 
-def test_laq_trains_under_torchrun_and_its_checkpoint_loads_in_one_process(robot: Path, tmp_path: Path) -> None:
+def test_laq_trains_under_torchrun_with_ddp_and_fsdp_and_resumes_in_one_process(robot: Path, tmp_path: Path) -> None:
     from lapa.laq.model import LAQ
 
-    args = ["laq", "train", "--data", str(robot), "--out", str(tmp_path / "laq"), "--steps", "3",
-            "--batch-size", "2", "--gap-s", "0.2", "--workers", "0", "--ckpt-every", "3", "--threads", "1",
-            "--device", "cpu", "--grad-accum", "2"]
-    out = _ok(run_lapa(args, tmp_path, nproc=2))
-    assert out["steps"] == 3
-    ckpt = Path(out["checkpoint_dir"])
-    model = LAQ.from_checkpoint(ckpt)
-    assert model.num_params() > 0
-    doc = json.loads((ckpt / "config.json").read_text())
-    assert doc["provenance"]["scale"]["global_batch"] == 2 * 2 * 2
-    rows = [json.loads(line) for line in (tmp_path / "laq" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3], "one line (log every 10 steps, and at the end), by rank 0 alone"
-    # the code usage counts the global batch: 3 steps x 8 pairs at every token position
-    assert sum(sum(row) for row in rows[0]["usage"]) == 3 * 8 * len(rows[0]["usage"])
-    resumed = _ok(run_lapa(args[:7] + ["4"] + args[8:] + ["--resume"], tmp_path))  # 2 processes -> 1
-    assert resumed["start_step"] == 3 and resumed["steps"] == 4
+    def args(out: Path, steps: int, *extra: str) -> list[str]:
+        return ["laq", "train", "--data", str(robot), "--out", str(out), "--steps", str(steps), "--batch-size", "2",
+                "--gap-s", "0.2", "--workers", "0", "--ckpt-every", "10", "--threads", "1", "--device", "cpu",
+                "--grad-accum", "2", *extra]
+
+    rows = {}
+    for kind in ("ddp", "fsdp"):  # 10 steps: dead-code replacement runs at step 10
+        out = _ok(run_lapa(args(tmp_path / kind, 10, "--parallel", kind), tmp_path, nproc=2))
+        assert out["steps"] == 10
+        ckpt = Path(out["checkpoint_dir"])
+        assert LAQ.from_checkpoint(ckpt).num_params() > 0  # full tensors, gathered by rank 0 under FSDP
+        scale = json.loads((ckpt / "config.json").read_text())["provenance"]["scale"]
+        assert scale["global_batch"] == 2 * 2 * 2 and scale["parallel"] == kind
+        rows[kind] = [json.loads(line) for line in (tmp_path / kind / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows[kind]] == [10], "one line (log every 10 steps), by rank 0 alone"
+        # the code usage counts the global batch: 10 steps x 8 pairs at every token position
+        usage = rows[kind][0]["usage"]
+        assert sum(sum(row) for row in usage) == 10 * 8 * len(usage)
+    # the codebook stays whole and in step on every rank under FSDP too: both runs replace alike
+    assert rows["fsdp"][0]["codes_replaced"] == rows["ddp"][0]["codes_replaced"]
+    assert rows["fsdp"][0]["loss"] == pytest.approx(rows["ddp"][0]["loss"], rel=1e-2)
+    resumed = _ok(run_lapa(args(tmp_path / "fsdp", 11, "--resume"), tmp_path))  # 2 sharded processes -> 1
+    assert resumed["start_step"] == 10 and resumed["steps"] == 11
