@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -148,19 +149,49 @@ def test_fsdp_matches_ddp(robot: Path, tmp_path: Path) -> None:
         assert a.shape == b.shape and torch.allclose(a, b, atol=2 * lr * steps_taken), name
 
 
-def test_ranks_that_disagree_on_the_config_stop_with_a_clear_error(robot: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("skew", "part"), [(["--lr", "0.001"], "options"), (["--data", "{robot}", "{robot}"],
+                                                                         "training data")])
+def test_ranks_that_disagree_on_the_config_or_data_stop_with_a_clear_error(robot: Path, tmp_path: Path, skew, part):
     script = tmp_path / "skewed.py"
+    skew = [a.format(robot=robot) for a in skew]
     script.write_text(
         "import os, sys\n"
         "from lapa.cli import main\n"
-        "args = sys.argv[1:] + (['--lr', '0.001'] if os.environ['RANK'] == '1' else [])\n"
+        f"args = sys.argv[1:] + ({skew!r} if os.environ['RANK'] == '1' else [])\n"
         "sys.exit(main(args))\n")
     proc = run_lapa(_train_args(robot, tmp_path / "skewed", 2, "--batch-size", "2"), tmp_path, nproc=2,
                     script=script)
     assert proc.returncode != 0
     assert "the ranks disagree on the training setup" in proc.stderr
-    assert "rank 1 differs from rank 0 in options" in proc.stderr
+    assert re.search(rf"rank 1 differs from rank 0 in [^;\n]*{part}", proc.stderr), proc.stderr[-2000:]
     assert not (tmp_path / "skewed" / "checkpoints").exists(), "nothing is written before the check"
+
+
+def test_only_rank_0_writes_checkpoints_and_metrics(robot: Path, tmp_path: Path) -> None:
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    script = tmp_path / "spied.py"
+    script.write_text(
+        "import os, sys\n"
+        "import lapa.policy.checkpoint_io as io\n"
+        "import lapa.training as training\n"
+        "from lapa.cli import main\n"
+        f"SPY = {str(spy)!r}\n"
+        "def spied(module, name):\n"
+        "    real = getattr(module, name)\n"
+        "    def call(*a, **k):\n"
+        "        with open(os.path.join(SPY, name + '_rank' + os.environ['RANK']), 'a') as f:\n"
+        "            f.write('x')\n"
+        "        return real(*a, **k)\n"
+        "    setattr(module, name, call)\n"
+        "spied(io, 'save_checkpoint')\n"
+        "spied(training, 'commit_checkpoint')\n"
+        "spied(training, 'truncate_metrics')\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    _ok(run_lapa(_train_args(robot, tmp_path / "run", STEPS, "--batch-size", "2"), tmp_path, nproc=2, script=script))
+    written = {p.name: len(p.read_text()) for p in spy.iterdir()}
+    # checkpoints at steps 2 and 4: model files and training state written twice, by rank 0 only
+    assert written == {"save_checkpoint_rank0": 2, "commit_checkpoint_rank0": 2, "truncate_metrics_rank0": 1}
 
 
 def test_laq_trains_under_torchrun_with_ddp_and_fsdp_and_resumes_in_one_process(robot: Path, tmp_path: Path) -> None:
