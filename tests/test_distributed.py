@@ -220,3 +220,26 @@ def test_laq_trains_under_torchrun_with_ddp_and_fsdp_and_resumes_in_one_process(
     assert rows["fsdp"][0]["loss"] == pytest.approx(rows["ddp"][0]["loss"], rel=1e-2)
     resumed = _ok(run_lapa(args(tmp_path / "fsdp", 11, "--resume"), tmp_path))  # 2 sharded processes -> 1
     assert resumed["start_step"] == 10 and resumed["steps"] == 11
+
+
+def test_latent_pretraining_finetuning_and_vpt_run_under_torchrun(robot: Path, tmp_path: Path) -> None:
+    from lapa.cli import main as lapa_main
+
+    laq, labels = tmp_path / "laq", tmp_path / "labels.parquet"
+    assert lapa_main(["laq", "train", "--data", str(robot), "--out", str(laq), "--batch-size", "4", "--workers", "0",
+                      "--steps", "1", "--threads", "1", "--device", "cpu"]) == 0
+    assert lapa_main(["laq", "label", "--ckpt", str(laq), "--data", str(robot), "--out", str(labels)]) == 0
+    small = ["--image-size", "32", "--patch-size", "8", "--chunk-size", "2", "--num-bins", "16", "--device", "cpu",
+             "--batch-size", "2", "--steps", "2", "--threads", "1"]
+    pre = _ok(run_lapa(["train", "pretrain", "--labels", str(labels), "--out", str(tmp_path / "pre"), *small,
+                        "--grad-accum", "2"], tmp_path, nproc=2))
+    assert pre["steps"] == 2
+    fine = _ok(run_lapa(["train", "finetune", "--init", str(tmp_path / "pre"), "--data", str(robot), "--out",
+                         str(tmp_path / "fine"), *small, "--stream", "--workers", "1"], tmp_path, nproc=2))
+    _, config, tokenizer = load_vla(Path(fine["checkpoint"]))
+    assert config.head == "action" and tokenizer is not None
+    vpt = _ok(run_lapa(["train", "vpt", "--labelled", str(robot), "--videos", str(robot), "--idm-steps", "3",
+                        "--idm-batch-size", "4", "--out", str(tmp_path / "vpt"), *small], tmp_path, nproc=2))
+    assert vpt["steps"] == 2
+    assert (tmp_path / "vpt" / "idm" / "config.json").is_file()  # made once, by rank 0
+    assert (tmp_path / "vpt" / "pseudo_actions.parquet").is_file()
