@@ -92,3 +92,32 @@ def test_workers_and_streaming_train_on_exactly_the_batches_of_the_training_proc
         pretrain_actions([robot], tmp_path / name, config=config, opts=opts, encoder=encoder)
         runs[name] = [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert runs["stream_workers"] == pytest.approx(runs["memory"], rel=1e-6)
+
+
+def test_the_streamed_latent_set_is_the_in_memory_set_for_videos_and_episodes(robot, encoder, tmp_path,
+                                                                              monkeypatch):
+    from lapa.cli import main as lapa_main
+    from lapa.policy.datasets import LatentSet
+    from lapa.policy.streaming import streaming_latent_set
+
+    monkeypatch.setenv("LAPA_INDEX_CACHE", str(tmp_path / "index"))
+    videos = tmp_path / "videos"
+    w = VideoFolderWriter(videos)
+    for i in range(2):
+        frames = np.random.default_rng(i).integers(0, 256, (14, 32, 32, 3), dtype=np.uint8)
+        w.add(f"v{i}", frames, 10, f"push the block {i}")
+    w.finalize()
+    laq, labels = tmp_path / "laq", tmp_path / "labels.parquet"
+    assert lapa_main(["laq", "train", "--data", str(videos), str(robot), "--out", str(laq), "--batch-size", "4",
+                      "--workers", "0", "--steps", "1", "--threads", "1", "--device", "cpu"]) == 0
+    assert lapa_main(["laq", "label", "--ckpt", str(laq), "--data", str(videos), str(robot), "--out",
+                      str(labels)]) == 0
+    memory = LatentSet(labels, 32, encoder)
+    streamed = streaming_latent_set(labels, 32, encoder)
+    assert isinstance(streamed.clips.frames, LazyClipFrames) and len(streamed) == len(memory)
+    assert streamed.sources == memory.sources and len(streamed.sources) == 2
+    a, b = streamed.sample(np.random.default_rng(1), 24), memory.sample(np.random.default_rng(1), 24)
+    np.testing.assert_array_equal(a.images.numpy(), b.images.numpy())
+    np.testing.assert_array_equal(a.codes.numpy(), b.codes.numpy())
+    # the streamed set keeps at most a few decoded clips, whatever the corpus size
+    assert len(streamed.clips.frames._cache) <= streamed.clips.frames.cache_clips

@@ -74,8 +74,8 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader processes preparing batches ahead of training (0: in the training process)")
     p.add_argument("--stream", action="store_true",
-                   help="action data: keep frames in the videos and decode episodes as batches draw them "
-                        "(corpora larger than memory), instead of decoding every episode up front")
+                   help="keep frames in the videos and decode a clip when a batch draws it (corpora larger than "
+                        "memory), instead of decoding every clip up front")
     add_arguments(p)
 
 

@@ -43,7 +43,7 @@ from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
 from lapa.policy.model import VLA, RegressionHead, action_loss, goal_features, l1_action_loss, latent_loss
-from lapa.policy.streaming import StepLoader, streaming_action_set
+from lapa.policy.streaming import StepLoader, streaming_action_set, streaming_latent_set
 from lapa.training import (
     LoopOptions,
     MetricsWindow,
@@ -87,7 +87,7 @@ class TrainOptions:
     parallel: str = "auto"  # ddp | fsdp | auto (fsdp for the base preset) under torchrun
     device: str = "cpu"  # cpu | cuda | auto (the DistEnv passed to train_vla takes precedence)
     workers: int = 0  # DataLoader processes preparing batches ahead (0: in the training process)
-    stream: bool = False  # action data: frames stay in the videos, decoded when drawn (lapa/policy/streaming.py)
+    stream: bool = False  # frames stay in the videos, decoded when a batch draws them (lapa/policy/streaming.py)
 
     def __post_init__(self) -> None:
         if (self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1
@@ -375,7 +375,10 @@ def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, co
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
     base = config if config is not None else VLAConfig.preset(preset)
-    data = LatentSet(labels, base.image_size, encoder, progress=opts.progress)
+    if opts.stream:
+        data = streaming_latent_set(labels, base.image_size, encoder)
+    else:
+        data = LatentSet(labels, base.image_size, encoder, progress=opts.progress)
     config = _base_config(base, preset, encoder, head="latent", latent_seq_len=data.latent_seq_len,
                           latent_codebook_size=data.codebook_size)
     torch.manual_seed(opts.seed)
