@@ -238,6 +238,11 @@ def test_latent_pretraining_finetuning_and_vpt_run_under_torchrun(robot: Path, t
                          str(tmp_path / "fine"), *small, "--stream", "--workers", "1"], tmp_path, nproc=2))
     _, config, tokenizer = load_vla(Path(fine["checkpoint"]))
     assert config.head == "action" and tokenizer is not None
+    # each rank decodes only its own samples of the streamed global batch, and trains on exactly what the
+    # in-memory set gives it
+    _ok(run_lapa(["train", "finetune", "--init", str(tmp_path / "pre"), "--data", str(robot), "--out",
+                  str(tmp_path / "fine_memory"), *small], tmp_path, nproc=2))
+    assert _losses(tmp_path / "fine")[1] == pytest.approx(_losses(tmp_path / "fine_memory")[1], rel=1e-6)
     vpt = _ok(run_lapa(["train", "vpt", "--labelled", str(robot), "--videos", str(robot), "--idm-steps", "3",
                         "--idm-batch-size", "4", "--out", str(tmp_path / "vpt"), *small], tmp_path, nproc=2))
     assert vpt["steps"] == 2

@@ -121,3 +121,18 @@ def test_the_streamed_latent_set_is_the_in_memory_set_for_videos_and_episodes(ro
     np.testing.assert_array_equal(a.codes.numpy(), b.codes.numpy())
     # the streamed set keeps at most a few decoded clips, whatever the corpus size
     assert len(streamed.clips.frames._cache) <= streamed.clips.frames.cache_clips
+
+
+def test_a_rank_decodes_only_its_slices_of_the_streamed_global_batch(robot, encoder, tmp_path):
+    memory = ActionSet.from_lerobot([robot], 32, 2, encoder)
+    streamed = streaming_action_set([robot], 32, 2, encoder, index_cache=tmp_path / "index")
+    for s in (streamed, memory):
+        s.set_tokenizer(_tokenizer(memory))
+    wanted = np.zeros(12, bool)
+    wanted[3:6] = wanted[9:12] = True  # rank 1 of 2, per-device batch 3, 2 accumulation steps
+    with streamed.clips.frames.only(wanted):
+        a = streamed.sample(np.random.default_rng(4), 12, augment="shift")
+    b = memory.sample(np.random.default_rng(4), 12, augment="shift")
+    np.testing.assert_array_equal(a.images.numpy()[wanted], b.images.numpy()[wanted])
+    assert a.images.numpy()[~wanted].max() == 0, "the other ranks' samples are not decoded"
+    np.testing.assert_array_equal(a.bins.numpy(), b.bins.numpy())

@@ -9,9 +9,10 @@ DataLoader worker. A clip that cannot be decoded gives black frames, once logged
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -34,6 +35,18 @@ class LazyClipFrames:
         self.skipped = 0  # clips that could not be decoded (this process)
         self._bad: set[int] = set()
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._only: np.ndarray | None = None
+
+    @contextlib.contextmanager
+    def only(self, wanted: np.ndarray) -> Iterator[None]:
+        """Within the block, a lookup of len(wanted) rows decodes only the positions where `wanted` (bool) is
+        True and gives black frames elsewhere: a rank that draws the global batch of a step but trains on
+        its own slices decodes only those."""
+        self._only = np.asarray(wanted, bool)
+        try:
+            yield
+        finally:
+            self._only = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -75,8 +88,9 @@ class LazyClipFrames:
         if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
             raise IndexError(f"rows outside 0..{len(self) - 1}")
         clips = np.searchsorted(self.offsets, flat, side="right") - 1  # (N,) clip of each row
-        out = np.empty((flat.size, self.image_size, self.image_size, 3), np.uint8)  # (N, S, S, 3)
-        for c in np.unique(clips):  # each clip decoded once per call
-            here = clips == c
+        out = np.zeros((flat.size, self.image_size, self.image_size, 3), np.uint8)  # (N, S, S, 3)
+        wanted = self._only if self._only is not None and len(self._only) == flat.size else np.ones(flat.size, bool)
+        for c in np.unique(clips[wanted]):  # each clip decoded once per call
+            here = (clips == c) & wanted
             out[here] = self.clip(int(c))[flat[here] - self.offsets[c]]
         return out.reshape(*rows.shape, self.image_size, self.image_size, 3)

@@ -19,6 +19,7 @@ meaning: a better start than a random head); otherwise a fresh head replaces it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -35,6 +36,7 @@ import torch
 import lapa
 from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint, load_state_strict
 from lapa.data.frame_pairs import dataset_image_size
+from lapa.data.lazy_frames import LazyClipFrames
 from lapa.distributed import DistEnv, check_same_everywhere
 from lapa.errors import UserError
 from lapa.parallel import ParallelModel, choose_parallel
@@ -237,12 +239,20 @@ class _VLAStage:
         """This rank's `grad_accum` micro-batches of global step `step`, on the CPU."""
         rng = np.random.default_rng([self.opts.seed, step])  # the batch of a step never depends on history
         env, per, accum = self.env, self.opts.batch_size, self.opts.grad_accum
-        full = self.data.sample(rng, per * env.world_size * accum, augment=self.opts.augment)
-        if env.world_size == 1 and accum == 1:
-            return [full]
+        if env.world_size == 1:
+            full = self.data.sample(rng, per * accum, augment=self.opts.augment)
+            return [full] if accum == 1 else [slice_batch(full, slice(i * per, (i + 1) * per)) for i in range(accum)]
         width = per * env.world_size  # one accumulation step of the whole world
-        return [slice_batch(full, slice(i * width + env.rank * per, i * width + (env.rank + 1) * per))
-                for i in range(accum)]
+        parts = [slice(i * width + env.rank * per, i * width + (env.rank + 1) * per) for i in range(accum)]
+        frames = getattr(getattr(self.data, "clips", None), "frames", None)
+        with contextlib.ExitStack() as stack:
+            if isinstance(frames, LazyClipFrames):  # streamed frames: decode this rank's samples only
+                wanted = np.zeros(width * accum, bool)
+                for part in parts:
+                    wanted[part] = True
+                stack.enter_context(frames.only(wanted))
+            full = self.data.sample(rng, width * accum, augment=self.opts.augment)
+        return [slice_batch(full, part) for part in parts]
 
     def batch(self, step: int) -> list[Batch]:
         micro = self.loader.get(step) if self.loader is not None else self.cpu_batch(step)
