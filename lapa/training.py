@@ -39,7 +39,6 @@ from lapa.checkpoint import (
     TRAINING_STATE_FILE,
     CheckpointError,
     capture_rng_state,
-    load_state_strict,
     load_training_state,
     restore_rng_state,
     save_training_state,
@@ -103,16 +102,6 @@ def check_same_config(directory: Path, saved: Any, requested: Any) -> None:
         diff = {k: (v, getattr(requested, k)) for k, v in saved.to_dict().items() if getattr(requested, k) != v}
         raise CheckpointError(f"{directory}: checkpoint config differs from the requested one "
                               f"(key: (checkpoint, requested)) {diff}")
-
-
-def restore_training(directory: Path, model: torch.nn.Module, state: dict[str, torch.Tensor],
-                     optimizer: torch.optim.Optimizer) -> int:
-    """Load the model tensors, optimizer and RNG state of a checkpoint; returns its global step."""
-    load_state_strict(model, state, source=str(directory))
-    ts = load_training_state(directory, optimizer)
-    if ts.rng_state is not None:
-        restore_rng_state(ts.rng_state)
-    return ts.step
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -305,10 +294,11 @@ class TrainingRun:
                 stage.save(directory, step)
                 commit_checkpoint(self.checkpoints, directory, stage.optimizer, step, keep_last)
         else:
-            model_state = parallel.full_state_dict()
-            optimizer_state = parallel.optimizer_state_dict(stage.optimizer)
+            sharded = parallel.kind == "fsdp"  # gathering full tensors is a collective: every rank joins
+            model_state = parallel.full_state_dict() if sharded else None
+            optimizer_state = parallel.optimizer_state_dict(stage.optimizer) if sharded else None
             if self.env.is_main:
-                if parallel.kind == "fsdp":
+                if model_state is not None:
                     with full_state_view(parallel.model, model_state):
                         stage.save(directory, step)
                 else:
