@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -74,8 +75,12 @@ class ParallelModel:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [env.device.index] if env.device.type == "cuda" else None
-            # buffers such as codebook usage are per rank by design; the stage syncs what must agree
-            self.train_module = DDP(wrapper, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+            # buffers such as codebook usage are per rank by design (the stage syncs what must agree), so
+            # no buffer broadcast, at init or per forward; torch's suggested replacement still syncs at init
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                self.train_module = DDP(wrapper, device_ids=ids, broadcast_buffers=False,
+                                        find_unused_parameters=True)  # heads differ per stage; unused ones skip
         elif kind == "fsdp":
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard

@@ -8,6 +8,8 @@
 # why, when there is no GPU or any stage fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export MUJOCO_GL="${MUJOCO_GL:-egl}"   # the data stage renders offscreen
+export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "[gpu-check] FAILED: no NVIDIA GPU here (nvidia-smi is missing or lists no GPU). This check needs a GPU." >&2
