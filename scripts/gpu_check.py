@@ -96,6 +96,17 @@ def _run_summary(run_dir: Path) -> dict:
             "samples_per_s_last_window": rate[-1], "scale": doc.get("provenance", {}).get("scale")}
 
 
+def check_scale(name: str, summary: dict, nproc: int, bf16: bool) -> None:
+    """A training stage really ran as asked: on every process, on the GPU, in bf16 where the GPU has it."""
+    scale = summary.get("scale") or {}
+    want = {"world_size": nproc, "device": "cuda", "precision": "bf16" if bf16 else "fp32"}
+    got = {k: scale.get(k) for k in want}
+    if got != want:
+        raise CheckFailed(f"stage {name} ran as {got}, expected {want} (checkpoint provenance.scale)")
+    if summary["final_loss"] is None or not summary["final_loss"] < summary["first_loss"]:
+        raise CheckFailed(f"stage {name}: the loss did not fall ({summary['first_loss']} -> {summary['final_loss']})")
+
+
 def trt_latency(engine_dir: Path, runs: int) -> dict:
     """Batch-1 latency of the engine through TrtRunner (host arrays in and out, as the server uses it)."""
     import numpy as np
@@ -150,6 +161,7 @@ def main() -> int:
         shutil.rmtree(out)
     run = Runner(out, report)
     nproc = args.nproc or len(report["machine"]["gpus"])
+    bf16 = all(g["bf16"] for g in report["machine"]["gpus"][:nproc])
     T = args.stage_timeout_s
     lapa = [sys.executable, "-m", "lapa.cli"]
     common = ["--device", "cuda", "--steps", str(args.steps), "--batch-size", str(args.batch_size),
@@ -165,6 +177,7 @@ def main() -> int:
             run.stage(name, _torchrun(nproc, "laq", "train", "--data", str(data), "--preset", preset,
                                       "--out", str(out / name), "--workers", "4", *common), T)
             report["results"][name] = _run_summary(out / name)
+            check_scale(name, report["results"][name], nproc, bf16)
         labels = out / "labels.parquet"
         run.stage("label", [*lapa, "laq", "label", "--ckpt", str(out / "laq_tiny"), "--data", str(data),
                             "--out", str(labels)], T)
@@ -173,9 +186,11 @@ def main() -> int:
             run.stage(pre, _torchrun(nproc, "train", "pretrain", "--labels", str(labels), "--preset", preset,
                                      "--out", str(out / pre), *common), T)
             report["results"][pre] = _run_summary(out / pre)
+            check_scale(pre, report["results"][pre], nproc, bf16)
             run.stage(fine, _torchrun(nproc, "train", "finetune", "--init", str(out / pre), "--data", str(data),
                                       "--preset", preset, "--out", str(out / fine), *common), T)
             report["results"][fine] = _run_summary(out / fine)
+            check_scale(fine, report["results"][fine], nproc, bf16)
         exported = out / "export_tiny"
         ckpt = (out / "finetune_tiny" / "checkpoints" / (out / "finetune_tiny" / "checkpoints" / "LATEST")
                 .read_text().strip())

@@ -93,6 +93,27 @@ def test_a_rank_streams_its_shard_and_skips_and_counts_a_corrupt_clip(videos, ca
     assert "skipping unreadable clip" in caplog.text
 
 
+def test_one_process_without_torchrun_is_a_world_of_one_on_the_cpu(monkeypatch):
+    import torch
+
+    from lapa.distributed import autocast_dtype, init, resolve_device
+    from lapa.errors import UserError
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    env = init("cpu")
+    assert (env.rank, env.world_size, env.distributed, env.is_main) == (0, 1, False, True)
+    assert env.device == torch.device("cpu") and env.precision == "fp32" and autocast_dtype(env.device) is None
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(UserError, match="no CUDA device"):
+            resolve_device("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(UserError, match="bad torchrun environment"):
+        init("cpu")
+
+
 def test_agreement_helpers_in_one_process():
     env = DistEnv()
     check_same_everywhere(env, {"config": {"a": 1}})  # a world of one always agrees
