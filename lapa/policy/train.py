@@ -37,7 +37,7 @@ import lapa
 from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint, load_state_strict
 from lapa.data.frame_pairs import dataset_image_size
 from lapa.data.lazy_frames import LazyClipFrames
-from lapa.distributed import DistEnv, check_same_everywhere
+from lapa.distributed import DistEnv, check_same_everywhere, resolve_device
 from lapa.errors import UserError
 from lapa.parallel import ParallelModel, choose_parallel
 from lapa.policy.action_tokenizer import ActionTokenizer
@@ -288,7 +288,7 @@ def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, 
         raise ValueError("an action-head model trains with its fitted ActionTokenizer")
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    env = env or DistEnv(device=torch.device(opts.device if opts.device != "auto" else "cpu"))
+    env = env or DistEnv(device=resolve_device(opts.device))
     kind = choose_parallel(opts.parallel, preset, env)
     options_doc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}
     check_same_everywhere(env, {
