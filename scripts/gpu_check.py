@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `export` and `lapa` from this checkout, installed or not
 LAQ_PRESETS = ("tiny", "paper")
 VLA_PRESETS = ("tiny", "base", "tabletop")
 
