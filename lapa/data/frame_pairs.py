@@ -103,13 +103,13 @@ class ClipCatalog:
                     cached = None
                     folder = VideoFolder(root)
                 self._videos[key] = folder
-                entry = {"kind": "videos", "clips": folder.listing(), "missing": folder.missing}
-                for i in range(len(folder)):
-                    self.refs.append(ClipRef(key, "videos", i, folder[i].instruction))
+                listing = folder.listing()
+                entry = {"kind": "videos", "clips": listing, "missing": folder.missing}
+                self.refs.extend(ClipRef(key, "videos", i, instruction) for i, (_, instruction) in enumerate(listing))
             if cache_dir is not None and cached is None:
                 index_cache_io.store(cache_dir, root, entry)
             self.from_cache.append(cached is not None)
-            entries.append(json.loads(json.dumps(entry)))  # tuples as lists, as the cache reads them back
+            entries.append(entry)  # JSON writes tuples as lists: a cached and a fresh listing hash alike
         if not self.refs:
             raise UserError(f"no clips found in {', '.join(map(str, roots))}")
         self.index_digest = index_cache_io.entry_digest(entries)
