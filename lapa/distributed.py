@@ -160,12 +160,26 @@ def broadcast_(env: DistEnv, tensor: torch.Tensor, src: int = 0) -> torch.Tensor
     return tensor
 
 
-def broadcast_object(env: DistEnv, obj: Any, src: int = 0) -> Any:
+def broadcast_json(env: DistEnv, value: Any, src: int = 0) -> Any:
+    """Rank `src`'s JSON-able value on every rank (sent as UTF-8 bytes: nothing is pickled)."""
     if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, device=_comm_device(env))
-    return box[0]
+        return value
+    data = json.dumps(value).encode() if env.rank == src else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=_comm_device(env))
+    dist.broadcast(size, src=src)
+    buf = torch.zeros(int(size[0]), dtype=torch.uint8, device=_comm_device(env))  # (N,) bytes
+    if env.rank == src:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    dist.broadcast(buf, src=src)
+    return json.loads(bytes(buf.cpu().tolist()).decode())
+
+
+def _all_gather_bytes(env: DistEnv, data: bytes) -> list[bytes]:
+    """Every rank's `data` of one fixed length (digests)."""
+    mine = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(_comm_device(env))  # (N,)
+    out = [torch.zeros_like(mine) for _ in range(env.world_size)]
+    dist.all_gather(out, mine)
+    return [bytes(t.cpu().tolist()) for t in out]
 
 
 def _comm_device(env: DistEnv) -> torch.device:
@@ -184,19 +198,24 @@ def digest(value: Any) -> str:
 def check_same_everywhere(env: DistEnv, parts: Mapping[str, Any]) -> None:
     """Raise UserError on every rank unless all ranks hold the same `parts` (config, dataset index...).
 
-    Each part is hashed and the hashes are all-gathered, so large values (a dataset index) cost one
-    small message; the error names the parts and ranks that disagree with rank 0.
+    Each part is hashed (sha256 of its canonical JSON) and the digests are all-gathered as bytes, so
+    large values (a dataset index) cost 32 bytes each; the error names the parts and ranks that
+    disagree with rank 0.
     """
     if not env.distributed:
         return
-    mine = {name: digest(value) for name, value in parts.items()}
-    gathered: list[dict[str, str] | None] = [None] * env.world_size
-    dist.all_gather_object(gathered, mine)
-    reference = gathered[0] or {}
+    names = sorted(parts)
+    # the part names first (same code everywhere?), so that the digest tensors below have one length
+    gathered_names = _all_gather_bytes(env, bytes.fromhex(digest(names)))
+    if len(set(gathered_names)) > 1:
+        ranks = [r for r, d in enumerate(gathered_names) if d != gathered_names[0]]
+        raise UserError(f"the ranks disagree on the training setup: ranks {ranks} check other parts than rank 0 "
+                        "(a different version of the code?)")
+    mine = b"".join(bytes.fromhex(digest(parts[name])) for name in names)
+    gathered = _all_gather_bytes(env, mine)
     problems = []
     for rank, theirs in enumerate(gathered):
-        theirs = theirs or {}
-        differ = sorted(k for k in set(reference) | set(theirs) if reference.get(k) != theirs.get(k))
+        differ = [name for i, name in enumerate(names) if theirs[32 * i:32 * i + 32] != gathered[0][32 * i:32 * i + 32]]
         if differ:
             problems.append(f"rank {rank} differs from rank 0 in {', '.join(differ)}")
     if problems:

@@ -43,7 +43,7 @@ from lapa.checkpoint import (
     restore_rng_state,
     save_training_state,
 )
-from lapa.distributed import DistEnv, all_reduce_mean, barrier, broadcast_object
+from lapa.distributed import DistEnv, all_reduce_mean, barrier, broadcast_json
 from lapa.errors import UserError
 from lapa.parallel import OptimizerView, ParallelModel, full_state_view
 
@@ -270,7 +270,7 @@ class TrainingRun:
                      if previous is not None and not resume else None)
             if found[1] is None:
                 self.checkpoints.mkdir(parents=True, exist_ok=True)
-        previous_name, refusal = broadcast_object(self.env, found)
+        previous_name, refusal = broadcast_json(self.env, found)
         if refusal is not None:
             raise UserError(refusal)
         self.resume_from: Path | None = Path(previous_name) if resume and previous_name else None
