@@ -222,7 +222,7 @@ def test_laq_trains_under_torchrun_with_ddp_and_fsdp_and_resumes_in_one_process(
     assert resumed["start_step"] == 10 and resumed["steps"] == 11
 
 
-def test_latent_pretraining_finetuning_and_vpt_run_under_torchrun(robot: Path, tmp_path: Path) -> None:
+def test_latent_pretraining_and_streamed_finetuning_run_under_torchrun(robot: Path, tmp_path: Path) -> None:
     from lapa.cli import main as lapa_main
 
     laq, labels = tmp_path / "laq", tmp_path / "labels.parquet"
@@ -243,6 +243,11 @@ def test_latent_pretraining_finetuning_and_vpt_run_under_torchrun(robot: Path, t
     _ok(run_lapa(["train", "finetune", "--init", str(tmp_path / "pre"), "--data", str(robot), "--out",
                   str(tmp_path / "fine_memory"), *small], tmp_path, nproc=2))
     assert _losses(tmp_path / "fine")[1] == pytest.approx(_losses(tmp_path / "fine_memory")[1], rel=1e-6)
+
+
+def test_vpt_runs_under_torchrun_with_its_idm_made_once(robot: Path, tmp_path: Path) -> None:
+    small = ["--image-size", "32", "--patch-size", "8", "--chunk-size", "2", "--num-bins", "16", "--device", "cpu",
+             "--batch-size", "2", "--steps", "2", "--threads", "1"]
     vpt = _ok(run_lapa(["train", "vpt", "--labelled", str(robot), "--videos", str(robot), "--idm-steps", "3",
                         "--idm-batch-size", "4", "--out", str(tmp_path / "vpt"), *small], tmp_path, nproc=2))
     assert vpt["steps"] == 2
