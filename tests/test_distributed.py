@@ -4,8 +4,12 @@
   same global batch split the same way, so the loss curves agree to float rounding (rtol 1e-4).
   Against 1 process with one batch of 8 they agree to rtol 2e-2: the masked action loss is
   normalised per micro-batch (as DDP averages per-rank means), not over the global batch.
+- FSDP2 against the same: its first steps to rtol 1e-4, the whole curve to 2e-2 (reduce-scatter rounds
+  differently, and Adam's first steps turn that into full-size updates of parameters with ~0 gradient).
 - DDP and FSDP2 checkpoints load in one process and resume across world sizes (2 -> 1, 1 -> 2).
-- Ranks that disagree on the configuration stop with a clear error.
+- Ranks that disagree on the configuration or the data stop with a clear error, before writing anything.
+- Only rank 0 writes checkpoints and metrics; LAQ, latent pretraining, streamed finetuning and VPT all
+  run under torchrun.
 """
 
 from __future__ import annotations
