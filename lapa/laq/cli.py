@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
     t.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, plots)")
     t.add_argument("--steps", type=int, default=3000)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32, help="frame pairs per device (per process)")
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--gap-s", type=float, default=0.6, help="time between the two frames (seconds)")
     t.add_argument("--workers", type=int, default=2, help="data loading processes")

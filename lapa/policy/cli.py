@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics.jsonl, loss.png)")
     p.add_argument("--steps", type=int, default=steps, help="global step to train to (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="samples per device (per process)")
     p.add_argument("--lr", type=float, default=3e-4, help="constant AdamW learning rate")
     p.add_argument("--preset", default="tiny", choices=("tiny", "base", "tabletop"),
                    help="model (from scratch): tiny, base, or tabletop (conv+FiLM encoder, state, l1 head)")
