@@ -26,6 +26,8 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("latency", "bench.latency", "camera -> command: every stage side by side (capture, transport, decode, "
      "model per backend, postprocessing, safety, command), batch throughput, the model under load"),
     ("loop", "bench.loop", "ROS control loop: period jitter, camera-to-command latency, demo success"),
+    ("train-throughput", "bench.train_throughput", "training throughput (samples/s) of LAQ and the VLA at 1 and "
+     "N processes (torchrun, DDP / FSDP2)"),
     ("speech", "bench.speech", "spoken commands: true commands accepted, near misses and other speech rejected"),
 ]
 

@@ -11,6 +11,11 @@ runs it to a global step count. With a `TrainingRun` the loop writes, under the 
 and `resume` continues exactly: model, optimizer, step and RNG come back from the newest
 checkpoint and metrics logged after it are dropped. Only the newest `keep_last` step directories
 are kept. Without a run (the IDM: short, never resumed) the loop only steps and shows progress.
+
+Under torchrun (lapa/distributed.py) every rank runs the loop on its shard of the data; a stage
+steps through a `ParallelModel` (lapa/parallel.py: DDP or FSDP2) with `accumulate_step`. Only
+rank 0 writes checkpoints and metrics and shows progress; checkpoints keep the single-process
+layout, so a run resumes under any world size. The logged loss and means are averaged over ranks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,12 +39,13 @@ from lapa.checkpoint import (
     TRAINING_STATE_FILE,
     CheckpointError,
     capture_rng_state,
-    load_state_strict,
     load_training_state,
     restore_rng_state,
     save_training_state,
 )
+from lapa.distributed import DistEnv, all_reduce_mean, barrier, broadcast_json
 from lapa.errors import UserError
+from lapa.parallel import OptimizerView, ParallelModel, full_state_view
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +87,21 @@ def commit_checkpoint(root: Path, directory: Path, optimizer: torch.optim.Optimi
     return directory
 
 
+def restore_parallel(directory: Path, parallel: ParallelModel, optimizer: torch.optim.Optimizer) -> int:
+    """Load a checkpoint's optimizer and RNG state through `parallel` (the model is loaded before
+    wrapping, see `load_state_strict`); returns its global step."""
+    ts = load_training_state(directory, OptimizerView(optimizer, parallel))  # type: ignore[arg-type]
+    if ts.rng_state is not None:
+        restore_rng_state(ts.rng_state)
+    return ts.step
+
+
 def check_same_config(directory: Path, saved: Any, requested: Any) -> None:
     """Refuse to resume a run whose checkpoint was made with another config (both dataclasses of one type)."""
     if saved != requested:
         diff = {k: (v, getattr(requested, k)) for k, v in saved.to_dict().items() if getattr(requested, k) != v}
         raise CheckpointError(f"{directory}: checkpoint config differs from the requested one "
                               f"(key: (checkpoint, requested)) {diff}")
-
-
-def restore_training(directory: Path, model: torch.nn.Module, state: dict[str, torch.Tensor],
-                     optimizer: torch.optim.Optimizer) -> int:
-    """Load the model tensors, optimizer and RNG state of a checkpoint; returns its global step."""
-    load_state_strict(model, state, source=str(directory))
-    ts = load_training_state(directory, optimizer)
-    if ts.rng_state is not None:
-        restore_rng_state(ts.rng_state)
-    return ts.step
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -195,6 +201,27 @@ class Stage(Protocol):
         """Draw the curves from metrics.jsonl into out_dir."""
 
 
+def accumulate_step(parallel: ParallelModel, optimizer: torch.optim.Optimizer, micro_batches: list[Any],
+                    grad_clip: float) -> tuple[float, float, list[Any]]:
+    """One optimizer step over this rank's micro-batches: each loss scaled by 1/len, the gradient
+    all-reduce only on the last, global-norm clipping, step.
+
+    Returns (this rank's mean loss, the gradient norm before clipping, each micro-batch's extras).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    n, total, extras = len(micro_batches), 0.0, []
+    for i, micro in enumerate(micro_batches):
+        with parallel.accumulating(i < n - 1):
+            loss, extra = parallel.forward(micro)
+            (loss / n).backward()
+        total += float(loss.detach())
+        extras.append(extra)
+    parallel.sync_replicated_grads()
+    grad_norm = parallel.clip_grad_norm(grad_clip)
+    optimizer.step()
+    return total / n, grad_norm, extras
+
+
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
                    grad_clip: float) -> float:
     """Backward, clip the gradient norm to `grad_clip`, step; returns the norm before clipping."""
@@ -205,35 +232,82 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, los
     return grad_norm
 
 
+def scale_info(env: DistEnv, per_device_batch: int, grad_accum: int, parallel: str) -> dict[str, Any]:
+    """How a run is spread: stated in the log at start and in every checkpoint's config.json."""
+    if grad_accum < 1 or per_device_batch < 1:
+        raise UserError(f"--batch-size and --grad-accum must be >= 1, got {per_device_batch}, {grad_accum}")
+    info = {"world_size": env.world_size, "per_device_batch": per_device_batch, "grad_accum": grad_accum,
+            "global_batch": per_device_batch * env.world_size * grad_accum, "parallel": parallel,
+            "device": env.device.type, "precision": env.precision}
+    if env.is_main:
+        tqdm.write(f"global batch {info['global_batch']} = {per_device_batch} per device x {env.world_size} "
+                   f"process(es) x {grad_accum} accumulation step(s) ({parallel}, {env.device.type}, "
+                   f"{env.precision})", file=sys.stderr)
+    return info
+
+
 # ----------------------------------------------------------------------------- the run directory
 
 
 class TrainingRun:
-    """A run directory: refuses to start over a run with checkpoints unless resuming."""
+    """A run directory: refuses to start over a run with checkpoints unless resuming.
 
-    def __init__(self, out_dir: str | os.PathLike, resume: bool, how_to_resume: str) -> None:
+    Rank 0 decides (and tells the others) which checkpoint to resume from and is the only writer;
+    the other ranks read that checkpoint, so a resumed multi-node run needs a shared filesystem.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, resume: bool, how_to_resume: str,
+                 env: DistEnv | None = None) -> None:
+        self.env = env or DistEnv()
         self.out_dir = Path(out_dir)
         self.checkpoints = self.out_dir / CHECKPOINTS
         self.metrics_path = self.out_dir / METRICS_FILE
-        previous = latest_checkpoint(self.out_dir)
-        if previous is not None and not resume:
-            raise UserError(f"{self.out_dir} already holds checkpoints ({previous.name}); {how_to_resume}")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.resume_from: Path | None = previous if resume else None
+        found = None
+        if self.env.is_main:
+            previous = latest_checkpoint(self.out_dir)
+            found = (str(previous) if previous is not None else None,
+                     f"{self.out_dir} already holds checkpoints ({previous.name}); {how_to_resume}"
+                     if previous is not None and not resume else None)
+            if found[1] is None:
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
+        previous_name, refusal = broadcast_json(self.env, found)
+        if refusal is not None:
+            raise UserError(refusal)
+        self.resume_from: Path | None = Path(previous_name) if resume and previous_name else None
 
     def start_at(self, step: int) -> None:
         """The run continues from `step`: forget metrics logged after it."""
-        truncate_metrics(self.metrics_path, step)
+        if self.env.is_main:
+            truncate_metrics(self.metrics_path, step)
 
     def log(self, row: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.env.is_main:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def checkpoint(self, stage: Stage, step: int, keep_last: int) -> Path:
+        """Gather the model and optimizer (a collective under FSDP), write them on rank 0, wait for it."""
         directory = step_dir(self.checkpoints, step)
-        stage.save(directory, step)
-        commit_checkpoint(self.checkpoints, directory, stage.optimizer, step, keep_last)
-        stage.plot(self.metrics_path, self.out_dir)
+        parallel = getattr(stage, "parallel", None)
+        if parallel is None:
+            if self.env.is_main:
+                stage.save(directory, step)
+                commit_checkpoint(self.checkpoints, directory, stage.optimizer, step, keep_last)
+        else:
+            sharded = parallel.kind == "fsdp"  # gathering full tensors is a collective: every rank joins
+            model_state = parallel.full_state_dict() if sharded else None
+            optimizer_state = parallel.optimizer_state_dict(stage.optimizer) if sharded else None
+            if self.env.is_main:
+                if model_state is not None:
+                    with full_state_view(parallel.model, model_state):
+                        stage.save(directory, step)
+                else:
+                    stage.save(directory, step)
+                view = OptimizerView(stage.optimizer, parallel, optimizer_state)
+                commit_checkpoint(self.checkpoints, directory, view, step, keep_last)  # type: ignore[arg-type]
+        if self.env.is_main:
+            stage.plot(self.metrics_path, self.out_dir)
+        barrier(self.env)
         return directory
 
 
@@ -248,6 +322,7 @@ class LoopOptions:
     keep_last: int = 2
     progress: bool = True
     desc: str = "train"  # progress bar label
+    env: DistEnv = field(default_factory=DistEnv)  # this process's rank (progress and metrics on rank 0 only)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1:
@@ -283,17 +358,24 @@ def train(stage: Stage, options: LoopOptions, run: TrainingRun | None = None, st
         window.reset(now)
         return loss
 
-    bar = tqdm(total=options.steps, initial=start, disable=not options.progress, desc=options.desc, unit="step",
-               dynamic_ncols=True)
+    env = options.env
+    bar = tqdm(total=options.steps, initial=start, disable=not (options.progress and env.is_main),
+               desc=options.desc, unit="step", dynamic_ncols=True)
     wall0 = time.perf_counter()
     try:
         while step < options.steps:
             batch = stage.batch(step)
+            if env.distributed and min(all_reduce_mean(env, [float(batch is not None)])) < 1.0:
+                batch = None  # one rank's data ran out: all stop together, or the others would wait forever
             if batch is None:
                 log.warning("%s: the data ran out at step %d of %d", options.desc, step, options.steps)
                 break
             t0 = time.perf_counter()
             result = stage.train_step(step, batch)
+            if env.distributed:  # the logged loss and means describe the global batch
+                keys = list(result.means)
+                result.loss, *means = all_reduce_mean(env, [result.loss, *(result.means[k] for k in keys)])
+                result.means = dict(zip(keys, means, strict=True))
             step += 1
             train_time += time.perf_counter() - t0
             samples += result.batch_size

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "lapa.chunking", "lapa.franka", "lapa.lru_cache", "lapa.file_hash", "lapa.errors",
               "lapa.config_checks", "lapa.state_history")),
     ("training", ("lapa.sim", "lapa.data", "lapa.laq", "lapa.policy", "lapa.eval", "lapa.experiment",
-                  "lapa.training")),
+                  "lapa.training", "lapa.distributed", "lapa.parallel")),
     ("export", ("export",)),
     ("policy server", ("policy_server",)),
     ("robot side", ("lapa_ros", "calibration")),

@@ -18,11 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
-from lapa.data.lerobot_v3 import LeRobotV3Dataset
+from lapa.data import clip_index as index_cache_io
+from lapa.data.lerobot_v3 import EpisodeData, LeRobotV3Dataset
 from lapa.data.video_folder import VideoFolder
 from lapa.data.video_io import VideoReadError
+from lapa.distributed import worker_shard
 from lapa.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -66,33 +68,60 @@ def dataset_image_size(root: str | Path) -> int | None:
 
 
 class ClipCatalog:
-    """All clips of one or more dataset roots (LeRobot v3 or video folders), readable by ref."""
+    """All clips of one or more dataset roots (LeRobot v3 or video folders), readable by ref.
 
-    def __init__(self, roots: Sequence[str | Path]) -> None:
+    With `index_cache` (True: the default cache folder, or a folder) each root's listing is read from
+    its cached clip index when that is still valid and cached after listing otherwise
+    (lapa/data/clip_index.py); `index_digest` names the listing, so ranks can check they agree.
+    """
+
+    def __init__(self, roots: Sequence[str | Path], index_cache: bool | str | Path | None = None) -> None:
         if not roots:
             raise UserError("no dataset given")
+        cache_dir = index_cache_io.default_cache_dir() if index_cache is True else (
+            Path(index_cache) if index_cache else None)
         self.refs: list[ClipRef] = []
         self._lerobot: dict[str, LeRobotV3Dataset] = {}
         self._videos: dict[str, VideoFolder] = {}
+        self.from_cache: list[bool] = []  # per root: was its listing read from the cache
+        entries = []
         for root in map(Path, roots):
             if not root.exists():
                 raise UserError(f"dataset {root} does not exist")
             key = str(root)
+            cached = index_cache_io.load_cached(cache_dir, root) if cache_dir is not None else None
             if is_lerobot_dataset(root):
                 ds = LeRobotV3Dataset(root)
                 self._lerobot[key] = ds
+                entry = {"kind": "lerobot", "episodes": ds.num_episodes}
                 for i in range(ds.num_episodes):
                     self.refs.append(ClipRef(key, "lerobot", i, ""))
             else:
-                folder = VideoFolder(root)
+                if cached is not None and cached.get("kind") == "videos":
+                    folder = VideoFolder.from_clips(root, cached["clips"], cached.get("missing", 0))
+                else:
+                    cached = None
+                    folder = VideoFolder(root)
                 self._videos[key] = folder
-                for i in range(len(folder)):
-                    self.refs.append(ClipRef(key, "videos", i, folder[i].instruction))
+                listing = folder.listing()
+                entry = {"kind": "videos", "clips": listing, "missing": folder.missing}
+                self.refs.extend(ClipRef(key, "videos", i, instruction) for i, (_, instruction) in enumerate(listing))
+            if cache_dir is not None and cached is None:
+                index_cache_io.store(cache_dir, root, entry)
+            self.from_cache.append(cached is not None)
+            entries.append(entry)  # JSON writes tuples as lists: a cached and a fresh listing hash alike
         if not self.refs:
             raise UserError(f"no clips found in {', '.join(map(str, roots))}")
+        self.index_digest = index_cache_io.entry_digest(entries)
 
     def __len__(self) -> int:
         return len(self.refs)
+
+    def episode_labels(self, ref: ClipRef) -> EpisodeData:
+        """A LeRobot episode's task, actions and states without decoding its video (UserError for a video folder)."""
+        if ref.kind != "lerobot":
+            raise UserError(f"{ref.source} is a video folder: it has no episode actions (a LeRobot dataset is needed)")
+        return self._lerobot[ref.source].episode_labels(ref.index)
 
     def read(self, ref: ClipRef) -> Clip:
         """Decode a clip; raises VideoReadError (or DatasetError) when it cannot be read."""
@@ -124,33 +153,39 @@ def pair_indices(num_frames: int, gap: int) -> np.ndarray:
 
 
 class FramePairStream(IterableDataset):
-    """An endless shuffled stream of uint8 frame pairs (2, S, S, 3).
+    """An endless shuffled stream of uint8 frame pairs (2, S, S, 3), read from disk one clip at a time.
 
-    Each worker visits clips in its own random order, decodes one, and yields
+    Every epoch deals one shared permutation of the clips round-robin over all shards (each
+    DataLoader worker of each rank is one shard, see `worker_shard`), so ranks and workers read
+    disjoint clips, deterministically for a seed. A shard decodes a clip, and yields
     `pairs_per_clip` random pairs from it. With `augment`, pairs get the same random resized
     crop (scale 0.9) and brightness jitter on both frames, so the motion between them is kept.
     """
 
     def __init__(self, catalog: ClipCatalog, image_size: int, gap_s: float = 0.6, pairs_per_clip: int = 8,
-                 seed: int = 0, augment: bool = False) -> None:
+                 seed: int = 0, augment: bool = False, rank: int = 0, world_size: int = 1) -> None:
         self.catalog = catalog
         self.image_size = image_size
         self.gap_s = gap_s
         self.pairs_per_clip = pairs_per_clip
         self.seed = seed
         self.augment = augment
+        self.rank, self.world_size = rank, world_size
         self.skipped = 0
 
+    def shard_order(self, epoch: int, shard: int, shards: int) -> np.ndarray:
+        """Clip positions shard `shard` of `shards` reads in `epoch`."""
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.catalog))  # (C,) same everywhere
+        order = perm[shard::shards]
+        return order if len(order) else perm[shard % len(perm):][:1]  # fewer clips than shards
+
     def __iter__(self) -> Iterator[np.ndarray]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = np.random.default_rng([self.seed, worker])
+        shard, shards = worker_shard(self.rank, self.world_size)
+        rng = np.random.default_rng([self.seed, shard, 1])  # pair picks and augmentation of this shard
+        epoch = 0
         while True:
-            order = rng.permutation(len(self.catalog))[worker::workers]
-            if len(order) == 0:
-                order = rng.permutation(len(self.catalog))
             yielded = 0
-            for i in order:
+            for i in self.shard_order(epoch, shard, shards):
                 ref = self.catalog.refs[int(i)]
                 try:
                     clip = self.catalog.read(ref)
@@ -170,6 +205,7 @@ class FramePairStream(IterableDataset):
                     yielded += 1
             if yielded == 0:
                 raise UserError("no readable clip is long enough for the requested frame gap")
+            epoch += 1
 
 
 def augment_pair(pair: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -184,9 +220,12 @@ def augment_pair(pair: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def pair_batches(catalog: ClipCatalog, image_size: int, batch_size: int, gap_s: float = 0.6,
-                 workers: int = 2, seed: int = 0, augment: bool = False) -> Iterator[torch.Tensor]:
-    """Endless batches of uint8 frame pairs (B, 2, S, S, 3) from `workers` processes."""
-    stream = FramePairStream(catalog, image_size, gap_s=gap_s, seed=seed, augment=augment)
+                 workers: int = 2, seed: int = 0, augment: bool = False, rank: int = 0,
+                 world_size: int = 1) -> Iterator[torch.Tensor]:
+    """Endless batches of uint8 frame pairs (B, 2, S, S, 3) from `workers` processes; under torchrun
+    each rank passes its rank and the world size and streams its own shard of the clips."""
+    stream = FramePairStream(catalog, image_size, gap_s=gap_s, seed=seed, augment=augment, rank=rank,
+                             world_size=world_size)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=workers,
                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     yield from loader

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,24 @@ class VideoFolder:
                 if path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".") and path.is_file()
             ]
 
+    @classmethod
+    def from_clips(cls, root: str | os.PathLike[str], clips: Sequence[Sequence[str]], missing: int = 0,
+                   split: str = "train") -> VideoFolder:
+        """A folder from a listing made earlier (lapa/data/clip_index.py): (path relative to root, instruction).
+        Clips become VideoClips only when asked for: 200k Path objects cost seconds at every start."""
+        folder = cls.__new__(cls)
+        folder.root, folder.split, folder.missing = Path(root), split, missing
+        folder.clips = _ListedClips(folder.root, clips)  # type: ignore[assignment]
+        return folder
+
+    def listing(self) -> Sequence[Sequence[str]]:
+        """(path relative to root, instruction) of every clip, in order: what a clip index stores."""
+        if isinstance(self.clips, _ListedClips):
+            return self.clips.listing
+        prefix = str(self.root) + os.sep
+        return [(str(c.path)[len(prefix):] if str(c.path).startswith(prefix) else str(c.path.relative_to(self.root)),
+                 c.instruction) for c in self.clips]
+
     def __len__(self) -> int:
         return len(self.clips)
 
@@ -80,6 +98,22 @@ class VideoFolder:
     def read(self, i: int) -> tuple[np.ndarray, float]:
         """Frames (T, H, W, 3) uint8 RGB and fps of clip i."""
         return read_video(self.clips[i].path)
+
+
+class _ListedClips(Sequence):
+    """A listing's clips, each made a VideoClip when indexed."""
+
+    def __init__(self, root: Path, listing: Sequence[Sequence[str]]) -> None:
+        self.root, self.listing = root, listing
+
+    def __len__(self) -> int:
+        return len(self.listing)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        rel, instruction = self.listing[i]
+        return VideoClip(self.root / rel, instruction)
 
 
 def _read_captions(path: Path, root: Path) -> list[VideoClip]:

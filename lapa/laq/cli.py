@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lapa.distributed import add_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     laq = sub.add_parser("laq", help="stage 1: latent action quantization from videos without actions")
@@ -16,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
     t.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, plots)")
     t.add_argument("--steps", type=int, default=3000)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32, help="frame pairs per device (per process)")
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--gap-s", type=float, default=0.6, help="time between the two frames (seconds)")
     t.add_argument("--workers", type=int, default=2, help="data loading processes")
@@ -27,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--latent-seq-len", type=int, help="override the preset's number of latent tokens")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    t.add_argument("--index-cache", type=Path, default=None,
+                   help="folder for the cached clip index of each dataset (default: ~/.cache/lapa/index)")
+    add_arguments(t)
     t.set_defaults(func=_train)
 
     lab = laq_sub.add_parser("label", help="latent action codes for every frame pair (input to stage 2)")
@@ -57,6 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from lapa.data.frame_pairs import ClipCatalog, pair_batches
+    from lapa.distributed import command_env, main_first
     from lapa.laq.config import LAQConfig
     from lapa.laq.train import train_laq
 
@@ -64,12 +70,19 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("codebook_size", args.codebook_size),
                                    ("latent_seq_len", args.latent_seq_len)) if v is not None}
     config = LAQConfig.preset(args.preset, **overrides)
-    catalog = ClipCatalog(args.data)
-    batches = pair_batches(catalog, config.image_size, args.batch_size, gap_s=args.gap_s,
-                           workers=args.workers, seed=args.seed, augment=args.augment)
-    result = train_laq(config, batches, args.steps, args.out, lr=args.lr, ckpt_every=args.ckpt_every,
-                       resume=args.resume, seed=args.seed)
-    print(json.dumps(_jsonable(result), indent=2))
+    with command_env(args.device) as env:
+        with main_first(env):  # rank 0 builds and caches the clip index, the others read it
+            catalog = ClipCatalog(args.data, index_cache=args.index_cache or True)
+        batches = pair_batches(catalog, config.image_size, args.batch_size, gap_s=args.gap_s,
+                               workers=args.workers, seed=args.seed, augment=args.augment,
+                               rank=env.rank, world_size=env.world_size)
+        result = train_laq(config, batches, args.steps, args.out, lr=args.lr, ckpt_every=args.ckpt_every,
+                           resume=args.resume, seed=args.seed, env=env, grad_accum=args.grad_accum,
+                           parallel=args.parallel, preset=args.preset,
+                           consistency={"data index": catalog.index_digest, "data options": [
+                               args.batch_size, args.gap_s, args.augment, args.workers]})
+        if env.is_main:
+            print(json.dumps(_jsonable(result), indent=2))
     return 0
 
 

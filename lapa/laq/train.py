@@ -20,21 +20,24 @@ from typing import Any
 import torch
 
 import lapa
-from lapa.checkpoint import CheckpointError, load_checkpoint
+from lapa.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from lapa.distributed import DistEnv, all_reduce_sum_, broadcast_, check_same_everywhere
 from lapa.laq.config import LAQConfig
 from lapa.laq.metrics import perplexity_from_counts
 from lapa.laq.model import LAQ
 from lapa.laq.nsvq import dead_code_schedule
+from lapa.parallel import ParallelModel, choose_parallel
 from lapa.training import (
     LoopOptions,
     MetricsWindow,
     StepResult,
     TrainingRun,
+    accumulate_step,
     check_same_config,
     json_float,
-    optimizer_step,
     read_metrics,
-    restore_training,
+    restore_parallel,
+    scale_info,
     train,
 )
 
@@ -56,14 +59,15 @@ class LAQTrainResult:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _resume(directory: Path, config: LAQConfig, model: LAQ, optimizer: torch.optim.Optimizer) -> int:
+def _load_for_resume(directory: Path, config: LAQConfig, model: LAQ) -> None:
+    """Check the checkpoint's config and load its model tensors (before the model is wrapped)."""
     doc, state = load_checkpoint(directory)
     try:
         saved = LAQConfig.from_dict(doc["laq"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{directory}/config.json: no valid LAQ config ({err})") from err
     check_same_config(directory, saved, config)
-    return restore_training(directory, model, state, optimizer)
+    load_state_strict(model, state, source=str(directory))
 
 
 # ----------------------------------------------------------------------------- metrics and plots
@@ -113,29 +117,52 @@ def plot_metrics(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) ->
 # ----------------------------------------------------------------------------- the stage
 
 
+def _laq_loss(model: LAQ, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(batch)
+    return out.loss, out.usage.detach()  # (L, K) code counts of this micro-batch
+
+
 class _LAQStage:
     """LAQ's batches, step, metrics line and checkpoint for the shared loop."""
 
-    def __init__(self, model: LAQ, optimizer: torch.optim.Optimizer, batches: Iterable[torch.Tensor], lr: float,
-                 grad_clip: float, device: str | torch.device, provenance: dict[str, Any]) -> None:
-        self.model, self.optimizer, self.lr, self.grad_clip = model, optimizer, lr, grad_clip
-        self.device, self.provenance = device, provenance
+    def __init__(self, parallel: ParallelModel, optimizer: torch.optim.Optimizer, batches: Iterable[torch.Tensor],
+                 lr: float, grad_clip: float, grad_accum: int, provenance: dict[str, Any]) -> None:
+        self.parallel, self.model, self.env = parallel, parallel.model, parallel.env
+        self.optimizer, self.lr, self.grad_clip, self.grad_accum = optimizer, lr, grad_clip, grad_accum
+        self.provenance = provenance
         self.data: Iterator[torch.Tensor] = iter(batches)
-        self.batch_size = 1  # of the newest batch: the collapse guard counts samples with it
+        self.batch_size = 1  # global samples of the newest step: the collapse guard counts samples with it
 
-    def batch(self, step: int) -> torch.Tensor | None:
-        return next(self.data, None)
+    def batch(self, step: int) -> list[torch.Tensor] | None:
+        """This rank's `grad_accum` micro-batches of the step (its own shard of the stream)."""
+        micro = []
+        for _ in range(self.grad_accum):
+            b = next(self.data, None)
+            if b is None:
+                return None
+            micro.append(b.to(self.env.device, non_blocking=True))
+        return micro
 
-    def train_step(self, step: int, batch: torch.Tensor) -> StepResult:
-        batch = batch.to(self.device, non_blocking=True)
-        self.batch_size = B = batch.shape[0]
-        out = self.model(batch)
-        grad_norm = optimizer_step(self.model, self.optimizer, out.loss, self.grad_clip)
+    def train_step(self, step: int, batch: list[torch.Tensor]) -> StepResult:
+        env = self.env
+        if "scale" not in self.provenance:  # the per-device batch is known once the first batch is here
+            self.provenance["scale"] = scale_info(env, len(batch[0]), self.grad_accum, self.parallel.kind)
+        loss, grad_norm, usages = accumulate_step(self.parallel, self.optimizer, batch, self.grad_clip)
+        usage = torch.stack(usages).sum(0).cpu()  # (L, K) this rank
+        local = usage.sum(0)  # (K,) what this rank's forward passes added to the usage window
+        all_reduce_sum_(env, usage)  # (L, K) the global batch
+        nsvq = self.model.nsvq
+        if env.distributed:  # every rank's window counts the global batch, so all decide alike
+            nsvq.usage_since_reset += (usage.sum(0) - local).to(nsvq.usage_since_reset)
+        samples = torch.tensor([sum(len(b) for b in batch)], dtype=torch.int64)
+        self.batch_size = B = int(all_reduce_sum_(env, samples)[0])  # the global batch
         replaced = 0
         if dead_code_schedule(step + 1):
-            replaced = int(self.model.nsvq.replace_dead_codes(B).numel())
-        return StepResult(out.loss.item(), B, grad_norm,
-                          totals={"codes_replaced": replaced, "usage": out.usage.cpu()})
+            replaced = int(nsvq.replace_dead_codes(B).numel())
+            if env.distributed:  # the new codes come from rank 0's recent latents
+                with torch.no_grad():
+                    broadcast_(env, nsvq.codebook.data)
+        return StepResult(loss, B, grad_norm, totals={"codes_replaced": replaced, "usage": usage})
 
     def metrics_row(self, step: int, window: MetricsWindow, now: float) -> dict[str, Any]:
         """One metrics line for the steps since the last one; runs the collapse guard."""
@@ -179,7 +206,12 @@ def train_laq(
     log_every: int = 10,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    env: DistEnv | None = None,
+    grad_accum: int = 1,
+    parallel: str = "auto",
+    preset: str | None = None,
+    consistency: dict[str, Any] | None = None,
 ) -> LAQTrainResult:
     """Train LAQ until global step `steps` on `batches` of uint8 frame pairs (B, 2, H, W, 3).
 
@@ -187,16 +219,28 @@ def train_laq(
     optimizer, step, RNG and code-usage window restored; metrics after that step dropped) or
     starts fresh if there is none. `batches` is consumed from its start either way: give it the
     data for the steps still to run. `on_step(step, info)` is called after every optimizer step.
+
+    Under torchrun (`env` from lapa.distributed.init) `batches` is this rank's shard, B the per-device
+    batch; each step takes `grad_accum` of them, so the global batch is B x world size x grad_accum.
+    `consistency` (e.g. the data index) joins the config in the check that all ranks agree.
     """
+    env = env or DistEnv(device=torch.device(device or "cpu"))
+    kind = choose_parallel(parallel, preset, env)
     options = LoopOptions(steps, ckpt_every=ckpt_every, log_every=log_every, keep_last=keep_last,
-                          progress=progress, desc="LAQ")
-    run = TrainingRun(out_dir, resume, "pass resume=True or pick a new out_dir")
+                          progress=progress, desc="LAQ", env=env)
+    check_same_everywhere(env, {"laq config": config.to_dict(), "options": [lr, list(betas), grad_clip, steps, seed,
+                                                                            grad_accum, kind],
+                                **(consistency or {})})
+    run = TrainingRun(out_dir, resume, "pass resume=True or pick a new out_dir", env)
     torch.manual_seed(seed)
-    model = LAQ(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+    model = LAQ(config)
+    if run.resume_from is not None:
+        _load_for_resume(run.resume_from, config, model)
+    wrapped = ParallelModel(model, _laq_loss, env, kind, replicated=[model.nsvq.codebook])
+    optimizer = torch.optim.Adam(wrapped.parameters(), lr=lr, betas=betas)
     start = 0
     if run.resume_from is not None:
-        start = _resume(run.resume_from, config, model, optimizer)
+        start = restore_parallel(run.resume_from, wrapped, optimizer)
         log.info("resuming LAQ training from %s (step %d)", run.resume_from, start)
     run.start_at(start)
     provenance = {
@@ -204,7 +248,7 @@ def train_laq(
         "lr": lr, "betas": list(betas), "grad_clip": grad_clip,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    stage = _LAQStage(model, optimizer, batches, lr, grad_clip, device, provenance)
+    stage = _LAQStage(wrapped, optimizer, batches, lr, grad_clip, grad_accum, provenance)
     report = None
     if on_step is not None:
         def report(step: int, r: StepResult) -> None:

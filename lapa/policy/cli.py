@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lapa.distributed import add_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train the VLA: latent pretraining, finetuning, ActionVLA and VPT baselines")
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics.jsonl, loss.png)")
     p.add_argument("--steps", type=int, default=steps, help="global step to train to (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="samples per device (per process)")
     p.add_argument("--lr", type=float, default=3e-4, help="constant AdamW learning rate")
     p.add_argument("--preset", default="tiny", choices=("tiny", "base", "tabletop"),
                    help="model (from scratch): tiny, base, or tabletop (conv+FiLM encoder, state, l1 head)")
@@ -72,14 +74,24 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader processes preparing batches ahead of training (0: in the training process)")
+    p.add_argument("--stream", action="store_true",
+                   help="keep frames in the videos and decode a clip when a batch draws it (corpora larger than "
+                        "memory), instead of decoding every clip up front")
+    add_arguments(p)
 
 
-def _options(args: argparse.Namespace):
+def _options(args: argparse.Namespace, env: Any = None):
+    """TrainOptions from the flags; progress bars (data decoding, training) on rank 0 only."""
     from lapa.policy.train import TrainOptions
 
     return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
                         paraphrase=args.paraphrase,
-                        ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads)
+                        ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads,
+                        grad_accum=args.grad_accum, parallel=args.parallel, device=args.device,
+                        workers=args.workers, stream=args.stream,
+                        progress=env is None or env.is_main)
 
 
 def _lags(text: str) -> tuple[int, ...]:
@@ -110,44 +122,54 @@ def _config(args: argparse.Namespace):
     return VLAConfig.preset(args.preset, **changes)
 
 
-def _print(result: Any, **extra: Any) -> int:
+def _print(result: Any, env: Any = None, **extra: Any) -> int:
     from dataclasses import asdict
 
+    if env is not None and not env.is_main:
+        return 0
     doc = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
     print(json.dumps({**doc, **extra}, indent=2))
     return 0
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from lapa.distributed import command_env
     from lapa.policy.train import pretrain_latent
 
-    return _print(pretrain_latent(args.labels, args.out, config=_config(args), opts=_options(args),
-                                  resume=args.resume))
+    with command_env(args.device) as env:
+        return _print(pretrain_latent(args.labels, args.out, config=_config(args), preset=args.preset,
+                                      opts=_options(args, env), resume=args.resume, env=env), env)
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from lapa.distributed import command_env
     from lapa.policy.train import finetune_actions
 
-    return _print(finetune_actions(args.init, args.data, args.out, config=_config(args), chunk_size=args.chunk_size,
-                                   num_bins=args.num_bins, decoder=args.decoder,
-                                   action_output=args.action_output, goal_aux=args.goal_aux or None,
-                                   state_history=args.state_history, opts=_options(args),
-                                   resume=args.resume))
+    with command_env(args.device) as env:
+        return _print(finetune_actions(args.init, args.data, args.out, config=_config(args), preset=args.preset,
+                                       chunk_size=args.chunk_size, num_bins=args.num_bins, decoder=args.decoder,
+                                       action_output=args.action_output, goal_aux=args.goal_aux or None,
+                                       state_history=args.state_history, opts=_options(args, env),
+                                       resume=args.resume, env=env), env)
 
 
 def _action_pretrain(args: argparse.Namespace) -> int:
+    from lapa.distributed import command_env
     from lapa.policy.train import pretrain_actions
 
-    return _print(pretrain_actions(args.data, args.out, config=_config(args), opts=_options(args),
-                                   resume=args.resume))
+    with command_env(args.device) as env:
+        return _print(pretrain_actions(args.data, args.out, config=_config(args), preset=args.preset,
+                                       opts=_options(args, env), resume=args.resume, env=env), env)
 
 
 def _vpt(args: argparse.Namespace) -> int:
+    from lapa.distributed import command_env
     from lapa.policy.train import load_text_encoder
     from lapa.policy.vpt import run_vpt
 
     config = _config(args)
-    result = run_vpt(args.labelled, args.videos, args.out, config=config, opts=_options(args),
-                     idm_steps=args.idm_steps, idm_batch_size=args.idm_batch_size, resume=args.resume,
-                     encoder=load_text_encoder())
-    return _print(result)
+    with command_env(args.device) as env:
+        result = run_vpt(args.labelled, args.videos, args.out, config=config, opts=_options(args, env),
+                         idm_steps=args.idm_steps, idm_batch_size=args.idm_batch_size, resume=args.resume,
+                         encoder=load_text_encoder(), env=env)
+        return _print(result, env)

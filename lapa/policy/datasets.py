@@ -182,12 +182,13 @@ class LatentSet:
     """LAPA stage 2 samples from a label file: (x_t at the VLA size, instruction, LAQ codes)."""
 
     def __init__(self, labels_path: str | os.PathLike, image_size: int, encoder: Any,
-                 progress: bool = False) -> None:
+                 progress: bool = False, load: Any = None) -> None:
+        """`load(keys, image_size, progress)` -> ClipFrames: `load_clips` (all frames decoded now) by default."""
         labels = read_labels(labels_path)
         self.meta = labels.meta
         self.path = Path(labels_path)
         keys = list(dict.fromkeys(zip(labels.sources.tolist(), labels.clip_index.tolist(), strict=True)))
-        self.clips = load_clips(keys, image_size, progress=progress)
+        self.clips = (load or load_clips)(keys, image_size, progress=progress)
         clip_of = {k: c for c, k in enumerate(keys)}
         rows_clip = np.array([clip_of[k] for k in zip(labels.sources.tolist(), labels.clip_index.tolist(),
                                                        strict=True)], dtype=np.int64)  # (N,)

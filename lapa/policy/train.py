@@ -19,6 +19,8 @@ meaning: a better start than a random head); otherwise a fresh head replaces it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -32,25 +34,30 @@ import numpy as np
 import torch
 
 import lapa
-from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint
+from lapa.checkpoint import TRAINING_STATE_FILE, CheckpointError, load_checkpoint, load_state_strict
 from lapa.data.frame_pairs import dataset_image_size
+from lapa.data.lazy_frames import LazyClipFrames
+from lapa.distributed import DistEnv, check_same_everywhere, resolve_device
 from lapa.errors import UserError
+from lapa.parallel import ParallelModel, choose_parallel
 from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
 from lapa.policy.model import VLA, RegressionHead, action_loss, goal_features, l1_action_loss, latent_loss
+from lapa.policy.streaming import StepLoader, streaming_action_set, streaming_latent_set
 from lapa.training import (
     LoopOptions,
     MetricsWindow,
     StepResult,
     TrainingRun,
+    accumulate_step,
     check_same_config,
     json_float,
     latest_checkpoint,
-    optimizer_step,
     read_metrics,
-    restore_training,
+    restore_parallel,
+    scale_info,
     train,
 )
 
@@ -78,10 +85,17 @@ class TrainOptions:
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None leaves the process setting
     progress: bool = True
+    grad_accum: int = 1  # micro-batches per optimizer step: global batch = batch_size x world size x grad_accum
+    parallel: str = "auto"  # ddp | fsdp | auto (fsdp for the base preset) under torchrun
+    device: str = "cpu"  # cpu | cuda | auto (the DistEnv passed to train_vla takes precedence)
+    workers: int = 0  # DataLoader processes preparing batches ahead (0: in the training process)
+    stream: bool = False  # frames stay in the videos, decoded when a batch draws them (lapa/policy/streaming.py)
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1:
-            raise ValueError("steps >= 0 and batch_size, ckpt_every, log_every, keep_last >= 1 are required")
+        if (self.steps < 0 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1 or self.keep_last < 1
+                or self.grad_accum < 1 or self.workers < 0):
+            raise ValueError("steps >= 0 and batch_size, ckpt_every, log_every, keep_last, grad_accum >= 1 "
+                             "are required")
         if not self.lr > 0 or self.grad_clip <= 0:
             raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
 
@@ -126,15 +140,15 @@ def run_step(out_dir: str | os.PathLike) -> int:
     return int(json.loads((latest / TRAINING_STATE_FILE).read_text())["step"])
 
 
-def _resume(directory: Path, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer) -> int:
-    """Load model, optimizer, RNG from a run's checkpoint after checking it is the same setup."""
+def _load_for_resume(directory: Path, model: VLA, tokenizer: ActionTokenizer | None) -> None:
+    """Check a run's checkpoint is the same setup and load its model tensors (before wrapping)."""
     _, saved_config, saved_tok = read_vla_config(directory)
     check_same_config(directory, saved_config, model.config)
     if (saved_tok is None) != (tokenizer is None) or (tokenizer is not None and saved_tok != tokenizer):
         raise CheckpointError(f"{directory}: the action tokenizer fitted on this data differs from the "
                               "checkpoint's (did the training data change?)")
     _, state = load_checkpoint(directory)
-    return restore_training(directory, model, state, optimizer)
+    load_state_strict(model, state, source=str(directory))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -195,22 +209,60 @@ def _optimizer(model: VLA, opts: TrainOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=opts.lr, betas=opts.betas)
 
 
+def slice_batch(batch: Batch, part: slice) -> Batch:
+    """The samples `part` of a batch (every tensor field sliced along its first dimension)."""
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[part] for f in dataclasses.fields(batch)
+                                         if getattr(batch, f.name) is not None})
+
+
+def batch_to(batch: Batch, device: torch.device) -> Batch:
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True)
+                                         for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None})
+
+
 class _VLAStage:
-    """The VLA's batches (drawn from the step's own RNG), step, metrics line and checkpoint."""
+    """The VLA's batches (drawn from the step's own RNG), step, metrics line and checkpoint.
 
-    def __init__(self, model: VLA, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer,
+    Every rank draws the step's whole global batch from `default_rng([seed, step])` and keeps its
+    slices, so a run's samples depend on the global batch only, never on how it is spread over
+    processes and accumulation steps (one process with batch 8 sees what two with batch 4 see).
+    """
+
+    def __init__(self, parallel: ParallelModel, tokenizer: ActionTokenizer | None, optimizer: torch.optim.Optimizer,
                  data: TrainingSet, opts: TrainOptions, provenance: dict[str, Any], title: str) -> None:
-        self.model, self.tokenizer, self.optimizer, self.data, self.opts = model, tokenizer, optimizer, data, opts
+        self.parallel, self.model, self.env = parallel, parallel.model, parallel.env
+        self.tokenizer, self.optimizer, self.data, self.opts = tokenizer, optimizer, data, opts
         self.provenance, self.title = provenance, title
+        self.loader: StepLoader | None = None  # set when DataLoader workers prepare the batches
 
-    def batch(self, step: int) -> Batch:
+    def cpu_batch(self, step: int) -> list[Batch]:
+        """This rank's `grad_accum` micro-batches of global step `step`, on the CPU."""
         rng = np.random.default_rng([self.opts.seed, step])  # the batch of a step never depends on history
-        return self.data.sample(rng, self.opts.batch_size, augment=self.opts.augment)
+        env, per, accum = self.env, self.opts.batch_size, self.opts.grad_accum
+        if env.world_size == 1:
+            full = self.data.sample(rng, per * accum, augment=self.opts.augment)
+            return [full] if accum == 1 else [slice_batch(full, slice(i * per, (i + 1) * per)) for i in range(accum)]
+        width = per * env.world_size  # one accumulation step of the whole world
+        parts = [slice(i * width + env.rank * per, i * width + (env.rank + 1) * per) for i in range(accum)]
+        frames = getattr(getattr(self.data, "clips", None), "frames", None)
+        with contextlib.ExitStack() as stack:
+            if isinstance(frames, LazyClipFrames):  # streamed frames: decode this rank's samples only
+                wanted = np.zeros(width * accum, bool)
+                for part in parts:
+                    wanted[part] = True
+                stack.enter_context(frames.only(wanted))
+            full = self.data.sample(rng, width * accum, augment=self.opts.augment)
+        return [slice_batch(full, part) for part in parts]
 
-    def train_step(self, step: int, batch: Batch) -> StepResult:
-        loss, stats = compute_loss(self.model, batch)
-        grad_norm = optimizer_step(self.model, self.optimizer, loss, self.opts.grad_clip)
-        return StepResult(loss.item(), len(batch), grad_norm, means=stats)
+    def batch(self, step: int) -> list[Batch]:
+        micro = self.loader.get(step) if self.loader is not None else self.cpu_batch(step)
+        return [batch_to(b, self.env.device) for b in micro]
+
+    def train_step(self, step: int, batch: list[Batch]) -> StepResult:
+        loss, grad_norm, stats = accumulate_step(self.parallel, self.optimizer, batch, self.opts.grad_clip)
+        means = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        global_batch = len(batch[0]) * len(batch) * self.env.world_size
+        return StepResult(loss, global_batch, grad_norm, means=means)
 
     def metrics_row(self, step: int, window: MetricsWindow, now: float) -> dict[str, Any]:
         means = {k: json_float(window.mean(k)) for k in window.sums}
@@ -226,28 +278,47 @@ class _VLAStage:
 
 def train_vla(model: VLA, tokenizer: ActionTokenizer | None, data: TrainingSet, out_dir: str | os.PathLike,
               opts: TrainOptions, *, resume: bool = False, provenance: dict[str, Any] | None = None,
-              desc: str = "VLA") -> VLATrainResult:
-    """Train `model` on `data` until global step `opts.steps`; see the module docstring."""
+              desc: str = "VLA", env: DistEnv | None = None, preset: str | None = None) -> VLATrainResult:
+    """Train `model` on `data` until global step `opts.steps`; see the module docstring.
+
+    Under torchrun pass the process's `env` (lapa.distributed.init): the model is wrapped in DDP or
+    FSDP2 (`opts.parallel`; `auto` shards the `base` preset) and rank 0 alone writes the run.
+    """
     if model.config.head == "action" and tokenizer is None:
         raise ValueError("an action-head model trains with its fitted ActionTokenizer")
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
-    run = TrainingRun(out_dir, resume, "pass --resume or pick a new --out")
+    env = env or DistEnv(device=resolve_device(opts.device))
+    kind = choose_parallel(opts.parallel, preset, env)
+    options_doc = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}
+    check_same_everywhere(env, {
+        "model config": model.config.to_dict(), "options": {k: v for k, v in options_doc.items()
+                                                            if k not in ("progress", "threads")},
+        "action tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+        "training data": {"sources": data.sources, "samples": len(data)},
+    })
+    run = TrainingRun(out_dir, resume, "pass --resume or pick a new --out", env)
+    if run.resume_from is not None:
+        _load_for_resume(run.resume_from, model, tokenizer)
+    parallel = ParallelModel(model, compute_loss, env, kind)
     optimizer = _optimizer(model, opts)
     start = 0
     if run.resume_from is not None:
-        start = _resume(run.resume_from, model, tokenizer, optimizer)
+        start = restore_parallel(run.resume_from, parallel, optimizer)
         log.info("resuming %s from %s (step %d)", desc, run.resume_from, start)
     run.start_at(start)
     provenance = {
-        **(provenance or {}), "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+        **(provenance or {}), "options": options_doc,
         "train_samples": len(data), "recording_image_size": _recording_image_size(data.sources),
+        "scale": scale_info(env, opts.batch_size, opts.grad_accum, kind),
         "lapa_version": lapa.__version__, "torch_version": torch.__version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    stage = _VLAStage(model, tokenizer, optimizer, data, opts, provenance, desc)
+    stage = _VLAStage(parallel, tokenizer, optimizer, data, opts, provenance, desc)
+    if opts.workers > 0 and start < opts.steps:
+        stage.loader = StepLoader(stage.cpu_batch, start, opts.steps, opts.workers)
     options = LoopOptions(opts.steps, ckpt_every=opts.ckpt_every, log_every=opts.log_every, keep_last=opts.keep_last,
-                          progress=opts.progress, desc=desc)
+                          progress=opts.progress, desc=desc, env=env)
     model.train()
     result = train(stage, options, run, start)
     model.eval()
@@ -309,46 +380,54 @@ def _base_config(config: VLAConfig | None, preset: str, encoder: Any, **changes:
 
 def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, config: VLAConfig | None = None,
                     preset: str = "tiny", opts: TrainOptions | None = None, resume: bool = False,
-                    encoder: Any | None = None) -> VLATrainResult:
+                    encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """LAPA stage 2 on a label file (lapa laq label): latent head, cross-entropy on the LAQ codes."""
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
     base = config if config is not None else VLAConfig.preset(preset)
-    data = LatentSet(labels, base.image_size, encoder, progress=opts.progress)
+    if opts.stream:
+        data = streaming_latent_set(labels, base.image_size, encoder)
+    else:
+        data = LatentSet(labels, base.image_size, encoder, progress=opts.progress)
     config = _base_config(base, preset, encoder, head="latent", latent_seq_len=data.latent_seq_len,
                           latent_codebook_size=data.codebook_size)
     torch.manual_seed(opts.seed)
     model = VLA(config)
     provenance = {"stage": "latent_pretrain", "init": SCRATCH, "labels": str(labels), "datasets": data.sources,
                   "laq_checkpoint": data.meta.get("laq_checkpoint"), "gap_s": data.meta.get("gap_s")}
-    return train_vla(model, None, data, out_dir, opts, resume=resume, provenance=provenance, desc="latent pretrain")
+    return train_vla(model, None, data, out_dir, opts, resume=resume, provenance=provenance, desc="latent pretrain",
+                     env=env, preset=preset)
 
 
 def _action_data(data: ActionSet | list[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
-                 progress: bool, paraphrase: bool | str = False) -> ActionSet:
+                 progress: bool, paraphrase: bool | str = False, stream: bool = False) -> ActionSet:
     if isinstance(data, ActionSet):
         if data.chunk_size != chunk_size or data.clips.frames.shape[1] != image_size:
             raise ValueError(f"the action set has chunk {data.chunk_size} and image size {data.clips.frames.shape[1]}, "
                              f"the model {chunk_size} and {image_size}")
         return data
+    if stream:
+        return streaming_action_set(data, image_size, chunk_size, encoder, paraphrase=paraphrase)
     return ActionSet.from_lerobot(data, image_size, chunk_size, encoder, progress=progress, paraphrase=paraphrase)
 
 
 def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike, *,
                      config: VLAConfig | None = None, preset: str = "tiny", opts: TrainOptions | None = None,
                      resume: bool = False, encoder: Any | None = None, stage: str = "action_pretrain",
-                     extra_provenance: dict[str, Any] | None = None) -> VLATrainResult:
+                     extra_provenance: dict[str, Any] | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """The ActionVLA baseline (true actions of the pretraining episodes) or VPT (an ActionSet of pseudo-labels)."""
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
     config = _base_config(config, preset, encoder, head="action")
-    data = _action_data(data, config.image_size, config.chunk_size, encoder, opts.progress, opts.paraphrase)
+    data = _action_data(data, config.image_size, config.chunk_size, encoder, opts.progress, opts.paraphrase,
+                        opts.stream)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=config.num_bins)
     data.set_tokenizer(tokenizer)
     torch.manual_seed(opts.seed)
     model = VLA(config, tokenizer)
     provenance = {"stage": stage, "init": SCRATCH, "datasets": data.sources, **(extra_provenance or {})}
-    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc=stage)
+    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc=stage,
+                     env=env, preset=preset)
 
 
 def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike,
@@ -356,7 +435,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
                      num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
                      goal_aux: bool | None = None, state_history: tuple[int, ...] | None = None,
                      opts: TrainOptions | None = None, resume: bool = False,
-                     encoder: Any | None = None) -> VLATrainResult:
+                     encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
 
     `config`/`preset` only matter from scratch; chunk_size, num_bins, decoder default to the
@@ -379,7 +458,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     head = {"chunk_size": chunk_size or base.chunk_size, "num_bins": num_bins or base.num_bins,
             "decoder": decoder or base.decoder, "action_output": action_output or base.action_output,
             "goal_aux": base.goal_aux if goal_aux is None else goal_aux}
-    data = _action_data(data, base.image_size, head["chunk_size"], encoder, opts.progress, opts.paraphrase)
+    data = _action_data(data, base.image_size, head["chunk_size"], encoder, opts.progress, opts.paraphrase,
+                        opts.stream)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=head["num_bins"])
     data.set_tokenizer(tokenizer)
     if model is None:
@@ -396,7 +476,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     data.state_lags = model.config.state_history
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources,
                   "state_history": list(model.config.state_history)}
-    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune")
+    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
+                     env=env, preset=preset)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 import lapa
 from lapa.action import ACTION_DIM
 from lapa.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from lapa.distributed import DistEnv, barrier, main_first
 from lapa.errors import UserError
 from lapa.policy.datasets import ClipFrames, all_clip_keys, load_clips, write_pseudo_actions
 from lapa.training import LoopOptions, StepResult, optimizer_step, train
@@ -265,7 +266,7 @@ def pseudo_label_quality(pseudo_path: str | os.PathLike, lerobot_roots: list[str
 
 def run_vpt(labelled: list[str | os.PathLike], videos: list[str | os.PathLike], out_dir: str | os.PathLike, *,
             config: Any = None, opts: Any = None, idm_steps: int = 1000, idm_batch_size: int = 64,
-            resume: bool = False, encoder: Any | None = None) -> Any:
+            resume: bool = False, encoder: Any | None = None, env: DistEnv | None = None) -> Any:
     """IDM -> pseudo-labels -> action pretraining, under out_dir/{idm, pseudo_actions.parquet, pretrain}.
 
     With `resume`, finished parts (the IDM checkpoint, the pseudo-label file) are reused and the
@@ -277,22 +278,26 @@ def run_vpt(labelled: list[str | os.PathLike], videos: list[str | os.PathLike], 
     from lapa.policy.datasets import ActionSet
     from lapa.policy.train import TrainOptions, load_text_encoder, pretrain_actions
 
+    env = env or DistEnv()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
         raise UserError(f"{out_dir} is not empty; pass --resume to continue it or pick a new --out")
+    barrier(env)  # every rank looked before rank 0 starts writing
     config = config or VLAConfig.preset("tiny")
     opts = opts or TrainOptions()
     idm_dir, pseudo = out_dir / "idm", out_dir / "pseudo_actions.parquet"
-    if not (idm_dir / "config.json").is_file():
-        train_idm(labelled, idm_dir, image_size=config.image_size, steps=idm_steps, batch_size=idm_batch_size,
-                  seed=opts.seed, progress=opts.progress)
-    if not pseudo.is_file():
-        meta = pseudo_label(idm_dir, videos, pseudo, progress=opts.progress)
-        lerobot = [v for v in videos if (Path(v) / "meta" / "info.json").is_file()]
-        quality = pseudo_label_quality(pseudo, lerobot) if lerobot else {}
-        (out_dir / "pseudo_quality.json").write_text(json.dumps({**meta, "vs_recorded_actions": quality}, indent=2))
+    with main_first(env):  # the IDM and its pseudo-labels are made once, by rank 0; the others read them
+        if not (idm_dir / "config.json").is_file():
+            train_idm(labelled, idm_dir, image_size=config.image_size, steps=idm_steps, batch_size=idm_batch_size,
+                      seed=opts.seed, progress=opts.progress)
+        if not pseudo.is_file():
+            meta = pseudo_label(idm_dir, videos, pseudo, progress=opts.progress)
+            lerobot = [v for v in videos if (Path(v) / "meta" / "info.json").is_file()]
+            quality = pseudo_label_quality(pseudo, lerobot) if lerobot else {}
+            (out_dir / "pseudo_quality.json").write_text(json.dumps({**meta, "vs_recorded_actions": quality},
+                                                                    indent=2))
     encoder = load_text_encoder(encoder)
     data = ActionSet.from_pseudo_labels(pseudo, config.image_size, config.chunk_size, encoder, progress=opts.progress)
     return pretrain_actions(data, out_dir / "pretrain", config=config, opts=opts, resume=resume, encoder=encoder,
                             stage="vpt_pretrain", extra_provenance={"pseudo_actions": str(pseudo),
-                                                                   "idm_checkpoint": str(idm_dir)})
+                                                                   "idm_checkpoint": str(idm_dir)}, env=env)

@@ -71,8 +71,8 @@ class LeRobotV3Dataset:
     # -- episodes
     def episode(self, i: int, video_key: str | None = None) -> EpisodeData:
         """Episode `i` with frames of `video_key` (default: the first video key)."""
+        labels = self.episode_labels(i)
         row = self._episode_row(i)
-        i = int(row["episode_index"])
         keys = self.video_keys
         if video_key is None:
             if not keys:
@@ -81,6 +81,20 @@ class LeRobotV3Dataset:
         elif video_key not in keys:
             raise DatasetError(f"{self.root} has no video key {video_key!r}; it has {keys}")
 
+        video_path = self.root / self._info.get("video_path", VIDEO_PATH).format(
+            video_key=video_key,
+            chunk_index=int(row[f"videos/{video_key}/chunk_index"]),
+            file_index=int(row[f"videos/{video_key}/file_index"]),
+        )
+        from_ts = float(row[f"videos/{video_key}/from_timestamp"])
+        labels.frames = read_frames_at(video_path, from_ts + labels.timestamps.astype(np.float64))  # (T, H, W, 3)
+        return labels
+
+    def episode_labels(self, i: int) -> EpisodeData:
+        """Episode `i` without its video (`frames` empty): task, states, actions, timestamps from the parquet
+        files only. Streaming training sets keep these (a few floats a frame) and decode frames on demand."""
+        row = self._episode_row(i)
+        i = int(row["episode_index"])
         table = self._episode_rows(row)
         n = table.num_rows
         timestamps = table.column("timestamp").to_numpy().astype(np.float32)  # (T,)
@@ -95,16 +109,8 @@ class LeRobotV3Dataset:
             task = self._tasks[task_index]
         elif row.get("tasks"):
             task = str(row["tasks"][0])
-
-        video_path = self.root / self._info.get("video_path", VIDEO_PATH).format(
-            video_key=video_key,
-            chunk_index=int(row[f"videos/{video_key}/chunk_index"]),
-            file_index=int(row[f"videos/{video_key}/file_index"]),
-        )
-        from_ts = float(row[f"videos/{video_key}/from_timestamp"])
-        frames = read_frames_at(video_path, from_ts + timestamps.astype(np.float64))  # (T, H, W, 3)
         return EpisodeData(
-            index=i, task=task, frames=frames, states=states, actions=actions,
+            index=i, task=task, frames=np.zeros((0, 0, 0, 3), np.uint8), states=states, actions=actions,
             timestamps=timestamps, fps=self.fps,
         )
 
