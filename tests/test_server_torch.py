@@ -135,3 +135,36 @@ def test_a_state_model_without_state_is_a_422_that_says_what_to_send(state_serve
     r = httpx.post(state_server.http_url + "/act", content=body, headers={"Content-Type": "application/json"},
                    timeout=30)
     assert r.status_code == 422 and "OpenVLA's /act request does not carry" in r.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def history_server(tmp_path_factory, local_policy):
+    """A tabletop model with a state history (lags 2 and 5 ticks): requests carry 3 states."""
+    from vla_fakes import save_random_action_vla
+
+    ckpt = save_random_action_vla(tmp_path_factory.mktemp("vla") / "history", preset="tabletop", image_size=32,
+                                  patch_size=8, dim=32, depth=1, heads=2, num_bins=16, chunk_size=2,
+                                  state_history=(2, 5))
+    srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log", backend="torch",
+                        args=["--model", str(ckpt), "--threads", "1"])
+    for running in srv.running(timeout_s=120):
+        yield running, torch_policy.TorchPolicy(ckpt, num_threads=1)
+
+
+def test_a_history_model_is_served_with_its_states_and_names_the_length_it_needs(history_server):
+    from lapa.action import fake_state
+    from policy_server.client import PolicyServerError
+
+    server, local = history_server
+    image = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    state = fake_state(1, seed=3, dim=24)[0]
+    expected = local.infer({"image": image, "instruction": "push the red block left", "state": state})["actions"]
+    with PolicyClient(server.ws_url, timeout_s=30) as client:
+        assert client.metadata["state_dim"] == 24 and client.metadata["state_history"] == [2, 5]
+        np.testing.assert_allclose(client.act(image, "push the red block left", state).actions, expected, atol=1e-5)
+        with pytest.raises(PolicyServerError, match="24") as err:  # the current state alone is not enough
+            client.act(image, "push the red block left", state[:8])
+        assert err.value.status == 422
+        with pytest.raises(PolicyServerError) as err:  # not a whole number of states
+            client.act(image, "push the red block left", np.zeros(9, np.float32))
+        assert err.value.status == 422
