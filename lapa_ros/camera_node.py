@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from lapa_ros.parameters import declare_parameters
+
 NODE_NAME = "lapa_camera"
 
 PARAMETERS: dict[str, tuple[object, str]] = {
@@ -125,16 +127,13 @@ class FrameGrabber:
 
 class CameraNode:
     def __init__(self, args: list[str] | None = None) -> None:
-        from rcl_interfaces.msg import ParameterDescriptor
         from rclpy.node import Node
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
         self.node = node = Node(NODE_NAME)
-        for name, (default, description) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(description=description))
-        p = self.params = {name: node.get_parameter(name).value for name in PARAMETERS}
+        p = self.params = declare_parameters(node, PARAMETERS)
         self.log = node.get_logger()
         self._String = String
         size = (int(p["width"]), int(p["height"])) if p["width"] and p["height"] else None

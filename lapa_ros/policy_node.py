@@ -48,6 +48,7 @@ from lapa.chunking import CHUNK_MODES, DEFAULT_ENSEMBLE_DECAY, ChunkExecutor
 from lapa_ros.backends import BACKENDS
 from lapa_ros.control_core import ControlCore, CoreSettings
 from lapa_ros.inference import FrameBuffer, InferenceWorker
+from lapa_ros.parameters import declare_parameters
 from lapa_ros.safety import SafetyFilter, SafetyLimits
 
 NODE_NAME = "lapa_policy"
@@ -100,7 +101,6 @@ class PolicyNode:
 
     def __init__(self, args: list[str] | None = None) -> None:
         from geometry_msgs.msg import TwistStamped
-        from rcl_interfaces.msg import ParameterDescriptor
         from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
@@ -110,9 +110,7 @@ class PolicyNode:
 
         self._msgs = {"TwistStamped": TwistStamped, "Float32": Float32, "String": String, "Image": Image}
         self.node = node = Node(NODE_NAME)
-        for name, (default, description) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(description=description))
-        p = {name: node.get_parameter(name).value for name in PARAMETERS}
+        p = declare_parameters(node, PARAMETERS)
         self.params = p
         self.log = node.get_logger()
         if p["robot_backend"] not in BACKENDS:

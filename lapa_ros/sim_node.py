@@ -34,6 +34,7 @@ import time
 from lapa.sim.scene import SceneConfig
 from lapa.sim.tasks import EpisodeStart, is_success
 from lapa.vocabulary import parse_instruction
+from lapa_ros.parameters import declare_parameters
 
 NODE_NAME = "lapa_sim"
 
@@ -50,7 +51,6 @@ PARAMETERS: dict[str, tuple[object, str]] = {
 
 class SimNode:
     def __init__(self, args: list[str] | None = None) -> None:
-        from rcl_interfaces.msg import ParameterDescriptor
         from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
@@ -65,9 +65,7 @@ class SimNode:
         logging.getLogger("franky_sim").setLevel(logging.WARNING)  # it logs every protocol message
 
         self.node = node = Node(NODE_NAME)
-        for name, (default, description) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(description=description))
-        p = self.params = {name: node.get_parameter(name).value for name in PARAMETERS}
+        p = self.params = declare_parameters(node, PARAMETERS)
         self.log = node.get_logger()
         self._String, self._Bool = String, Bool
         self.config = SceneConfig(image_size=int(p["image_size"]))

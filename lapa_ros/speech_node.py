@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lapa_ros.parameters import declare_parameters
 from lapa_ros.speech.microphone import EnergyVad, MicrophoneSource, VadConfig, WavSource
 from lapa_ros.speech.recognizer import DEFAULT_STOP_THRESHOLD, DEFAULT_THRESHOLD, CommandRecognizer, Recognition
 
@@ -67,11 +68,9 @@ class SpeechNode:
         from std_srvs.srv import Trigger
 
         self.node = node = Node(NODE_NAME)
-        for name, (default, description) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(description=description))
         node.declare_parameter("wav_files", Parameter.Type.STRING_ARRAY,
                                ParameterDescriptor(description=WAV_FILES_DESCRIPTION))
-        p = self.params = {name: node.get_parameter(name).value for name in PARAMETERS}
+        p = self.params = declare_parameters(node, PARAMETERS)
         wav_files = list(node.get_parameter("wav_files").value or [])
         self.log = node.get_logger()
         self._String, self._Trigger = String, Trigger

@@ -37,6 +37,7 @@ from starlette.websockets import WebSocketDisconnect
 from lapa import __version__
 from lapa.policy_protocol import Policy
 from policy_server import codec
+from policy_server.http_body import read_limited_body
 from policy_server.metrics import Metrics
 from policy_server.observation import InputLimits, RequestError
 from policy_server.openapi import openapi_document
@@ -62,20 +63,7 @@ class Server:
     # ------------------------------------------------------------------------------ HTTP helpers
 
     async def read_body(self, request: Request) -> bytes:
-        limit = self.service.config.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise RequestError(400, "Content-Length is not a number")
-            if int(length) > limit:
-                raise RequestError(413, f"body of {length} bytes exceeds the limit of {limit}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(413, f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_limited_body(request, self.service.config.max_body_bytes, RequestError)
 
     def decode_body(self, body: bytes, content_type: str | None) -> tuple[Any, str]:
         """(decoded message, "msgpack" | "json"); 415 for other types, 400 for malformed bodies."""

@@ -29,6 +29,8 @@ pytest.importorskip("rclpy")
 pytest.importorskip("franky")
 playwright = pytest.importorskip("playwright.sync_api")
 
+from ros_helpers import wait_for  # noqa: E402
+
 from lapa_ros.launch_plan import DEFAULT_MODEL_DIR  # noqa: E402
 from lapa_ros.session import LoopSession, SessionConfig, free_port  # noqa: E402
 
@@ -44,17 +46,6 @@ def get_json(url: str) -> dict:
         return json.loads(r.read())
 
 
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     if CHROMIUM is None:
@@ -67,7 +58,7 @@ def stack(tmp_path_factory):
     try:
         session.start(timeout_s=240)
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _healthy(base), 60, "the console's web server")
+        wait_for(lambda: _healthy(base), 60, "the console's web server")
         yield session, base, REPO_ROOT / "docs" if UPDATE_SCREENSHOTS else out
     finally:
         codes = session.close()
@@ -106,8 +97,8 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             assert page.locator("#vocabulary option").count() > 100
 
             page.locator("#record").check()
-            wait_until(lambda: get_json(base + "/api/state")["recording"]["recording"], 5, "recording on")
-            wait_until(lambda: ee(base) is not None, 10, "an end-effector position")
+            wait_for(lambda: get_json(base + "/api/state")["recording"]["recording"], 5, "recording on")
+            wait_for(lambda: ee(base) is not None, 10, "an end-effector position")
             start = ee(base)
             page.locator("#command").fill("reach the green block")
             page.locator("#send").click()
@@ -122,7 +113,7 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             page.locator("#confirm").click()
             page.wait_for_function("document.getElementById('state').dataset.state === 'running'", timeout=20_000)
             page.wait_for_function("document.getElementById('instruction').textContent === 'reach the green block'")
-            wait_until(lambda: np.linalg.norm(ee(base) - start) > 0.03, 60, "the arm moving 3 cm")
+            wait_for(lambda: np.linalg.norm(ee(base) - start) > 0.03, 60, "the arm moving 3 cm")
             page.wait_for_timeout(1500)  # a few plot updates for the screenshot
             page.screenshot(path=str(shots / "console.png"), full_page=True)
 
@@ -153,7 +144,7 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             # start clears the latch and runs the current instruction; stop holds; home moves home
             page.locator("#start").click()
             page.wait_for_function("document.getElementById('state').dataset.state === 'running'", timeout=10_000)
-            wait_until(lambda: np.linalg.norm(ee(base) - stopped) > 0.01, 60, "the arm moving again after start")
+            wait_for(lambda: np.linalg.norm(ee(base) - stopped) > 0.01, 60, "the arm moving again after start")
             with page.expect_response(lambda r: r.url.endswith("/api/command/stop")) as response:
                 page.locator("#stop").click()
             assert response.value.json()["ok"]
@@ -162,10 +153,10 @@ def test_watch_command_estop_and_record_in_the_browser(stack):
             with page.expect_response(lambda r: r.url.endswith("/api/command/home"), timeout=120_000) as response:
                 page.locator("#home").click()
             assert response.value.json()["message"] == "at home"
-            wait_until(lambda: np.linalg.norm(ee(base) - start) < 0.02, 10, "the arm back at home, where it started")
+            wait_for(lambda: np.linalg.norm(ee(base) - start) < 0.02, 10, "the arm back at home, where it started")
 
             page.locator("#record").uncheck()
-            status = wait_until(lambda: (lambda r: r if r["written"] and not r["writing"] else None)(
+            status = wait_for(lambda: (lambda r: r if r["written"] and not r["writing"] else None)(
                 get_json(base + "/api/state")["recording"]), 60, "the recorded episode on disk")
             assert not status["errors"], status["errors"]
             assert not errors, errors
@@ -233,7 +224,7 @@ def test_an_emergency_stop_that_reaches_no_robot_is_an_alarm(tmp_path):
                        {"port": port, "record_dir": str(tmp_path / "rec")}, env={"ROS_DOMAIN_ID": lonely}).start()
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _healthy(base), 60, "the console's web server")
+        wait_for(lambda: _healthy(base), 60, "the console's web server")
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             try:

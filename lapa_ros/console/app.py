@@ -37,6 +37,7 @@ from lapa_ros.console.recorder import EpisodeRecorder, fit_image
 from lapa_ros.console.speech import MAX_UPLOAD_BYTES, BrowserSpeech, SpeechInputError, SpeechUnavailable
 from lapa_ros.console.telemetry import Telemetry
 from lapa_ros.console.vocabulary import suggestions
+from policy_server.http_body import read_limited_body
 from policy_server.security import OPEN_PATHS, ApiKeyMiddleware
 
 STATIC_FILES = ("index.html", "console.css", "console.js", "plots.js", "talk.js")
@@ -104,16 +105,7 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise ConsoleError(413 if length.isdigit() else 400, f"body of {length} bytes: at most {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ConsoleError(413, f"body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited_body(request, limit, ConsoleError)
 
 
 class FrameCache:

@@ -28,6 +28,7 @@ from lapa_ros.console.intent import ServerIntent
 from lapa_ros.console.recorder import EpisodeRecorder
 from lapa_ros.console.speech import BrowserSpeech
 from lapa_ros.console.telemetry import Telemetry
+from lapa_ros.parameters import declare_parameters
 from policy_server.security import check_bind, resolve_api_key
 
 NODE_NAME = "lapa_console"
@@ -61,7 +62,6 @@ class ConsoleNode:
     """Holds the rclpy node and the web server thread; `close()` stops both."""
 
     def __init__(self, args: list[str] | None = None) -> None:
-        from rcl_interfaces.msg import ParameterDescriptor
         from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
         from rclpy.node import Node
         from rclpy.qos import qos_profile_sensor_data
@@ -70,9 +70,7 @@ class ConsoleNode:
         from std_srvs.srv import Trigger
 
         self.node = node = Node(NODE_NAME)
-        for name, (default, description) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(description=description))
-        p = self.params = {name: node.get_parameter(name).value for name in PARAMETERS}
+        p = self.params = declare_parameters(node, PARAMETERS)
         self.log = node.get_logger()
         self.api_key = resolve_api_key(p["api_key"] or None)
         check_bind(p["host"], self.api_key)  # raises InsecureBindError: the node does not start
