@@ -75,6 +75,7 @@ def markdown(rows: dict[str, Any], descriptions: dict[str, str]) -> str:
 
 
 def plot(rows: dict[str, Any], path: Path) -> None:
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -84,6 +85,7 @@ def plot(rows: dict[str, Any], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     width = 0.8 / max(len(rows), 1)
+    colours = colormaps["tab20"].colors  # 20 distinct colours: one per row, no repeats below 21 rows
     for i, (name, fams) in enumerate(rows.items()):
         xs, ys, err = [], [], [[], []]
         for j, (f, c) in enumerate(bars):
@@ -95,7 +97,7 @@ def plot(rows: dict[str, Any], path: Path) -> None:
             ys.append(100 * p)
             err[0].append(100 * max(0.0, p - lo))
             err[1].append(100 * max(0.0, hi - p))
-        ax.bar(xs, ys, width, yerr=err, capsize=3, label=name)
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=name, color=colours[i % len(colours)])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(bars))], [f"{f}\n{c}" for f, c in bars])
     ax.set(ylabel="closed-loop success (%)", ylim=(0, 105), title="policy recipe ablation (95% Wilson intervals)")
     ax.grid(axis="y", alpha=0.3)
