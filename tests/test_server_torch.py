@@ -168,3 +168,25 @@ def test_a_history_model_is_served_with_its_states_and_names_the_length_it_needs
         with pytest.raises(PolicyServerError) as err:  # not a whole number of states
             client.act(image, "push the red block left", np.zeros(9, np.float32))
         assert err.value.status == 422
+
+
+def test_onnxruntime_serves_a_checkpoint_through_its_cached_export(tmp_path_factory, state_checkpoint,
+                                                                   local_state_policy):
+    """`--backend onnxruntime --model CHECKPOINT` (the launch file's default): exported on first start
+    into $LAPA_CACHE_DIR, found there on the next; same actions as torch."""
+    from lapa.action import fake_state
+
+    cache = tmp_path_factory.mktemp("cache")
+    image = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    state = fake_state(1, seed=4)[0]
+    expected = local_state_policy.infer({"image": image, "instruction": "reach the red block", "state": state})
+    for _ in range(2):  # the first start exports, the second finds the export
+        srv = ServerProcess(tmp_path_factory.mktemp("server") / "server.log", backend="onnxruntime",
+                            args=["--model", str(state_checkpoint), "--threads", "1"],
+                            env={"LAPA_CACHE_DIR": str(cache)})
+        for server in srv.running(timeout_s=300):
+            with PolicyClient(server.ws_url, timeout_s=30) as client:
+                assert client.metadata["backend"] == "onnxruntime"
+                reply = client.act(image, "reach the red block", state)
+                np.testing.assert_allclose(reply.actions, expected["actions"], atol=1e-4)
+        assert len(list((cache / "exports").iterdir())) == 1, "the second start reuses the first export"
