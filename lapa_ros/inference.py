@@ -39,18 +39,31 @@ class Frame:
 
 
 class FrameBuffer:
-    """The newest frame only; `wait_newer` blocks until one received after a given time."""
+    """The newest frame only; `wait_newer` blocks until one received after a given time.
+
+    A frame whose capture stamp is not later than the last accepted one's (a frozen camera
+    republishing its last image, stamps jumping backwards) is not new information: it is dropped
+    (`rejected` counts them), so the buffer's frame ages and the safety filter holds the arm.
+    """
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._frame: Frame | None = None
+        self._last_capture_s = float("-inf")
         self.received = 0
+        self.rejected = 0
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: Frame) -> bool:
+        """Keep `frame` as the newest; False (dropped) when its capture stamp does not advance."""
         with self._cv:
+            if frame.capture_time_s <= self._last_capture_s:
+                self.rejected += 1
+                return False
+            self._last_capture_s = frame.capture_time_s
             self._frame = frame
             self.received += 1
             self._cv.notify_all()
+            return True
 
     def newest(self) -> Frame | None:
         with self._cv:
