@@ -26,6 +26,9 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("latency", "bench.latency", "camera -> command: every stage side by side (capture, transport, decode, "
      "model per backend, postprocessing, safety, command), batch throughput, the model under load"),
     ("loop", "bench.loop", "ROS control loop: period jitter, camera-to-command latency, demo success"),
+    ("faults", "bench.faults", "fault injection on the whole stack: time to rest, travel, largest step, latched "
+     "state and recovery per fault kind"),
+    ("soak", "bench.soak", "the loop for a long time: RSS per process, latency per minute, stalls, success"),
     ("speech", "bench.speech", "spoken commands: true commands accepted, near misses and other speech rejected"),
 ]
 
