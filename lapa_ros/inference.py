@@ -28,6 +28,7 @@ from policy_server.client import ActReply, PolicyClient, PolicyClientError, Poli
 logger = logging.getLogger(__name__)
 
 HTTP_PROBE_PERIOD_S = 0.25
+WS_OPCODE_CLOSE = 0x8
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,11 @@ def _link_alive(client: PolicyClient) -> bool:
             readable, _, _ = select.select([sock], [], [], 0)
             if not readable:
                 return True
-            return sock.recv(1, socket.MSG_PEEK) != b""  # b"" = EOF: the peer closed
+            head = sock.recv(1, socket.MSG_PEEK)  # b"" = EOF: the peer closed
+            # Nothing is sent unasked between requests but control frames: a close frame (opcode 8,
+            # a server shutting down gracefully) ends the link as surely as EOF does. It stays unread
+            # at the head of the socket, so without this check every later peek would read "alive".
+            return head != b"" and (head[0] & 0x0F) != WS_OPCODE_CLOSE
         except (OSError, ValueError):
             return False
     try:  # HTTP (connection per call, or kept alive): can the port still be reached?
