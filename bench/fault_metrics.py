@@ -63,18 +63,20 @@ def travel(tcp: list, t_from: float, t_to: float) -> float:
 
 
 def max_period_displacement(tcp: list, period_s: float) -> float:
-    """Largest TCP displacement over any one control period of simulated time (m)."""
+    """Largest TCP displacement over any one control period of simulated time (m): between each
+    sample and the first one at least a period later, scaled to exactly one period."""
     _, sim, pos = _arrays(tcp)
     if len(sim) < 2:
         return 0.0
     best = 0.0
     j = 0
     for i in range(len(sim)):
-        while j < len(sim) - 1 and sim[j] < sim[i] + period_s:
+        while j < len(sim) - 1 and sim[j] < sim[i] + period_s - 1e-6:
             j += 1
-        if sim[j] - sim[i] > 1.5 * period_s or j <= i:  # a gap in the samples: not one period
+        span = sim[j] - sim[i]
+        if span > 1.5 * period_s or span < period_s - 1e-6:  # a gap in the samples, or the end
             continue
-        best = max(best, float(np.linalg.norm(pos[j] - pos[i])))
+        best = max(best, float(np.linalg.norm(pos[j] - pos[i])) * period_s / span)
     return best
 
 
