@@ -30,6 +30,7 @@ import numpy as np
 
 MAX_IMAGE_AGE_S = 0.5  # lapa_policy's max_image_age_s (its default; the bench does not change it)
 SERVER_TIMEOUT_S = 0.5  # lapa_policy's server_timeout_s
+MAX_ROBOT_STATE_AGE_S = 0.5  # lapa_policy's max_robot_state_age_s
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ def _reflex(stack, rng) -> dict:
 
 def _drop_connection(stack, rng) -> dict:
     stack.trigger("/lapa_sim/drop_connection")
-    return {"detect_after_s": 0.0}
+    # Known at once only if a read fails; otherwise when the measured state is older than its limit.
+    return {"detect_after_s": MAX_ROBOT_STATE_AGE_S}
 
 
 # ---------------------------------------------------------------------------- the node itself
@@ -175,7 +177,7 @@ KINDS: dict[str, FaultKind] = {k.name: k for k in (
     FaultKind("reply_shape", "the server's actions have a wrong shape", _reply(_shape), _reply_clear,
               True, ("fault",), "shape", "start"),
     FaultKind("reply_late", "the server answers 0.7-2 s late", _reply(_late), _reply_clear,
-              True, ("holding",), "server", "self"),
+              True, ("holding", "running"), None, "self"),
     FaultKind("robot_reflex", "franky-sim aborts the running motion with a reflex", _reflex, _nothing,
               True, ("fault",), "robot error", "start"),
     FaultKind("robot_connection_lost", "franky-sim drops the client's connections", _drop_connection, _nothing,

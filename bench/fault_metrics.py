@@ -103,4 +103,4 @@ def status_matches(status: dict | None, states: tuple[str, ...], reason: str | N
 
 def percentile(values: list, q: float) -> float | None:
     values = [v for v in values if v is not None]
-    return round(float(np.percentile(values, q)), 3) if values else None
+    return round(float(np.percentile(values, q)), 5) if values else None

@@ -77,7 +77,8 @@ def start_episode(stack: FaultStack, rng: np.random.Generator) -> tuple[str, flo
     deadline = t0 + 20.0
     while len(stack.trace.window(t0, time.monotonic())["steps"]) < 3:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no commands 20 s after {instruction!r}; status {stack.policy_status}")
+            raise TimeoutError(f"no commands 20 s after {instruction!r}; status {stack.policy_status}; "
+                               f"lapa_sim {stack.sim_status}")
         time.sleep(0.02)
     return instruction, t0
 
@@ -124,27 +125,30 @@ def one_run(stack: FaultStack, kind: FaultKind, rng: np.random.Generator) -> dic
     fault_end = t_fault + info["pause_s"] if "pause_s" in info else None
     sleep_until(t_detect + observe_s(kind, info))
     t_clear = time.monotonic()
-    end_of_status = t_clear
     kind.clear(stack, info)
     recovered, recovery_s, restart_status = recover(stack, kind, instruction, t_clear)
     time.sleep(0.2)
     stack.call("/lapa/stop")
     w = stack.trace.window(t_start, time.monotonic())
-    before_clear = [r for r in w["tcp"] if r[0] <= t_clear]
-    steps_before = [r for r in w["steps"] if r[0] <= t_clear]
-    rest = fm.rest_time(before_clear, t_fault, t_clear) if kind.stops else None
-    late_until = min(t_clear, fault_end) if fault_end is not None else t_clear
-    late = fm.commands_between(steps_before, t_detect + PERIOD_S, late_until) if kind.stops else None
-    status = restart_status if kind.recovery == "restart" else fm.latched_state(w["status"], t_detect, end_of_status)
-    states, reason = kind.states, kind.reason
-    if kind.name == "server_freeze":  # a pause shorter than the request timeout may pass unnoticed
-        states, reason = (("holding",), "server") if info["pause_s"] > SERVER_TIMEOUT_S + 0.3 else (states, None)
-    latched = fm.status_matches(status, states, reason)
+    # A frozen server resumes by itself: the fault's effects are judged up to its end.
+    t_end = min(t_clear, fault_end) if fault_end is not None else t_clear
+    stops = kind.stops and not (kind.name == "server_freeze" and info["pause_s"] < 0.8)
+    before_end = [r for r in w["tcp"] if r[0] <= t_end]
+    steps_before = [r for r in w["steps"] if r[0] <= t_end]
+    rest = fm.rest_time(before_end, t_fault, t_end) if stops else None
+    late = fm.commands_between(steps_before, t_detect + PERIOD_S, t_end) if stops else None
+    watch = [s for t, s in w["status"] if t_detect <= t <= t_end]
+    status = restart_status if kind.recovery == "restart" else fm.latched_state(w["status"], t_detect, t_end)
+    latched = fm.status_matches(status, kind.states, kind.reason)
+    if kind.name in ("server_freeze", "reply_late"):  # no reply for longer than the timeout: a hold, never a fault
+        long = kind.name == "reply_late" or info["pause_s"] > SERVER_TIMEOUT_S + 0.3
+        latched = (not any(s.get("state") == "fault" for s in watch)
+                   and (not long or any(s.get("state") == "holding" for s in watch)))
+        status = next((s for s in watch if s.get("state") == "holding"), status)
     if kind.name == "instruction_mid_episode":
         latched = latched and status.get("instruction") == info["instruction"]
     if kind.name == "reply_huge":
-        statuses = [s for t, s in w["status"] if t_fault <= t <= t_clear]
-        latched = latched and not any(s.get("state") == "fault" for s in statuses)
+        latched = latched and not any(s.get("state") == "fault" for s in watch)
     speed = fm.speed_at(w["tcp"], t_fault)
     return {
         "kind": kind.name, "instruction": instruction,
@@ -154,12 +158,12 @@ def one_run(stack: FaultStack, kind: FaultKind, rng: np.random.Generator) -> dic
         "moving_at_fault": bool(speed is not None and speed > fm.MOVING_SPEED_M_S),
         "time_to_rest_s": None if rest is None else round(max(0.0, rest - t_detect), 3),
         "fault_to_rest_s": None if rest is None else round(max(0.0, rest - t_fault), 3),
-        "at_rest": (rest is not None) if kind.stops else None,
-        "travel_after_fault_m": round(fm.travel(before_clear, t_fault, t_clear), 5),
+        "at_rest": (rest is not None) if stops else None,
+        "travel_after_fault_m": round(fm.travel(before_end, t_fault, t_end), 5),
         "max_commanded_step_m": round(fm.max_commanded_step(w["steps"]), 5),
         "max_period_displacement_m": round(fm.max_period_displacement(w["tcp"], PERIOD_S), 5),
         "late_commands": late,
-        "commands_after_fault": fm.commands_between(steps_before, t_fault, t_clear),
+        "commands_after_fault": fm.commands_between(steps_before, t_fault, t_end),
         "status": None if status is None else {"state": status.get("state"), "reason": status.get("reason")},
         "latched_right": latched,
         "recovered": recovered, "recovery_s": recovery_s,

@@ -195,7 +195,7 @@ class SimLink:
         client's motion ends with `kReflexAborted` (franky raises a ControlException). False when no
         motion was running."""
         from franky_sim.franka_robot_protocol import MoveStatus, RobotCommand
-        from franky_sim.franka_server import FrankaServer
+        from franky_sim.franka_server import BaseCommand
 
         aborted: list[bool] = []
 
@@ -205,7 +205,7 @@ class SimLink:
             aborted.append(bool(motion_id))
             if motion_id and rs._tcp_socket is not None:
                 rs.stop_motion(send_preemption_signal=False)
-                FrankaServer.send_response(rs._tcp_socket, RobotCommand.kMove, motion_id, MoveStatus.kReflexAborted)
+                BaseCommand.send_response(rs._tcp_socket, RobotCommand.kMove, motion_id, MoveStatus.kReflexAborted)
                 rs.reset_current_motion_id()
 
         self.call(job)
