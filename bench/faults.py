@@ -142,8 +142,9 @@ def one_run(stack: FaultStack, kind: FaultKind, rng: np.random.Generator) -> dic
     latched = fm.status_matches(status, kind.states, kind.reason)
     if kind.name in ("server_freeze", "reply_late"):  # no reply for longer than the timeout: a hold, never a fault
         long = kind.name == "reply_late" or info["pause_s"] > SERVER_TIMEOUT_S + 0.3
-        latched = (not any(s.get("state") == "fault" for s in watch)
-                   and (not long or any(s.get("state") == "holding" for s in watch)))
+        holds = [s.get("counts", {}).get("holds", 0) for s in watch]
+        held = any(s.get("state") == "holding" for s in watch) or (len(holds) > 1 and holds[-1] > holds[0])
+        latched = not any(s.get("state") == "fault" for s in watch) and (not long or held)
         status = next((s for s in watch if s.get("state") == "holding"), status)
     if kind.name == "instruction_mid_episode":
         latched = latched and status.get("instruction") == info["instruction"]
