@@ -38,7 +38,7 @@ class Trace:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.tcp: list[tuple[float, float, np.ndarray]] = []  # (t, sim time s, xyz m)
-        self.steps: list[tuple[float, np.ndarray]] = []  # (t, executed action (7,))
+        self.steps: list[tuple[float, np.ndarray]] = []  # (t sent by lapa_policy, executed action (7,))
         self.status: list[tuple[float, dict]] = []
 
     def on_scene(self, msg) -> None:
@@ -48,8 +48,11 @@ class Trace:
 
     def on_step(self, msg) -> None:
         record = json.loads(msg.data)
+        # When the command was sent (its wall stamp on this clock), not when it got here: a loaded
+        # machine delays a message by more than a control period now and then.
+        sent = float(record["stamp_s"]) - (time.time() - time.monotonic())
         with self._lock:
-            self.steps.append((time.monotonic(), np.asarray(record["action"], float)))
+            self.steps.append((min(sent, time.monotonic()), np.asarray(record["action"], float)))
 
     def on_status(self, msg) -> None:
         with self._lock:
