@@ -137,14 +137,21 @@ def per_minute(steps: list, policy: str) -> list[dict]:
 def stalls(steps: list, episodes: list[tuple[float, float]], period_s: float) -> dict:
     """Gaps between consecutive commands inside each episode's span."""
     times = np.asarray([t for t, _, _ in steps])
+    who = [w for _, _, w in steps]
     gaps: list[float] = []
+    events: list[dict] = []  # each stall: when, how long, under which policy
     for start, end in episodes:
-        inside = times[(times >= start) & (times <= end)]
-        gaps.extend(np.diff(inside).tolist())
+        idx = np.flatnonzero((times >= start) & (times <= end))
+        d = np.diff(times[idx])
+        gaps.extend(d.tolist())
+        for k in np.flatnonzero(d > 2 * period_s):
+            events.append({"t_s": round(float(times[idx[k]]), 2), "gap_ms": round(1e3 * float(d[k]), 1),
+                           "policy": who[idx[k]]})
     gaps_arr = np.asarray(gaps)
     return {"max_gap_ms": round(1e3 * float(gaps_arr.max()), 1) if len(gaps_arr) else None,
             "gaps_over_2_periods": int((gaps_arr > 2 * period_s).sum()),
-            "gap_p99_ms": round(1e3 * float(np.percentile(gaps_arr, 99)), 1) if len(gaps_arr) else None}
+            "gap_p99_ms": round(1e3 * float(np.percentile(gaps_arr, 99)), 1) if len(gaps_arr) else None,
+            "events": events}
 
 
 def rss_growth(samples: list[dict], after_s: float) -> dict:
