@@ -76,7 +76,9 @@ class SoakRecorder:
 
     def _on_step(self, msg) -> None:
         record = json.loads(msg.data)
-        self.steps.append((time.monotonic() - self.t0, record.get("latency_ms"), self.policy))
+        # When lapa_policy sent it (its wall stamp on this clock): gaps are the node's, not this process's.
+        sent = float(record["stamp_s"]) - (time.time() - time.monotonic())
+        self.steps.append((min(sent, time.monotonic()) - self.t0, record.get("latency_ms"), self.policy))
 
     def _sample_rss(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
