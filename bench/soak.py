@@ -138,8 +138,9 @@ def per_minute(steps: list, policy: str) -> list[dict]:
 
 def stalls(steps: list, episodes: list[tuple[float, float]], period_s: float) -> dict:
     """Gaps between consecutive commands inside each episode's span."""
-    times = np.asarray([t for t, _, _ in steps])
-    who = [w for _, _, w in steps]
+    ordered = sorted(steps, key=lambda r: r[0])
+    times = np.asarray([t for t, _, _ in ordered])
+    who = [w for _, _, w in ordered]
     gaps: list[float] = []
     events: list[dict] = []  # each stall: when, how long, under which policy
     for start, end in episodes:
