@@ -105,6 +105,8 @@ def recover(stack: FaultStack, kind: FaultKind, instruction: str, t_clear: float
                                            120.0, after=t_clear)
         if restart_status is None:
             return False, None, None
+        if not wait_images(stack):
+            return False, None, restart_status  # the restarted node hears no camera (see restart_images)
         time.sleep(0.3)
         stack.say(instruction)
     elif kind.recovery == "start":
@@ -113,6 +115,22 @@ def recover(stack: FaultStack, kind: FaultKind, instruction: str, t_clear: float
         stack.say(instruction)
     t = wait_commands(stack, t_clear, 3, RECOVERY_TIMEOUT_S)
     return t is not None, (None if t is None else round(t - t_clear, 3)), restart_status
+
+
+def wait_images(stack: FaultStack, timeout_s: float = 5.0) -> bool:
+    """Whether lapa_policy (just restarted) receives camera images within timeout_s."""
+    return stack.wait_status(lambda s: s.get("counts", {}).get("images", 0) > 0, timeout_s) is not None
+
+
+def restart_policy_until_it_sees_images(stack: FaultStack, attempts: int = 3) -> int:
+    """Restart lapa_policy until it receives camera images; returns the restarts it took."""
+    for n in range(1, attempts + 1):
+        t = time.monotonic()
+        stack.restart("lapa_policy")
+        if stack.wait_status(lambda s: s.get("state") in ("idle", "stopped", "running", "fault"), 120.0,
+                             after=t) is not None and wait_images(stack):
+            return n
+    raise RuntimeError(f"lapa_policy received no camera image after {attempts} restarts")
 
 
 def one_run(stack: FaultStack, kind: FaultKind, rng: np.random.Generator) -> dict:
@@ -273,6 +291,7 @@ def run(args: argparse.Namespace) -> dict:
     stack = FaultStack(out, model=args.model)
     runs: list[dict] = []
     restarts: list[str] = []
+    image_restarts: list[int] = []  # extra lapa_policy restarts because a restarted one heard no camera
     t0 = time.monotonic()
     stopped_early = False
     try:
@@ -283,6 +302,9 @@ def run(args: argparse.Namespace) -> dict:
                 break
             try:
                 restarts += ensure_alive(stack)
+                if (stack.policy_status or {}).get("counts", {}).get("images", 1) == 0:
+                    # A restarted lapa_policy that never hears the camera (DDS after a SIGKILL): again.
+                    image_restarts.append(restart_policy_until_it_sees_images(stack))
                 runs.append(one_run(stack, KINDS[name], rng))
             except Exception as e:  # noqa: BLE001 - a broken run is reported, the next one goes on
                 runs.append({"kind": name, "error": f"{type(e).__name__}: {e}",
@@ -314,7 +336,13 @@ def run(args: argparse.Namespace) -> dict:
             "not_at_rest": sum(s["not_at_rest"] or 0 for s in summary.values()),
         },
         "per_kind": summary, "markdown": str(out / "faults.md"), "plot": str(plot),
-        "unplanned_restarts": restarts, "minutes": round((time.monotonic() - t0) / 60, 1),
+        "unplanned_restarts": restarts,
+        "restart_images": {
+            "note": "lapa_policy restarted after a SIGKILL that received no camera image within 5 s "
+                    "(recovered: false in its run); the next run restarts it again until it does",
+            "policy_node_kill_runs_without_images": sum(
+                1 for r in ok if r["kind"] == "policy_node_kill" and r["recovered"] is False),
+            "extra_restarts": image_restarts}, "minutes": round((time.monotonic() - t0) / 60, 1),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "run_records": runs,
     }
