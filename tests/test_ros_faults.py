@@ -1,7 +1,8 @@
 """Representative faults on the whole stack (policy server with the scripted expert, lapa_sim with
 franky-sim, lapa_policy with the franky backend, real processes): a killed server holds the arm
 within a control period, NaN actions latch a fault without a motion, an emergency stop during a
-motion latches. The arm's motion is judged from lapa_sim's scene (franky-sim's ground truth)."""
+motion latches, a frozen camera holds until it is healthy again. The arm's motion is judged from
+lapa_sim's scene (franky-sim's ground truth)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ def test_an_emergency_stop_during_a_motion_latches(stack):
     # Nothing moves after the emergency stop until /lapa/start (which one_run calls to recover).
     assert run["commands_after_fault"] <= 1
     assert run["fault_to_rest_s"] is not None and run["fault_to_rest_s"] < 1.0
+
+
+def test_a_frozen_camera_holds_the_arm_and_it_resumes_when_the_camera_does(stack):
+    run = one_run(stack, KINDS["camera_freeze"], np.random.default_rng(4))
+    check_stopped(run, "camera_freeze")  # the republished frames (same stamp) are not fresh input
+    assert run["status"]["state"] == "holding" and "stale image" in run["status"]["reason"]
+    assert run["recovered"], run
 
 
 def test_the_trace_sees_the_arm(stack):
