@@ -186,6 +186,15 @@ class FaultStack(LoopSession):
         return bool(result.success), result.message
 
     # ------------------------------------------------------------------ waiting
+    def wait_sim_restarted(self, after: float, timeout_s: float = 120.0) -> None:
+        """A restarted lapa_sim: its first task status after `after` (it announces its new address)."""
+        self.sim_status = None
+        deadline = time.monotonic() + timeout_s
+        while self.sim_status is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"lapa_sim did not come back within {timeout_s:g} s")
+            time.sleep(0.05)
+
     def wait_status(self, predicate, timeout_s: float, after: float | None = None) -> dict | None:
         """The first /lapa/status (received after `after`) satisfying predicate, or None on timeout."""
         deadline = time.monotonic() + timeout_s

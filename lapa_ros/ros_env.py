@@ -19,12 +19,6 @@ def ros_env(domain_id: int | None = None, base: dict[str, str] | None = None) ->
     else:
         env.setdefault("ROS_DOMAIN_ID", str(DEFAULT_DOMAIN_ID))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    # Fast DDS (the default RMW) over UDP loopback, not shared memory: a process killed while
-    # subscribed (SIGKILL, a crash) leaves the publisher's shared-memory port in a state where the
-    # restarted subscriber matches but never receives (eProsima/Fast-DDS issues 2811, 5053, 5469).
-    # `lapa bench faults` saw it for the camera topic: a respawned lapa_policy held forever on
-    # "no image yet". Set the variable yourself to choose another transport.
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("PYOPENGL_PLATFORM", env["MUJOCO_GL"])
     return env
@@ -33,8 +27,7 @@ def ros_env(domain_id: int | None = None, base: dict[str, str] | None = None) ->
 def apply_ros_env(domain_id: int | None = None) -> dict[str, str]:
     """Set the same variables in this process (before rclpy.init)."""
     env = ros_env(domain_id)
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS", "MUJOCO_GL",
-                "PYOPENGL_PLATFORM"):
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "MUJOCO_GL", "PYOPENGL_PLATFORM"):
         os.environ[key] = env[key]
     return env
 
