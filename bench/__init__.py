@@ -28,6 +28,9 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("loop", "bench.loop", "ROS control loop: period jitter, camera-to-command latency, demo success"),
     ("train-throughput", "bench.train_throughput", "training throughput (samples/s) of LAQ and the VLA at 1 and "
      "N processes (torchrun, DDP / FSDP2)"),
+    ("faults", "bench.faults", "fault injection on the whole stack: time to rest, travel, largest step, latched "
+     "state and recovery per fault kind"),
+    ("soak", "bench.soak", "the loop for a long time: RSS per process, latency per minute, stalls, success"),
     ("speech", "bench.speech", "spoken commands: true commands accepted, near misses and other speech rejected"),
 ]
 

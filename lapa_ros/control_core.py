@@ -130,6 +130,7 @@ class ControlCore:
         self._tick = 0
         self._tick_done = True
         self._not_before_mono_s = 0.0
+        self._unanswered_since_mono_s: float | None = None  # the oldest request still without a reply
         self.robot_state: RobotState | None = None
         self.history: StateHistory | None = None  # a model with a state history (set_state_history)
         self.stats = {
@@ -223,6 +224,7 @@ class ControlCore:
             if self.history is not None:
                 state = self.history.push(state)  # (8 * (1 + H),) every tick, asked or not
             if not self.running or self.safety.fault is not None or not self.instruction:
+                self._unanswered_since_mono_s = None
                 self._halt_if_moving()
                 backend.hold()
                 return
@@ -231,7 +233,15 @@ class ControlCore:
             if stale is None and state_age > self.settings.max_robot_state_age_s:
                 stale = f"stale robot state: {1e3 * state_age:.0f} ms old"
             if stale is not None:
+                self._unanswered_since_mono_s = None  # no request goes out meanwhile
                 self._hold(self._explain(stale))
+                return
+            waited = now - (self._unanswered_since_mono_s if self._unanswered_since_mono_s is not None else now)
+            if waited > self.safety.limits.max_action_age_s:
+                # A server that answers too late (or not at all) while its connection stays up: whatever
+                # it answers now was computed from an image too old to act on. Hold, and keep asking.
+                self._hold(f"no reply from the policy server for {1e3 * waited:.0f} ms")
+                self.worker.request(Request(tick, now, self.instruction, state, self._not_before_mono_s))
                 return
             ta = None if self.chunks.waits_for_reply else self.chunks.action_for(tick)
             if ta is not None:
@@ -240,6 +250,8 @@ class ControlCore:
                 backend.hold()  # no command last tick either: the sim backend steps (and renders) anyway
             if self.chunks.needs_request(tick):
                 self.worker.request(Request(tick, now, self.instruction, state, self._not_before_mono_s))
+                if self._unanswered_since_mono_s is None:
+                    self._unanswered_since_mono_s = now
 
     def on_result(self, result: Result) -> None:
         """Inference thread: a reply. Its first action runs now if its tick is still the current one."""
@@ -250,6 +262,7 @@ class ControlCore:
         self.stats["camera_ms"].append(1e3 * (frame.receipt_wall_s - frame.capture_time_s))  # render + transport
         self.stats["frame_wait_ms"].append(1e3 * (result.sent_mono_s - frame.receipt_mono_s))  # received -> sent
         with self._lock:
+            self._unanswered_since_mono_s = None
             try:
                 self.chunks.add_chunk(result.reply.actions, result.frame.receipt_mono_s, result.request.tick,
                                       arrival_tick=self._tick)

@@ -28,6 +28,7 @@ from policy_server.client import ActReply, PolicyClient, PolicyClientError, Poli
 logger = logging.getLogger(__name__)
 
 HTTP_PROBE_PERIOD_S = 0.25
+WS_OPCODE_CLOSE = 0x8
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,31 @@ class Frame:
 
 
 class FrameBuffer:
-    """The newest frame only; `wait_newer` blocks until one received after a given time."""
+    """The newest frame only; `wait_newer` blocks until one received after a given time.
+
+    A frame whose capture stamp is not later than the last accepted one's (a frozen camera
+    republishing its last image, stamps jumping backwards) is not new information: it is dropped
+    (`rejected` counts them), so the buffer's frame ages and the safety filter holds the arm.
+    """
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._frame: Frame | None = None
+        self._last_capture_s = float("-inf")
         self.received = 0
+        self.rejected = 0
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: Frame) -> bool:
+        """Keep `frame` as the newest; False (dropped) when its capture stamp does not advance."""
         with self._cv:
+            if frame.capture_time_s <= self._last_capture_s:
+                self.rejected += 1
+                return False
+            self._last_capture_s = frame.capture_time_s
             self._frame = frame
             self.received += 1
             self._cv.notify_all()
+            return True
 
     def newest(self) -> Frame | None:
         with self._cv:
@@ -242,7 +256,11 @@ def _link_alive(client: PolicyClient) -> bool:
             readable, _, _ = select.select([sock], [], [], 0)
             if not readable:
                 return True
-            return sock.recv(1, socket.MSG_PEEK) != b""  # b"" = EOF: the peer closed
+            head = sock.recv(1, socket.MSG_PEEK)  # b"" = EOF: the peer closed
+            # Nothing is sent unasked between requests but control frames: a close frame (opcode 8,
+            # a server shutting down gracefully) ends the link as surely as EOF does. It stays unread
+            # at the head of the socket, so without this check every later peek would read "alive".
+            return head != b"" and (head[0] & 0x0F) != WS_OPCODE_CLOSE
         except (OSError, ValueError):
             return False
     try:  # HTTP (connection per call, or kept alive): can the port still be reached?

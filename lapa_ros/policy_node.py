@@ -305,6 +305,7 @@ class PolicyNode:
         meta = self.worker.metadata or {}
         return {
             **self.core.status(), "backend": self.params["robot_backend"], "robot_ip": self._robot_ip,
+            "frames_rejected": self.frames.rejected,  # stamps that did not advance (frozen camera, clock jumps)
             "server": {"url": self.params["server_url"], "connected": self.worker.connected,
                        "model_hash": meta.get("model_hash"), "backend": meta.get("backend"),
                        "error": self.worker.last_error},

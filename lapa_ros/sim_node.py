@@ -18,6 +18,15 @@ backend is *the* client, exactly as with a real robot) and announces the address
   srv  /lapa_sim/reset                    std_srvs/Trigger      blocks to the placement of parameter `seed`
                                                                 (set it first with set_parameters); the arm
                                                                 is moved by /lapa/home on the policy node
+  srv  /lapa_sim/reflex                   std_srvs/Trigger      fault injection: the running motion ends as a
+                                                                reflex ends it (kReflexAborted to the client)
+  srv  /lapa_sim/drop_connection          std_srvs/Trigger      fault injection: close the client's robot and
+                                                                gripper connections (a lost link)
+
+Parameter `camera_fault` (settable at run time, for `lapa bench faults`): "" a healthy camera;
+"freeze" the last image message is published again as it was (same pixels, same stamp); "silent"
+nothing is published; "backwards" fresh images whose stamps jump backwards (0.5 s before the last
+healthy one, and further back with each frame).
 
 Rendering runs in its own thread (MuJoCo's GL context belongs to one thread) from a snapshot of
 the physics state, so it never holds up the 1 kHz simulation for long.
@@ -46,7 +55,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "camera_hz": (30.0, "scene camera rate"),
     "seed": (0, "block placement of the next /lapa_sim/reset (and of the start)"),
     "status_hz": (10.0, "rate of /lapa_sim/task_status, /lapa_sim/success and /lapa_sim/scene"),
+    "camera_fault": ("", "fault injection: '' | freeze | silent | backwards (see the module docstring)"),
 }
+CAMERA_FAULTS = ("", "freeze", "silent", "backwards")
 
 
 class SimNode:
@@ -95,6 +106,8 @@ class SimNode:
         group = MutuallyExclusiveCallbackGroup()
         node.create_subscription(String, p["instruction_topic"], self._on_instruction, 10, callback_group=group)
         node.create_service(Trigger, "/lapa_sim/reset", self._srv_reset, callback_group=group)
+        node.create_service(Trigger, "/lapa_sim/reflex", self._srv_reflex, callback_group=group)
+        node.create_service(Trigger, "/lapa_sim/drop_connection", self._srv_drop_connection, callback_group=group)
         node.create_timer(1.0 / max(0.1, p["status_hz"]), self._publish_status, callback_group=group)
         self._closing = threading.Event()
         self.frames_published = 0
@@ -126,12 +139,27 @@ class SimNode:
         renderer = SceneRenderer(self.link.model, self.config)
         period = 1.0 / max(0.1, float(self.params["camera_hz"]))
         next_t = time.monotonic()
+        last_msg, last_good_stamp, back_s = None, 0.0, 0.0
         try:
             while not self._closing.is_set():
+                fault = self.node.get_parameter("camera_fault").value
+                if fault not in ("", "backwards"):
+                    back_s = 0.0
+                    if fault == "freeze" and last_msg is not None:
+                        self.pub_image.publish(last_msg)  # the same message: same pixels, same stamp
+                    next_t += period
+                    self._closing.wait(max(0.0, next_t - time.monotonic()))
+                    continue
                 stamp = time.time()
+                if fault == "backwards":
+                    back_s += 0.5 if back_s == 0.0 else period
+                    stamp = last_good_stamp - back_s
+                else:
+                    back_s, last_good_stamp = 0.0, stamp
                 image = renderer.render(self.link.observe(camera_ready=True), "scene")
                 msg = rgb_to_image(image, stamp, "scene_camera")
                 self.pub_image.publish(msg)
+                last_msg = msg
                 self.pub_info.publish(camera_info_msg(self.camera_info, msg.header))
                 self.frames_published += 1
                 next_t += period
@@ -169,6 +197,25 @@ class SimNode:
             self.task, self.instruction = None, ""
         resp.success = True
         resp.message = json.dumps({"seed": seed, "episode": self.episode})
+        return resp
+
+    def _srv_reflex(self, _req, resp):
+        try:
+            aborted = self.link.abort_motion_by_reflex()
+        except Exception as e:  # noqa: BLE001 - answered, not raised
+            resp.success, resp.message = False, f"reflex failed: {e}"
+            return resp
+        resp.success = aborted
+        resp.message = "motion aborted by a reflex" if aborted else "no motion was running"
+        return resp
+
+    def _srv_drop_connection(self, _req, resp):
+        try:
+            self.link.drop_client()
+        except Exception as e:  # noqa: BLE001 - answered, not raised
+            resp.success, resp.message = False, f"dropping the connection failed: {e}"
+            return resp
+        resp.success, resp.message = True, "client connections closed"
         return resp
 
     def _publish_status(self) -> None:

@@ -388,3 +388,24 @@ def test_a_model_with_a_state_history_gets_past_states_recorded_every_tick():
     rig.core.chunks.clear()
     rig.tick()
     assert rig.worker.requests[-1].state.shape == (8,)
+
+
+def test_a_server_that_stops_answering_but_stays_connected_holds_the_arm_and_keeps_asking():
+    rig = Rig().attach()
+    rig.core.on_instruction("reach the red block")
+    rig.tick()
+    rig.reply(rig.worker.requests[-1], np.full((1, 7), 0.01))
+    assert len(rig.commands) == 1 and rig.core.state_name == "running"
+    for _ in range(7):  # a request at 0.2 s, 0.6 s later: alive (server_time_s fresh), fresh images, no reply
+        rig.tick()
+    assert rig.core.state_name == "running" and len(rig.commands) == 1
+    asked = len(rig.worker.requests)
+    rig.tick()  # 0.7 s without a reply: too late for any answer to be acted on
+    assert rig.core.state_name == "holding" and "no reply from the policy server" in rig.core.reason
+    assert rig.backend.stops >= 1  # the moving arm is stopped
+    rig.tick()
+    assert len(rig.worker.requests) > asked  # and the node keeps asking
+    rig.reply(rig.worker.requests[-1], np.full((1, 7), 0.01))  # an answer in time: the loop resumes
+    rig.tick()
+    rig.reply(rig.worker.requests[-1], np.full((1, 7), 0.01))
+    assert rig.core.state_name == "running" and len(rig.commands) >= 2

@@ -155,3 +155,30 @@ def test_after_a_lost_connection_check_fails_and_recover_reconnects(backend):
     backend.check()
     backend.home()
     assert np.linalg.norm(backend.state().ee_pos_m - HOME_TCP_M) < 5e-3
+
+
+def test_a_reflex_in_franky_sim_surfaces_as_a_backend_error(backend):
+    """lapa_sim's /lapa_sim/reflex ends the running motion as an FCI reflex does (kReflexAborted)."""
+    probe = RosProbe("franky_backend_reflex")
+    try:
+        run_steps(backend, [0.0, 0.01, 0, 0, 0, 0, 1.0], 2)
+        ok, message = probe.trigger("/lapa_sim/reflex")
+        assert ok, message
+        with pytest.raises(BackendError, match="reflex"):
+            wait_for(lambda: backend.check() and False, 5.0, "the reflex to surface")
+        backend.recover()
+        backend.check()
+        backend.home()
+    finally:
+        probe.close()
+
+
+def test_closing_a_moving_backend_halts_the_arm(backend, caplog):
+    run_steps(backend, [0.0, -0.02, 0, 0, 0, 0, 1.0], 2)
+    try:
+        with caplog.at_level("WARNING", logger="lapa_ros.backends.franky_backend"):
+            backend.close()
+        assert "stopping the robot on close" not in caplog.text  # halt() ran (it once was shadowed by a bool)
+    finally:
+        backend.connect()  # one client per port: the module's backend takes it back
+    backend.home()

@@ -189,6 +189,39 @@ class SimLink:
         self.call(lambda data: self.index.place_blocks(data, poses))
         self.wait_until(self.time_s + settle_s)
 
+    # ------------------------------------------------------------------ robot faults (lapa bench faults)
+    def abort_motion_by_reflex(self) -> bool:
+        """End the running motion as a real FCI's reflex does: the arm holds where it is and the
+        client's motion ends with `kReflexAborted` (franky raises a ControlException). False when no
+        motion was running."""
+        from franky_sim.franka_robot_protocol import MoveStatus, RobotCommand
+        from franky_sim.franka_server import BaseCommand
+
+        aborted: list[bool] = []
+
+        def job(_data) -> None:
+            rs = self.server.robot_servers[0]
+            motion_id = rs.current_motion_id
+            aborted.append(bool(motion_id))
+            if motion_id and rs._tcp_socket is not None:
+                rs.stop_motion(send_preemption_signal=False)
+                BaseCommand.send_response(rs._tcp_socket, RobotCommand.kMove, motion_id, MoveStatus.kReflexAborted)
+                rs.reset_current_motion_id()
+
+        self.call(job)
+        return bool(aborted and aborted[0])
+
+    def drop_client(self) -> None:
+        """Close the client's TCP and UDP connections (a pulled cable, a robot power cycle): the arm
+        holds where it is; the server accepts a new client."""
+        def job(_data) -> None:
+            rs = self.server.robot_servers[0]
+            rs.reset_state()
+            if rs.gripper_server is not None:
+                rs.gripper_server.reset_state()
+
+        self.call(job)
+
     def close(self) -> None:
         if self.closed:
             return

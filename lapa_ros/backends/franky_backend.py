@@ -105,15 +105,15 @@ class FrankyBackend:
             time.sleep(0.01)
 
     def close(self) -> None:
-        self._disconnect(halt=not self.broken)
+        self._disconnect(stop_robot=not self.broken)
 
-    def _disconnect(self, halt: bool) -> None:
+    def _disconnect(self, stop_robot: bool) -> None:
         self._poll_stop.set()
         if self._poller is not None:
             self._poller.join(2.0)
             self._poller = None
         robot, self.robot = self.robot, None
-        if robot is not None and halt:
+        if robot is not None and stop_robot:  # (a parameter named `halt` once hid the function: no stop on close)
             try:
                 halt(robot)
             except Exception as e:  # noqa: BLE001 - closing anyway
@@ -142,6 +142,8 @@ class FrankyBackend:
                 self._state = (RobotState(pose[:3, 3].copy(), matrix_to_rpy(pose[:3, :3]), self._width_m), now)
             except Exception as e:  # noqa: BLE001 - state() reports staleness; retried
                 logger.debug("reading the robot state: %s", e)
+                if _is_network(e) and not self.broken:
+                    self.broken = f"{type(e).__name__}: {e}"  # the next check() faults, not a stale-state hold
                 self._poll_stop.wait(0.01)
                 continue
             self._poll_stop.wait(STATE_POLL_S)  # not every 1 kHz packet: leave the GIL to the control thread
@@ -215,7 +217,7 @@ class FrankyBackend:
         """Clear robot errors; after a lost connection, connect again (within connect_timeout_s)."""
         if self.broken:
             logger.warning("reconnecting to %s after: %s", self.robot_ip, self.broken)
-            self._disconnect(halt=False)
+            self._disconnect(stop_robot=False)
             self.broken = None
             self.connect()
             # The lost connection's motion may still be registered on the robot side ("Attempted to
