@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from lapa.policy.checkpoint_io import load_vla, read_vla_config
     from lapa.sim.fast_driver import FastDriver
     from lapa.sim.scene import SceneConfig
+    from lapa.state_history import StateHistory
     from lapa_ros.safety import SafetyFilter
     from policy_server.observation import InputLimits, decode_image_file, to_image
 
@@ -217,7 +218,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stages.add("preprocess", f"resize {CAMERA_SIZE}->{H} INTER_AREA (server)",
                    time_calls(lambda: to_image(frame, (H, W), limits), runs, warmup), **cv2_info)
         image = np.ascontiguousarray(to_image(frame, (H, W), limits))
-        state = robot_state.as_vector() if config.state_dim else None
+        state = None
+        if config.state_dim:  # the state the node sends: with the model's history, at an episode's first tick
+            state = StateHistory(config.state_history).push(robot_state.as_vector())  # (8 * (1 + H),)
         obs = {"image": image, "instruction": INSTRUCTION, **({"state": state} if state is not None else {})}
         progress.update()
 
