@@ -26,7 +26,7 @@ import numpy as np
 from bench.fault_policy import MODE_FILE_ENV, MODEL_ENV
 from lapa_ros.bringup import node_command, process_command, write_params
 from lapa_ros.launch_plan import EXPERT_MODEL, LaunchPlan
-from lapa_ros.session import LoopSession, SessionConfig
+from lapa_ros.session import LoopSession, SessionConfig, call_trigger
 
 SCENE_HZ = 50.0
 FAULT_BACKEND = "bench.fault_policy:make_policy"
@@ -171,18 +171,7 @@ class FaultStack(LoopSession):
 
     def trigger(self, service: str, timeout_s: float = 30.0) -> tuple[bool, str]:
         """A Trigger call that reports refusal instead of raising."""
-        from std_srvs.srv import Trigger
-
-        client = self._clients[service]
-        if not client.wait_for_service(timeout_sec=timeout_s):
-            raise TimeoutError(f"{service} is not available")
-        future = client.call_async(Trigger.Request())
-        deadline = time.monotonic() + timeout_s
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{service} did not answer within {timeout_s:g} s")
-            time.sleep(0.005)
-        result = future.result()
+        result = call_trigger(self._clients[service], service, timeout_s)
         return bool(result.success), result.message
 
     # ------------------------------------------------------------------ waiting

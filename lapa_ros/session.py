@@ -65,6 +65,22 @@ class SessionConfig:
     server_intent: str | None = None  # the policy server also serves the intent preview from this directory
 
 
+
+def call_trigger(client, service: str, timeout_s: float):
+    """A std_srvs/Trigger call through an rclpy client whose node another thread spins -> the
+    response; TimeoutError when the service is missing or silent for `timeout_s`."""
+    from std_srvs.srv import Trigger
+
+    if not client.wait_for_service(timeout_sec=timeout_s):
+        raise TimeoutError(f"{service} is not available")
+    future = client.call_async(Trigger.Request())
+    deadline = time.monotonic() + timeout_s
+    while not future.done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{service} did not answer within {timeout_s:g} s")
+        time.sleep(0.005)
+    return future.result()
+
 class LoopSession:
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
@@ -188,18 +204,7 @@ class LoopSession:
 
     # ------------------------------------------------------------------ commands
     def call(self, service: str, timeout_s: float = 30.0) -> str:
-        from std_srvs.srv import Trigger
-
-        client = self._clients[service]
-        if not client.wait_for_service(timeout_sec=timeout_s):
-            raise TimeoutError(f"{service} is not available")
-        future = client.call_async(Trigger.Request())
-        deadline = time.monotonic() + timeout_s
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{service} did not answer within {timeout_s:g} s")
-            time.sleep(0.01)
-        result = future.result()
+        result = call_trigger(self._clients[service], service, timeout_s)
         if not result.success:
             raise RuntimeError(f"{service} failed: {result.message}")
         return result.message
