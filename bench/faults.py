@@ -35,6 +35,7 @@ from tqdm import tqdm
 from bench import fault_metrics as fm
 from bench.fault_kinds import KINDS, SERVER_TIMEOUT_S, FaultKind, observe_s, sleep_until
 from bench.fault_stack import FaultStack
+from bench.figures import save_figure
 from lapa_ros.launch_plan import EXPERT_MODEL
 
 PERIOD_S = 0.1  # 10 Hz
@@ -274,10 +275,7 @@ def save_plot(path: Path, runs: list[dict]) -> None:
     ax.axvline(1e3 * PERIOD_S, color="r", ls="--", lw=1, label="one control period")
     ax.set_xlabel("time from the fault being detectable to the arm at rest (ms)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.latency import time_calls
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,14 +40,7 @@ def _throughput(preset: str, batch: int, steps: int, threads: int) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
         opt.step()
 
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    median = float(np.median(times))
+    median = float(np.median(time_calls(step, steps, warmup=3)))
     return {"threads": threads, "step_ms_median": 1e3 * median, "pairs_per_s": batch / median,
             "parameters": model.num_params()}
 

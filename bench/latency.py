@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.figures import save_figure
+
 DEFAULT_CKPT = Path("models/lapa_tabletop")
 CAMERA_SIZE = 128
 JPEG_QUALITY = 90
@@ -636,7 +638,4 @@ def plot_stages(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("ms per call (log scale): bar p50, whisker p99")
     ax.set_title(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.figures import save_figure
 from bench.random_models import random_checkpoint
 from lapa_ros.launch_plan import (
     DEFAULT_MODEL_DIR,
@@ -134,10 +135,7 @@ def save_histogram(path: Path, latencies: dict[str, list[float]]) -> None:
     ax.set_xlabel("camera-to-command latency (ms)")
     ax.set_ylabel("commands")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.figures import save_figure
+
 DEFAULT_PRESET = "tiny"  # of the random model built without --ckpt
 
 
@@ -184,10 +186,7 @@ def _histogram(path: Path, times: dict[str, list[float]], title: str) -> None:
     ax.set_ylabel("calls")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.figures import save_figure
 from lapa.action import fake_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -188,10 +189,7 @@ def _plot(path: Path, results: dict[str, Any]) -> None:
     ax.set_ylabel("requests")
     ax.set_title(f"policy server overhead, {results['image_size'][0]}x{results['image_size'][1]} image, loopback")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bench.figures import save_figure
 from lapa_ros.bringup import process_command
 from lapa_ros.launch_plan import DEFAULT_MODEL_DIR, DEFAULT_MODEL_SUITE, EXPERT_MODEL
 from lapa_ros.session import LoopSession, SessionConfig
@@ -193,10 +194,7 @@ def save_plot(path: Path, samples: list[dict], minutes: dict[str, list[dict]]) -
     ax2.set_xlabel("minutes")
     ax2.set_ylabel("camera-to-command latency (ms)")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> dict:
