@@ -133,6 +133,7 @@ class ControlCore:
         self._unanswered_since_mono_s: float | None = None  # the oldest request still without a reply
         self.robot_state: RobotState | None = None
         self.history: StateHistory | None = None  # a model with a state history (set_state_history)
+        self._history_source: dict | None = None  # the server metadata the history was set from
         self.stats = {
             "tick_mono_s": deque(maxlen=STATS_WINDOW), "latency_ms": deque(maxlen=STATS_WINDOW),
             "model_ms": deque(maxlen=STATS_WINDOW), "round_trip_ms": deque(maxlen=STATS_WINDOW),
@@ -218,8 +219,9 @@ class ControlCore:
                 self.fault(f"robot error: {e}")
                 return
             state = self.robot_state.as_vector()  # (8,)
-            meta = getattr(self.worker, "metadata", None)  # the connected model's (it may change on reconnect)
-            if meta is not None:
+            meta = getattr(self.worker, "metadata", None)  # the connected model's: a new dict on each (re)connect
+            if meta is not None and meta is not self._history_source:
+                self._history_source = meta
                 self.set_state_history(meta.get("state_history") or ())
             if self.history is not None:
                 state = self.history.push(state)  # (8 * (1 + H),) every tick, asked or not
