@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import numpy as np
@@ -160,9 +161,26 @@ def test_after_a_lost_connection_check_fails_and_recover_reconnects(backend):
 def test_a_reflex_in_franky_sim_surfaces_as_a_backend_error(backend):
     """lapa_sim's /lapa_sim/reflex ends the running motion as an FCI reflex does (kReflexAborted)."""
     probe = RosProbe("franky_backend_reflex")
+    moving, stop = threading.Event(), threading.Event()
+
+    def keep_moving() -> None:  # the reflex must find a motion running, however long the call takes
+        while not stop.is_set():
+            try:
+                backend.check()
+                backend.apply(np.asarray([0.0, 0.01, 0, 0, 0, 0, 1.0], float))
+            except BackendError:
+                return
+            moving.set()
+            time.sleep(backend.period_s)
+
+    mover = threading.Thread(target=keep_moving, daemon=True)
     try:
-        run_steps(backend, [0.0, 0.01, 0, 0, 0, 0, 1.0], 2)
+        mover.start()
+        assert moving.wait(5.0), "the arm did not start moving"
+        time.sleep(backend.period_s)
         ok, message = probe.trigger("/lapa_sim/reflex")
+        stop.set()
+        mover.join(5.0)
         assert ok, message
         with pytest.raises(BackendError, match="reflex"):
             wait_for(lambda: backend.check() and False, 5.0, "the reflex to surface")
@@ -170,6 +188,7 @@ def test_a_reflex_in_franky_sim_surfaces_as_a_backend_error(backend):
         backend.check()
         backend.home()
     finally:
+        stop.set()
         probe.close()
 
 
