@@ -8,7 +8,10 @@ the node's topics and services.
 
 Per kind:
   inject(stack, rng) -> info   cause it; info["detect_after_s"] is when the node can first know
-                               (a stale image, for instance, is only stale once older than its limit)
+                               (a stale image, for instance, is only stale once older than its limit),
+                               counted from info["effective_at"] (monotonic) where the fault only
+                               takes effect at the end of the call (a parameter set, a mode file
+                               replaced), else from the start of inject
   clear(stack, info)           remove the cause (restart, resume, healthy camera, healthy replies)
   stops                        the arm must come to rest (else it must keep running within limits)
   states, reason               the /lapa/status state(s) and a reason fragment the node must show
@@ -82,7 +85,7 @@ def _server_restart(stack, rng) -> dict:
 def _camera(mode: str) -> Callable:
     def inject(stack, rng) -> dict:
         stack.set_camera_fault(mode)
-        return {"detect_after_s": MAX_IMAGE_AGE_S}
+        return {"detect_after_s": MAX_IMAGE_AGE_S, "effective_at": time.monotonic()}
 
     return inject
 
@@ -96,7 +99,7 @@ def _reply(mode: Callable[[np.random.Generator], str], detect_after_s: float = 0
     def inject(stack, rng) -> dict:
         m = mode(rng)
         stack.set_mode(m)
-        return {"detect_after_s": detect_after_s, "mode": m}
+        return {"detect_after_s": detect_after_s, "mode": m, "effective_at": time.monotonic()}
 
     return inject
 

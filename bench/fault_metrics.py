@@ -1,6 +1,6 @@
 """What one fault run measured, from the records of `bench.fault_stack.Trace` (plain numpy).
 
-Times are the bench's monotonic clock at receipt; the TCP's own motion is judged on franky-sim's
+Times are the bench's monotonic clock (when a scene or command was sent); the TCP's own motion is judged on franky-sim's
 simulated clock (`sim_t`), which runs slower than real time on a busy machine.
 """
 
@@ -28,17 +28,20 @@ def speeds(sim: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return np.where(dt > 1e-6, d / np.maximum(dt, 1e-6), 0.0)
 
 
-def speed_at(tcp: list, t_s: float, span_s: float = 0.15) -> float | None:
-    """Mean TCP speed over the samples received in [t_s - span_s, t_s]."""
+def speed_at(tcp: list, t_s: float, span_s: float = 0.15, max_span_s: float = 0.5) -> float | None:
+    """Mean TCP speed over the samples in [t_s - span_s, t_s]; where a busy machine left fewer than
+    two there, over the last two samples before t_s if they lie within max_span_s."""
     t, sim, pos = _arrays(tcp)
     idx = np.flatnonzero((t >= t_s - span_s) & (t <= t_s))
+    if len(idx) < 2:
+        idx = np.flatnonzero((t >= t_s - max_span_s) & (t <= t_s))[-2:]
     if len(idx) < 2 or sim[idx[-1]] - sim[idx[0]] <= 0:
         return None
     return float(np.linalg.norm(pos[idx[-1]] - pos[idx[0]]) / (sim[idx[-1]] - sim[idx[0]]))
 
 
 def rest_time(tcp: list, t_from: float, t_to: float) -> float | None:
-    """The receipt time after which the TCP stays at rest until t_to; None if it never settles."""
+    """The time after which the TCP stays at rest until t_to; None if it never settles."""
     t, sim, pos = _arrays(tcp)
     idx = np.flatnonzero((t >= t_from) & (t <= t_to))
     if len(idx) < 3:
@@ -54,7 +57,7 @@ def rest_time(tcp: list, t_from: float, t_to: float) -> float | None:
 
 
 def travel(tcp: list, t_from: float, t_to: float) -> float:
-    """Path length of the TCP between two receipt times (m)."""
+    """Path length of the TCP between two times (m)."""
     t, _, pos = _arrays(tcp)
     idx = np.flatnonzero((t >= t_from) & (t <= t_to))
     if len(idx) < 2:

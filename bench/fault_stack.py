@@ -6,8 +6,9 @@ with the franky backend, real processes on a private ROS domain) whose server ru
 mode file), whose lapa_sim publishes the scene at 50 Hz (the arm's ground truth: TCP position and
 simulated time), and which can kill, freeze, resume and restart its processes one by one.
 
-`Trace` keeps, on the bench's clock (time.monotonic at receipt): the TCP positions from
-/lapa_sim/scene, every executed command from /lapa/step and every /lapa/status.
+`Trace` keeps, on the bench's clock (time.monotonic): the TCP positions from /lapa_sim/scene and every
+executed command from /lapa/step at the time they were sent (their wall stamps), every /lapa/status at
+receipt.
 """
 
 from __future__ import annotations
@@ -41,18 +42,24 @@ class Trace:
         self.steps: list[tuple[float, np.ndarray]] = []  # (t sent by lapa_policy, executed action (7,))
         self.status: list[tuple[float, dict]] = []
 
+    @staticmethod
+    def _sent(record: dict) -> float:
+        """When a message was sent (its wall stamp on this clock), not when it got here: a loaded
+        machine delays a message by more than a control period now and then."""
+        now = time.monotonic()
+        if "stamp_s" not in record:
+            return now
+        return min(float(record["stamp_s"]) - (time.time() - now), now)
+
     def on_scene(self, msg) -> None:
         scene = json.loads(msg.data)
         with self._lock:
-            self.tcp.append((time.monotonic(), float(scene["sim_time_s"]), np.asarray(scene["tcp_pos_m"], float)))
+            self.tcp.append((self._sent(scene), float(scene["sim_time_s"]), np.asarray(scene["tcp_pos_m"], float)))
 
     def on_step(self, msg) -> None:
         record = json.loads(msg.data)
-        # When the command was sent (its wall stamp on this clock), not when it got here: a loaded
-        # machine delays a message by more than a control period now and then.
-        sent = float(record["stamp_s"]) - (time.time() - time.monotonic())
         with self._lock:
-            self.steps.append((min(sent, time.monotonic()), np.asarray(record["action"], float)))
+            self.steps.append((self._sent(record), np.asarray(record["action"], float)))
 
     def on_status(self, msg) -> None:
         with self._lock:

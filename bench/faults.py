@@ -5,7 +5,7 @@ through onnxruntime) behind bench/fault_policy.py, lapa_sim (franky-sim, scene c
 with the franky backend, as real processes on a private ROS domain. One stack serves every run;
 only what a fault kills is restarted. Each run (seeded): stop, home, reset the blocks to a random
 placement, give a random pick/put/push instruction, wait until the arm is under way plus a random
-0-2 s, inject the fault (bench/fault_kinds.py), watch, clear it, and check the recovery.
+0-2 s and until the TCP moves, inject the fault (bench/fault_kinds.py), watch, clear it, and check the recovery.
 
 Per run, from lapa_sim's scene at 50 Hz (ground truth), /lapa/step and /lapa/status:
   time to rest    from the moment the fault is detectable to the TCP at rest (< 5 mm/s), wall clock
@@ -137,13 +137,27 @@ def restart_policy_until_it_sees_images(stack: FaultStack, attempts: int = 3) ->
     raise RuntimeError(f"lapa_policy received no camera image after {attempts} restarts")
 
 
+def wait_moving(stack: FaultStack, timeout_s: float = 3.0) -> bool:
+    """Wait until the TCP moves (a fault is injected during a motion, not in the expert's pause to
+    close the gripper); False if it did not within timeout_s (the run reports moving_at_fault)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        speed = fm.speed_at(stack.trace.window(now - 1.0, now)["tcp"], now)
+        if speed is not None and speed > 2 * fm.MOVING_SPEED_M_S:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def one_run(stack: FaultStack, kind: FaultKind, rng: np.random.Generator) -> dict:
     instruction, t_start = start_episode(stack, rng)
     time.sleep(float(rng.uniform(0.0, 2.0)))
+    wait_moving(stack)
     t_fault = time.monotonic()
     info = kind.inject(stack, rng)
     t_inject_done = time.monotonic()
-    t_detect = t_fault + info["detect_after_s"]
+    t_detect = info.get("effective_at", t_fault) + info["detect_after_s"]
     fault_end = t_fault + info["pause_s"] if "pause_s" in info else None
     sleep_until(t_detect + observe_s(kind, info))
     t_clear = time.monotonic()
@@ -175,7 +189,7 @@ def one_run(stack: FaultStack, kind: FaultKind, rng: np.random.Generator) -> dic
     speed = fm.speed_at(w["tcp"], t_fault)
     return {
         "kind": kind.name, "instruction": instruction,
-        "info": {k: v for k, v in info.items() if k not in ("timer",)},
+        "info": {k: v for k, v in info.items() if k not in ("timer", "effective_at")},
         "inject_ms": round(1e3 * (t_inject_done - t_fault), 1),
         "speed_at_fault_m_s": None if speed is None else round(speed, 4),
         "moving_at_fault": bool(speed is not None and speed > fm.MOVING_SPEED_M_S),

@@ -1,4 +1,5 @@
-"""The `main()` every lapa node shares: init, spin on a MultiThreadedExecutor, clean up on SIGINT/SIGTERM."""
+"""The `main()` every lapa node shares: init, spin (a SingleThreadedExecutor for one thread, else a
+MultiThreadedExecutor), clean up on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 def run_node(factory: Callable[[list[str] | None], object], argv: list[str] | None = None, threads: int = 2) -> int:
     """`factory(args)` returns an object with `.node` (an rclpy Node) and `.close()`."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
     args = sys.argv if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -19,7 +20,8 @@ def run_node(factory: Callable[[list[str] | None], object], argv: list[str] | No
     code = 0
     try:
         holder = factory(args)
-        executor = MultiThreadedExecutor(num_threads=threads)
+        # rclpy's MultiThreadedExecutor costs far more CPU per callback: only where callbacks must overlap
+        executor = SingleThreadedExecutor() if threads == 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(holder.node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

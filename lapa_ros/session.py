@@ -155,7 +155,7 @@ class LoopSession:
         import rclpy
         from rcl_interfaces.srv import SetParameters
         from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
@@ -172,7 +172,7 @@ class LoopSession:
         self._clients = {name: node.create_client(Trigger, name) for name in
                          ("/lapa/start", "/lapa/stop", "/lapa/emergency_stop", "/lapa/home", "/lapa_sim/reset")}
         self._set_params = node.create_client(SetParameters, "/lapa_sim/set_parameters")
-        self._executor = MultiThreadedExecutor(num_threads=2, context=self._context)
+        self._executor = SingleThreadedExecutor(context=self._context)  # callbacks only store what they hear
         self._executor.add_node(node)
         self._spin_thread = threading.Thread(target=self._spin, name="lapa-session-spin", daemon=True)
         self._spin_thread.start()

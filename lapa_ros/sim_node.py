@@ -235,7 +235,7 @@ class SimNode:
         self.pub_status.publish(self._String(data=json.dumps(status)))
         self.pub_success.publish(self._Bool(data=success))
         scene = self._scene_dict(view)
-        scene.update(episode=self.episode, seed=self.seed, sim_time_s=sim_t)
+        scene.update(episode=self.episode, seed=self.seed, sim_time_s=sim_t, stamp_s=time.time())
         self.pub_scene.publish(self._String(data=json.dumps(scene)))
 
     def close(self) -> None:

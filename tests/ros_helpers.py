@@ -91,14 +91,14 @@ class RosProbe:
     def __init__(self, name: str = "lapa_test_probe") -> None:
         import rclpy
         from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         self.context = Context()
         rclpy.init(context=self.context, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
         self.node = rclpy.create_node(name, context=self.context)
         self.records: dict[str, list] = {}
         self._lock = threading.Lock()
-        self._executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self._executor = SingleThreadedExecutor(context=self.context)  # the callbacks only record
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()

@@ -105,6 +105,13 @@ def test_rest_time_travel_and_period_displacement():
     assert fm.speed_at(track, 0.1) == pytest.approx(0.2, rel=1e-6)
 
 
+def test_speed_at_falls_back_to_the_last_two_samples_of_a_sparse_trace():
+    sparse = tcp_track([0.2] * 10, dt=0.2)  # 5 Hz: one sample per 0.15 s window at most
+    assert fm.speed_at(sparse, 0.9) == pytest.approx(0.2, rel=1e-6)  # samples at 0.6 and 0.8
+    assert fm.speed_at(sparse, 0.9, max_span_s=0.25) is None  # 0.6 lies outside
+    assert fm.speed_at(sparse, -1.0) is None
+
+
 def test_commanded_steps_and_states():
     steps = [(0.0, np.array([0.03, 0, 0, 0, 0, 0, 1.0])), (0.1, np.array([0, 0.01, 0, 0, 0, 0, 1.0]))]
     assert fm.max_commanded_step(steps) == pytest.approx(0.03)
