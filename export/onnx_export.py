@@ -107,6 +107,9 @@ def check_exportable(directory: Path, config: VLAConfig, tokenizer: ActionTokeni
                           f"{config.num_action_tokens} passes per chunk with a Python loop; export supports the "
                           "parallel decoder only. Serve this model with the torch backend, or finetune with "
                           "decoder='parallel'")
+    if config.cameras != ("scene",):
+        raise ExportError(f"{directory}: a model with cameras {list(config.cameras)}: the serving path (ONNX "
+                          "graph, policy server, ROS node) takes the scene camera only; `lapa eval` runs this model")
 
 
 @contextlib.contextmanager

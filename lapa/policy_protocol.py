@@ -15,6 +15,7 @@ from lapa.action import STATE_DIM
 from lapa.state_history import MAX_STATE_FLOATS
 
 OBS_IMAGE = "image"  # uint8 (H, W, 3) RGB, scene camera
+OBS_WRIST_IMAGE = "wrist_image"  # uint8 (H, W, 3) RGB, hand camera: only for a model with cameras [scene, wrist]
 OBS_INSTRUCTION = "instruction"  # str
 OBS_STATE = "state"  # optional float32 (8,): EE xyz, EE rpy, finger positions (lapa/action.py STATE_NAMES);
 #   (8 * (1 + H),) for a model with a state history: now, then each lag back (lapa/state_history.py)
@@ -71,6 +72,22 @@ def check_observation(obs: dict[str, Any], image_size: tuple[int, int]) -> tuple
                                    f"got {state.dtype} {tuple(state.shape)}")
         state = state.astype(np.float32)
     return image, instruction, state
+
+
+def camera_images(obs: dict[str, Any], image: np.ndarray, cameras: list[str] | tuple[str, ...]) -> np.ndarray:
+    """The model's image input: `image` (H, W, 3) for a scene-only model, the scene and hand images
+    stacked (2, H, W, 3) for cameras [scene, wrist]; PolicyInputError when the hand image is missing
+    or malformed."""
+    if tuple(cameras) == ("scene",):
+        return image
+    wrist = obs.get(OBS_WRIST_IMAGE)
+    if wrist is None:
+        raise PolicyInputError(f"this model also takes the hand camera: send '{OBS_WRIST_IMAGE}', uint8 "
+                               f"{tuple(image.shape)} like 'image'")
+    if not isinstance(wrist, np.ndarray) or wrist.dtype != np.uint8 or wrist.shape != image.shape:
+        got = f"{wrist.dtype} {tuple(wrist.shape)}" if isinstance(wrist, np.ndarray) else type(wrist).__name__
+        raise PolicyInputError(f"'{OBS_WRIST_IMAGE}' must be uint8 {tuple(image.shape)} like 'image', got {got}")
+    return np.stack([image, wrist])  # (2, H, W, 3)
 
 
 def require_state(state: np.ndarray | None, state_dim: int) -> np.ndarray | None:

@@ -123,6 +123,16 @@ class ClipCatalog:
             raise UserError(f"{ref.source} is a video folder: it has no episode actions (a LeRobot dataset is needed)")
         return self._lerobot[ref.source].episode_labels(ref.index)
 
+    def read_camera(self, ref: ClipRef, camera: str) -> np.ndarray:
+        """The frames (T, H, W, 3) of one more camera of a LeRobot episode (observation.images.<camera>)."""
+        if ref.kind != "lerobot":
+            raise UserError(f"{ref.source} is a video folder: it has one camera, not {camera!r}")
+        ds = self._lerobot[ref.source]
+        key = f"observation.images.{camera}"
+        if key not in ds.video_keys:
+            raise UserError(f"{ref.source} has no {camera} camera ({key}); it has {ds.video_keys}")
+        return ds.episode(ref.index, key).frames
+
     def read(self, ref: ClipRef) -> Clip:
         """Decode a clip; raises VideoReadError (or DatasetError) when it cannot be read."""
         if ref.kind == "lerobot":

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from lapa.chunking import DEFAULT_ENSEMBLE_DECAY, ChunkExecutor
 from lapa.errors import UserError
+from lapa.policy_protocol import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_WRIST_IMAGE
 from lapa.sim.env import Observation
 from lapa.state_history import StateHistory
 
@@ -91,13 +92,18 @@ class ClosedLoopExecutor:
             self.history.reset()
         self.policy.reset()
 
-    def _model_obs(self, obs: Observation, state: np.ndarray | None) -> dict[str, Any]:
-        image = obs.image
+    def _resized(self, image: np.ndarray) -> np.ndarray:
         if self.image_size is not None and image.shape[0] != self.image_size:
             from lapa.data.frame_pairs import resize_frames
 
-            image = resize_frames(image[None], self.image_size)[0]
-        return {"image": image, "instruction": obs.instruction, "state": state}
+            return resize_frames(image[None], self.image_size)[0]
+        return image
+
+    def _model_obs(self, obs: Observation, state: np.ndarray | None) -> dict[str, Any]:
+        out = {OBS_IMAGE: self._resized(obs.image), OBS_INSTRUCTION: obs.instruction, OBS_STATE: state}
+        if obs.wrist is not None:
+            out[OBS_WRIST_IMAGE] = self._resized(obs.wrist)
+        return out
 
     def __call__(self, obs: Observation) -> np.ndarray:
         tick = self.tick
@@ -174,8 +180,10 @@ def summarize(outcomes: list[EpisodeOutcome], families: tuple[str, ...]) -> dict
 def evaluate_policy(policy: Callable[[Observation], np.ndarray], suite: str, episodes: int, *,
                     held_out: bool = False, render_size: int = 64, seed_base: int = EVAL_SEED_BASE,
                     videos: str | os.PathLike | None = None, max_videos_per_task: int = 2,
-                    progress: bool = True, reset: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Roll out `episodes` seeded episodes per task family of `suite` with `policy`."""
+                    progress: bool = True, reset: Callable[[], None] | None = None,
+                    wrist_camera: bool = False) -> dict[str, Any]:
+    """Roll out `episodes` seeded episodes per task family of `suite` with `policy` (`wrist_camera`:
+    observations carry the hand camera too)."""
     from lapa.data.video_io import write_video
     from lapa.sim.env import TabletopEnv, episode_task, run_episode
     from lapa.sim.fast_driver import FastDriver
@@ -194,7 +202,7 @@ def evaluate_policy(policy: Callable[[Observation], np.ndarray], suite: str, epi
     outcomes: list[EpisodeOutcome] = []
     t0 = time.perf_counter()
     total_steps = 0
-    with FastDriver(SceneConfig(image_size=render_size)) as driver:
+    with FastDriver(SceneConfig(image_size=render_size, wrist_camera=wrist_camera)) as driver:
         env = TabletopEnv(driver)
         bar = tqdm(total=episodes * len(families), desc=f"eval {'unseen' if held_out else 'seen'}", unit="ep",
                    disable=not progress)
@@ -319,7 +327,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, suite: str = "default", episode
                                   state_history=policy.config.state_history)
     result = evaluate_policy(executor, suite, episodes, held_out=held_out, render_size=render_size,
                              seed_base=seed_base, videos=videos, max_videos_per_task=max_videos_per_task,
-                             progress=progress, reset=executor.reset)
+                             progress=progress, reset=executor.reset,
+                             wrist_camera="wrist" in policy.config.cameras)
     return {"checkpoint": str(path), "chunk_mode": chunk_mode, "execute_n": execute_n,
             "ensemble_decay": float(ensemble_decay), "chunk_size": policy.config.chunk_size,
             "model_image_size": model_size, "policy_calls": executor.calls,

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--state-history", type=_lags, metavar="LAGS",
                    help="past states as input, control ticks back, comma-separated (e.g. 3,6,12; 'none' for "
                         "none); default: the init checkpoint's")
+    f.add_argument("--wrist-camera", action="store_true",
+                   help="add the hand camera (the datasets' observation.images.wrist) as a second image input")
     _common(f, steps=1000)
     f.set_defaults(func=_finetune)
 
@@ -149,7 +151,9 @@ def _finetune(args: argparse.Namespace) -> int:
         return _print(finetune_actions(args.init, args.data, args.out, config=_config(args), preset=args.preset,
                                        chunk_size=args.chunk_size, num_bins=args.num_bins, decoder=args.decoder,
                                        action_output=args.action_output, goal_aux=args.goal_aux or None,
-                                       state_history=args.state_history, opts=_options(args, env),
+                                       state_history=args.state_history,
+                                       cameras=("scene", "wrist") if args.wrist_camera else None,
+                                       opts=_options(args, env),
                                        resume=args.resume, env=env), env)
 
 

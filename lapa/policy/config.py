@@ -23,6 +23,7 @@ ENCODERS = ("patch", "conv")
 ACTION_OUTPUTS = ("bins", "l1")
 STATE_DIMS = (0, STATE_DIM)
 MAX_CHUNK_SIZE = 8
+CAMERA_SETS = (("scene",), ("scene", "wrist"))
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,15 @@ class VLAConfig:
     # state history (lapa/state_history.py): control ticks back at which past states join the current
     # one in the state input, e.g. (3, 6, 12); () the current state only. Needs state_dim 8.
     state_history: tuple[int, ...] = ()
+    # cameras, named as LeRobot's image keys (observation.images.<name>): the first is the scene
+    # camera every stage sees; "wrist", the camera on the hand, only joins at finetuning. Every
+    # camera goes through the same encoder; a learned camera embedding tells their patches apart.
+    cameras: tuple[str, ...] = ("scene",)
 
     def __post_init__(self) -> None:
-        if isinstance(self.state_history, list):  # from config.json
-            object.__setattr__(self, "state_history", tuple(self.state_history))
+        for name in ("state_history", "cameras"):
+            if isinstance(getattr(self, name), list):  # from config.json
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         positive = ("image_size", "patch_size", "dim", "depth", "heads", "text_dim", "latent_seq_len")
         check_positive_ints(self, positive)
         check_patch_grid(self.image_size, self.patch_size)
@@ -103,6 +109,8 @@ class VLAConfig:
         check_lags(self.state_history)
         if self.state_history and not self.state_dim:
             raise ValueError("state_history needs a state input (state_dim 8)")
+        if self.cameras not in CAMERA_SETS:
+            raise ValueError(f"cameras must be one of {CAMERA_SETS}, got {self.cameras!r}")
         if self.action_output == "l1" and self.decoder != "parallel":
             raise ValueError("the l1 action head regresses the whole chunk in one pass: decoder must be 'parallel'")
 
@@ -111,6 +119,10 @@ class VLAConfig:
     def state_input_dim(self) -> int:
         """Floats of the model's state input: 0, 8, or 8 per state with a history."""
         return state_input_dim(self.state_history) if self.state_dim else 0
+
+    @property
+    def num_cameras(self) -> int:
+        return len(self.cameras)
 
     @property
     def grid_size(self) -> int:
@@ -126,8 +138,10 @@ class VLAConfig:
 
     @property
     def prefix_len(self) -> int:
-        """Tokens before the queries: instruction, state (if any), keypoints (if any), image patches."""
-        return 1 + (1 if self.state_dim else 0) + (1 if self.keypoints else 0) + self.num_patches
+        """Tokens before the queries: instruction, state (if any), keypoints (if any) and image patches
+        of each camera."""
+        per_camera = (1 if self.keypoints else 0) + self.num_patches
+        return 1 + (1 if self.state_dim else 0) + self.num_cameras * per_camera
 
     @property
     def num_action_tokens(self) -> int:
@@ -159,12 +173,14 @@ class VLAConfig:
         return from_known_keys(cls, data)
 
     def fake_inputs(self, batch: int = 2, seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random (images uint8 (B, H, W, 3), unit-norm text embeddings float32 (B, text_dim)).
+        """Random (images uint8 (B, H, W, 3) or (B, V, H, W, 3) with V > 1 cameras, unit-norm text
+        embeddings float32 (B, text_dim)).
 
         Random, never zeros: export parity checks on constant inputs hide bugs.
         """
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        images = torch.randint(0, 256, (batch, self.image_size, self.image_size, 3), dtype=torch.uint8,
+        cameras = (self.num_cameras,) if self.num_cameras > 1 else ()
+        images = torch.randint(0, 256, (batch, *cameras, self.image_size, self.image_size, 3), dtype=torch.uint8,
                                generator=gen)
         text = torch.randn(batch, self.text_dim, generator=gen)
         text = text / text.norm(dim=-1, keepdim=True)  # like the sentence encoder's output

@@ -43,7 +43,7 @@ PSEUDO_FORMAT = "lapa-pseudo-actions/1"
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (B, S, S, 3) uint8, or float in [0, 1] after augmentation
+    images: torch.Tensor  # (B, S, S, 3) uint8 ((B, V, S, S, 3) with V > 1 cameras); float in [0, 1] once augmented
     text: torch.Tensor  # (B, D) float32 instruction embeddings
     codes: torch.Tensor | None = None  # (B, L) int64 latent targets
     bins: torch.Tensor | None = None  # (B, K, 7) int64 action tokens
@@ -86,17 +86,27 @@ class ClipFrames:
     keys: list[tuple[str, int]]  # (C,) (dataset root, clip index in ClipCatalog([root]).refs)
     actions: list[np.ndarray | None]  # (C,) (T_c, 7) float32 when the source has actions
     states: np.ndarray | None = None  # (F, 8) float32, row-aligned with frames; None unless every clip has states
+    more_cameras: tuple[np.ndarray, ...] = ()  # per camera after the first: (F, S, S, 3) uint8, row-aligned
 
     def length(self, c: int) -> int:
         return int(self.offsets[c + 1] - self.offsets[c])
 
+    def images(self, rows: np.ndarray) -> torch.Tensor:
+        """uint8 (B, S, S, 3) for one camera, (B, V, S, S, 3) for V > 1."""
+        if not self.more_cameras:
+            return torch.from_numpy(self.frames[rows])
+        return torch.from_numpy(np.stack([self.frames[rows], *(c[rows] for c in self.more_cameras)], axis=1))
 
-def load_clips(keys: Sequence[tuple[str, int]], image_size: int, progress: bool = False) -> ClipFrames:
-    """Decode the given (root, clip index) clips once, resized to image_size. Order is kept."""
+
+def load_clips(keys: Sequence[tuple[str, int]], image_size: int, progress: bool = False,
+               cameras: Sequence[str] = ("scene",)) -> ClipFrames:
+    """Decode the given (root, clip index) clips once, resized to image_size. Order is kept. The
+    first camera is each clip's own video; more `cameras` are read from LeRobot episodes by name."""
     from tqdm import tqdm
 
     catalogs: dict[str, ClipCatalog] = {}
     frames, lengths, instructions, actions, states = [], [], [], [], []
+    more: list[list[np.ndarray]] = [[] for _ in cameras[1:]]
     for root, index in tqdm(keys, desc="decoding clips", unit="clip", disable=not progress):
         if root not in catalogs:
             catalogs[root] = ClipCatalog([root])
@@ -105,6 +115,12 @@ def load_clips(keys: Sequence[tuple[str, int]], image_size: int, progress: bool 
             raise UserError(f"{root} has {len(refs)} clips; clip {index} does not exist")
         clip = catalogs[root].read(refs[index])
         frames.append(resize_frames(clip.frames, image_size))
+        for camera, out in zip(cameras[1:], more, strict=True):
+            extra = catalogs[root].read_camera(refs[index], camera)
+            if len(extra) != len(clip.frames):
+                raise UserError(f"{root} episode {index}: {len(extra)} {camera} frames, "
+                                f"{len(clip.frames)} scene frames")
+            out.append(resize_frames(extra, image_size))
         lengths.append(len(clip.frames))
         instructions.append(clip.ref.instruction)
         actions.append(None if clip.actions is None else np.asarray(clip.actions, np.float32))
@@ -115,7 +131,8 @@ def load_clips(keys: Sequence[tuple[str, int]], image_size: int, progress: bool 
     all_states = None
     if all(s is not None and s.shape == (len(f), STATE_DIM) for s, f in zip(states, frames, strict=True)):
         all_states = np.concatenate(states)  # (F, 8)
-    return ClipFrames(np.concatenate(frames), offsets, instructions, list(keys), actions, all_states)
+    return ClipFrames(np.concatenate(frames), offsets, instructions, list(keys), actions, all_states,
+                      tuple(np.concatenate(m) for m in more))
 
 
 def all_clip_keys(roots: Sequence[str | os.PathLike]) -> list[tuple[str, int]]:
@@ -165,9 +182,13 @@ AUGMENTATIONS = ("crop", "shift")
 
 
 def apply_augmentation(images: torch.Tensor, rng: np.random.Generator, augment: bool | str) -> torch.Tensor:
-    """augment False: unchanged; True or "crop": augment_images; "shift": shift_images."""
+    """augment False: unchanged; True or "crop": augment_images; "shift": shift_images. Images of
+    several cameras (B, V, S, S, 3) are augmented independently."""
     if augment is False or augment is None:
         return images
+    if images.dim() == 5:
+        B, V = images.shape[:2]
+        return apply_augmentation(images.flatten(0, 1), rng, augment).unflatten(0, (B, V))
     if augment is True or augment == "crop":
         return augment_images(images, rng)
     if augment == "shift":
@@ -276,9 +297,10 @@ class ActionSet:
     # -- constructors
     @classmethod
     def from_lerobot(cls, roots: Sequence[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
-                     progress: bool = False, paraphrase: bool | str = False) -> ActionSet:
-        """Episodes with their recorded actions (LeRobot v3 datasets)."""
-        clips = load_clips(all_clip_keys(roots), image_size, progress=progress)
+                     progress: bool = False, paraphrase: bool | str = False,
+                     cameras: Sequence[str] = ("scene",)) -> ActionSet:
+        """Episodes with their recorded actions (LeRobot v3 datasets), images of these cameras."""
+        clips = load_clips(all_clip_keys(roots), image_size, progress=progress, cameras=cameras)
         missing = [k for k, a in zip(clips.keys, clips.actions, strict=True) if a is None]
         if missing:
             raise UserError(f"{missing[0][0]} has no actions: a LeRobot dataset with actions is needed")
@@ -321,7 +343,7 @@ class ActionSet:
         if self.bins is None:
             raise RuntimeError("call set_tokenizer(tokenizer) before sampling action batches")
         rows = self.frame_rows[idx]  # (B,)
-        images = torch.from_numpy(self.clips.frames[rows])  # (B, S, S, 3) uint8
+        images = self.clips.images(rows)  # (B, S, S, 3) uint8, (B, V, S, S, 3) with more cameras
         states = goals = None
         if self.clips.states is not None:
             starts = self.clips.offsets[self.sample_clip[idx]]  # (B,) each sample's episode start

@@ -392,6 +392,9 @@ class VLA(nn.Module):
         self.patch_embed = nn.Linear(config.patch_dim, D) if config.encoder == "patch" else None
         self.conv_encoder = ConvEncoder(config) if config.encoder == "conv" else None
         self.pos_emb = nn.Parameter(torch.randn(1, config.num_patches, D) * 0.02)  # (1, N, D)
+        # one embedding per camera added to its patches and keypoints (only with more than one camera)
+        V = config.num_cameras
+        self.camera_emb = nn.Parameter(torch.randn(V, 1, D) * 0.02) if V > 1 else None  # (V, 1, D)
         self.text_norm = nn.LayerNorm(config.text_dim)  # unit-norm sentence vectors -> unit variance
         self.text_proj = nn.Linear(config.text_dim, D)
         self.state_proj = nn.Linear(STATE_FEATURES, D) if config.state_dim else None
@@ -420,26 +423,40 @@ class VLA(nn.Module):
 
     # ------------------------------------------------------------------ trunk
     def embed_prefix(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> Tensor:
-        """uint8 (B, H, W, 3) images (or floats in [0, 1]) + (B, text_dim) [+ (B, 8) state]
-        -> prefix (B, P, D): [text, state (if state_dim), keypoints (if any), patches]."""
+        """uint8 (B, H, W, 3) images (or floats in [0, 1]; (B, V, H, W, 3) for a model with V > 1
+        cameras, in config.cameras order) + (B, text_dim) [+ (B, 8) state]
+        -> prefix (B, P, D): [text, state (if state_dim), keypoints per camera (if any), patches per camera]."""
         c = self.config
         H = W = c.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (H, W, 3):
-            raise ValueError(f"images must be (B, {H}, {W}, 3), got {tuple(images.shape)}")
+        V = c.num_cameras
+        shape = (H, W, 3) if V == 1 else (V, H, W, 3)
+        if images.dim() != 1 + len(shape) or tuple(images.shape[1:]) != shape:
+            raise ValueError(f"images must be (B, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
         if text_emb.dim() != 2 or text_emb.shape[1] != c.text_dim:
             raise ValueError(f"text_emb must be (B, {c.text_dim}), got {tuple(text_emb.shape)}")
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # (B, H, W, 3) in [0, 1]
+        B = images.shape[0]
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # (B[, V], H, W, 3) in [0, 1]
         x = (x - 0.5) / 0.5  # [-1, 1]
         text_n = self.text_norm(text_emb.float())  # (B, text_dim)
+        if V > 1:  # every camera through the same encoder, with its instruction
+            x = x.reshape(B * V, H, W, 3)
+            text_images = text_n.repeat_interleave(V, dim=0)  # (B * V, text_dim)
+        else:
+            text_images = text_n
         keypoint_token = None
         if self.conv_encoder is not None:
-            patches, keypoint_token = self.conv_encoder(x.permute(0, 3, 1, 2), text_n)  # (B, N, D), (B, 1, D)
+            patches, keypoint_token = self.conv_encoder(x.permute(0, 3, 1, 2), text_images)  # (BV, N, D), (BV, 1, D)
         else:
             g, p = c.grid_size, c.patch_size
-            x = x.reshape(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5)  # (B, g, g, p, p, 3)
-            x = x.reshape(-1, g * g, p * p * 3)  # (B, N, p*p*3)
-            patches = self.patch_embed(x)  # (B, N, D)
-        patches = patches + self.pos_emb  # (B, N, D)
+            x = x.reshape(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5)  # (BV, g, g, p, p, 3)
+            x = x.reshape(-1, g * g, p * p * 3)  # (BV, N, p*p*3)
+            patches = self.patch_embed(x)  # (BV, N, D)
+        patches = patches + self.pos_emb  # (BV, N, D)
+        if self.camera_emb is not None:
+            N, D = patches.shape[1], patches.shape[2]
+            patches = (patches.reshape(B, V, N, D) + self.camera_emb).reshape(B, V * N, D)  # (B, V*N, D)
+            if keypoint_token is not None:
+                keypoint_token = keypoint_token.reshape(B, V, D) + self.camera_emb[:, 0]  # (B, V, D)
         tokens = [self.text_proj(text_n).unsqueeze(1)]  # [(B, 1, D)]
         if self.state_proj is None:
             if state is not None:
@@ -455,7 +472,7 @@ class VLA(nn.Module):
                 token = token + self.history_proj(history_features(state, len(c.state_history)))  # (B, D)
             tokens.append(token.unsqueeze(1))  # (B, 1, D)
         if keypoint_token is not None:
-            tokens.append(keypoint_token)  # (B, 1, D)
+            tokens.append(keypoint_token)  # (B, V, D)
         return torch.cat([*tokens, patches], dim=1)  # (B, P, D)
 
     def run_trunk(self, prefix: Tensor, queries: Tensor) -> Tensor:
@@ -589,6 +606,17 @@ class VLA(nn.Module):
         fresh = model.state_dict()
         own = self.state_dict()
         model.load_state_dict({k: fresh[k] if k.startswith("history_proj.") else own[k] for k in fresh})
+        return model
+
+    def with_cameras(self, cameras: tuple[str, ...]) -> VLA:
+        """The same model seeing these cameras (a new VLA; self is unchanged): the encoder, position
+        embedding and trunk are shared by every camera, the camera embedding is new. An action
+        model's tokenizer is set again by the caller (`set_action_tokenizer`)."""
+        model = VLA(self.config.replace(cameras=tuple(cameras)))
+        fresh = model.state_dict()
+        own = self.state_dict()
+        model.load_state_dict({k: own[k] if k in own and own[k].shape == fresh[k].shape else fresh[k]
+                               for k in fresh})
         return model
 
     def set_action_tokenizer(self, tokenizer: ActionTokenizer) -> None:

@@ -26,7 +26,7 @@ from lapa.file_hash import file_sha256
 from lapa.policy.checkpoint_io import load_vla
 from lapa.policy.config import DECODERS
 from lapa.policy.text_encoder import TEXT_ENCODER_NAME, InstructionCache, TextEncoder
-from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
+from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, camera_images, check_observation, require_state
 
 REPLY_BINS = "bins"  # int64 (K, 7): the action tokens the actions were decoded from
 
@@ -86,6 +86,7 @@ class TorchPolicy:
             "num_bins": c.num_bins,
             "state_dim": c.state_input_dim,
             "state_history": list(c.state_history),
+            "cameras": list(c.cameras),
             "action_output": c.action_output,
             "text_encoder": getattr(encoder, "name", TEXT_ENCODER_NAME),
             "device": str(self.device),
@@ -100,12 +101,13 @@ class TorchPolicy:
         """Validate (PolicyInputError on a malformed observation), encode, decode one chunk."""
         image, instruction, state = check_observation(obs, (self.config.image_size, self.config.image_size))
         state = require_state(state, self.config.state_input_dim)  # PolicyInputError when the model needs it
+        image = camera_images(obs, image, self.config.cameras)  # (H, W, 3), or (V, H, W, 3) with a wrist camera
         if not image.flags.c_contiguous or not image.flags.writeable:
             image = image.copy()  # msgpack buffers are read-only; torch wants a writable array
         start = time.perf_counter()
         with torch.inference_mode():
             text = self.instructions.get(instruction).to(self.device).unsqueeze(0)  # (1, text_dim)
-            images = torch.from_numpy(image).to(self.device).unsqueeze(0)  # (1, H, W, 3) uint8
+            images = torch.from_numpy(image).to(self.device).unsqueeze(0)  # (1[, V], H, W, 3) uint8
             states = None if state is None else torch.from_numpy(state).to(self.device).unsqueeze(0)  # (1, 8)
             bins, actions = self.model.predict_actions(images, text, decoder=self.decoder,
                                                        state=states)  # (1, K, 7) each

@@ -400,15 +400,21 @@ def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, co
 
 
 def _action_data(data: ActionSet | list[str | os.PathLike], image_size: int, chunk_size: int, encoder: Any,
-                 progress: bool, paraphrase: bool | str = False, stream: bool = False) -> ActionSet:
+                 progress: bool, paraphrase: bool | str = False, stream: bool = False,
+                 cameras: tuple[str, ...] = ("scene",)) -> ActionSet:
     if isinstance(data, ActionSet):
         if data.chunk_size != chunk_size or data.clips.frames.shape[1] != image_size:
             raise ValueError(f"the action set has chunk {data.chunk_size} and image size {data.clips.frames.shape[1]}, "
                              f"the model {chunk_size} and {image_size}")
+        if 1 + len(data.clips.more_cameras) != len(cameras):
+            raise ValueError(f"the action set has {1 + len(data.clips.more_cameras)} cameras, the model {cameras}")
         return data
     if stream:
+        if len(cameras) > 1:
+            raise UserError("--stream reads one camera: train a model with a wrist camera without --stream")
         return streaming_action_set(data, image_size, chunk_size, encoder, paraphrase=paraphrase)
-    return ActionSet.from_lerobot(data, image_size, chunk_size, encoder, progress=progress, paraphrase=paraphrase)
+    return ActionSet.from_lerobot(data, image_size, chunk_size, encoder, progress=progress, paraphrase=paraphrase,
+                                  cameras=cameras)
 
 
 def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | os.PathLike, *,
@@ -434,13 +440,15 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
                      *, config: VLAConfig | None = None, preset: str = "tiny", chunk_size: int | None = None,
                      num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
                      goal_aux: bool | None = None, state_history: tuple[int, ...] | None = None,
+                     cameras: tuple[str, ...] | None = None,
                      opts: TrainOptions | None = None, resume: bool = False,
                      encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
 
     `config`/`preset` only matter from scratch; chunk_size, num_bins, decoder default to the
     init checkpoint's (or the config's) values. `state_history` (lags in ticks) gives the model a
-    state history (lapa/state_history.py); None keeps the init's.
+    state history (lapa/state_history.py); None keeps the init's. `cameras` (e.g. ("scene", "wrist"))
+    gives the model more cameras (VLA.with_cameras); None keeps the init's.
     """
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
@@ -458,12 +466,13 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     head = {"chunk_size": chunk_size or base.chunk_size, "num_bins": num_bins or base.num_bins,
             "decoder": decoder or base.decoder, "action_output": action_output or base.action_output,
             "goal_aux": base.goal_aux if goal_aux is None else goal_aux}
+    cameras = tuple(cameras) if cameras is not None else base.cameras
     data = _action_data(data, base.image_size, head["chunk_size"], encoder, opts.progress, opts.paraphrase,
-                        opts.stream)
+                        opts.stream, cameras)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=head["num_bins"])
     data.set_tokenizer(tokenizer)
     if model is None:
-        model = VLA(base.replace(head="action", **head), tokenizer)
+        model = VLA(base.replace(head="action", cameras=cameras, **head), tokenizer)
     elif base.head == "action" and all(getattr(base, k) == v for k, v in head.items()):
         model.set_action_tokenizer(tokenizer)  # keep the pretrained action head, re-fitted bins
         head_choice = "kept (re-fitted bins)"
@@ -473,9 +482,12 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     if state_history is not None and tuple(state_history) != model.config.state_history:
         model = model.with_state_history(tuple(state_history))
         model.set_action_tokenizer(tokenizer)
+    if cameras != model.config.cameras:
+        model = model.with_cameras(cameras)
+        model.set_action_tokenizer(tokenizer)
     data.state_lags = model.config.state_history
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources,
-                  "state_history": list(model.config.state_history)}
+                  "state_history": list(model.config.state_history), "cameras": list(model.config.cameras)}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
                      env=env, preset=preset)
 
@@ -496,7 +508,7 @@ def evaluate_actions(ckpt: str | os.PathLike, data: list[str | os.PathLike], *, 
     if tokenizer is None:
         raise CheckpointError(f"{path}: a latent-pretraining checkpoint has no actions to evaluate")
     encoder = load_text_encoder(encoder)
-    actions = ActionSet.from_lerobot(data, config.image_size, config.chunk_size, encoder)
+    actions = ActionSet.from_lerobot(data, config.image_size, config.chunk_size, encoder, cameras=config.cameras)
     actions.set_tokenizer(tokenizer)
     actions.state_lags = config.state_history
     losses, accs, preds = [], [], []

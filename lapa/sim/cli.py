@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="write an action-free video set (mp4 + captions.jsonl) instead of a LeRobot dataset")
     rec.add_argument("--seed", type=int, default=0, help="first episode seed (default: %(default)s)")
     rec.add_argument("--image-size", type=int, default=128, help="scene camera size in pixels")
+    rec.add_argument("--wrist-camera", action="store_true",
+                     help="record the hand camera too (observation.images.wrist, same size as the scene camera)")
     rec.add_argument("--held-out", action="store_true",
                      help="caption episodes with held-out paraphrases (for unseen-instruction tests)")
     rec.add_argument("--control-hz", type=float, default=10.0)
@@ -57,7 +59,7 @@ def _record(args: argparse.Namespace) -> int:
                            pass_through=args.pass_through)
     summary = record_dataset(args.suite, args.episodes, args.out, seed=args.seed, no_actions=args.no_actions,
                              image_size=args.image_size, held_out=args.held_out, control_hz=args.control_hz,
-                             expert=expert)
+                             expert=expert, wrist_camera=args.wrist_camera)
     print(json.dumps(summary_dict(summary), indent=2))
     return 0
 

@@ -18,6 +18,7 @@ class Observation:
     image: np.ndarray  # (H, W, 3) uint8, scene camera
     state: np.ndarray  # (8,) float32
     instruction: str
+    wrist: np.ndarray | None = None  # (H, W, 3) uint8, the hand camera where the scene has one
 
 
 @dataclass
@@ -28,6 +29,7 @@ class EpisodeResult:
     success: bool
     steps: int
     frames: np.ndarray | None = None  # (T+1, H, W, 3) uint8: observations before each action + final
+    wrist_frames: np.ndarray | None = None  # (T+1, H, W, 3) uint8: the same from the wrist camera, if any
     states: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.float32))  # (T+1, 8)
     actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))  # (T+1, 7)
 
@@ -60,9 +62,14 @@ class TabletopEnv:
         self.steps = 0
         return self.observe()
 
+    @property
+    def has_wrist_camera(self) -> bool:
+        return self.driver.renderer is not None and "wrist" in self.driver.renderer.cameras
+
     def observe(self) -> Observation:
         image = self.driver.render("scene") if self.driver.renderer is not None else np.zeros((0, 0, 3), np.uint8)
-        return Observation(image, self.driver.robot_state().as_vector(), self.instruction)
+        wrist = self.driver.render("wrist") if self.has_wrist_camera else None
+        return Observation(image, self.driver.robot_state().as_vector(), self.instruction, wrist)
 
     def step(self, action) -> Observation:
         self.driver.apply_action(action)
@@ -117,13 +124,14 @@ def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy 
         expert = ScriptedExpert(task, env.driver, np.random.default_rng([seed, 11]), noise_m=expert_noise_m,
                                 pass_through=pass_through)
         policy = lambda _obs: expert.act(env.driver)  # noqa: E731
-    frames, states, actions = [], [], []
+    frames, wrist_frames, states, actions = [], [], [], []
     success = False
     settled = 0
     while env.steps < env.max_steps:
         action = np.asarray(policy(obs), dtype=np.float32)
         if record:
             frames.append(obs.image)
+            wrist_frames.append(obs.wrist)
             states.append(obs.state)
             actions.append(action)
         executed = action
@@ -143,9 +151,12 @@ def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy 
         hold = np.zeros(7, np.float32)
         hold[6] = actions[-1][6] if actions else 1.0
         frames.append(obs.image)
+        wrist_frames.append(obs.wrist)
         states.append(obs.state)
         actions.append(hold)
         result.frames = np.stack(frames)
+        if obs.wrist is not None:
+            result.wrist_frames = np.stack(wrist_frames)
         result.states = np.stack(states).astype(np.float32)
         result.actions = np.stack(actions).astype(np.float32)
     return result

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lapa.action import ACTION_NAMES, STATE_NAMES
+from lapa.data.lerobot_v3.layout import WRIST_VIDEO_KEY
 from lapa.errors import UserError
 from lapa.sim.env import EpisodeResult, TabletopEnv, episode_task, run_episode
 from lapa.sim.fast_driver import FastDriver
@@ -106,10 +107,11 @@ def _rollout(env: TabletopEnv, family: str, base_seed: int, index: int, held_out
 def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_actions: bool = False,
                    image_size: int = 128, held_out: bool = False, control_hz: float = 10.0,
                    expert_noise_m: float = 0.002, progress: bool = True,
-                   expert: ExpertOptions | None = None) -> RecordSummary:
+                   expert: ExpertOptions | None = None, wrist_camera: bool = False) -> RecordSummary:
     """Record `episodes` successful expert episodes of `suite` into `out`.
 
-    `expert` overrides `expert_noise_m` with the full set of expert options.
+    `expert` overrides `expert_noise_m` with the full set of expert options. `wrist_camera` records
+    the hand camera too (LeRobot key observation.images.wrist, same size as the scene camera).
     """
     expert = expert or ExpertOptions(noise_m=expert_noise_m)
     try:
@@ -120,12 +122,14 @@ def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_ac
         raise UserError(f"--episodes must be at least 1, got {episodes}")
     out = Path(out)
     _check_output_dir(out)
-    config = SceneConfig(image_size=image_size)
+    config = SceneConfig(image_size=image_size, wrist_camera=wrist_camera)
     fps = int(round(control_hz))
     if no_actions:
+        if wrist_camera:
+            raise UserError("--wrist-camera needs a LeRobot dataset (not --no-actions): a video set has one camera")
         sink = _VideoSetSink(out, fps)
     else:
-        sink = _LeRobotSink(out, fps, image_size)
+        sink = _LeRobotSink(out, fps, image_size, wrist_camera)
     done = sink.done_indices()
     summary = RecordSummary(str(out), suite, episodes, 0, 0, 0, 0.0, resumed_episodes=len(done))
     start = time.perf_counter()
@@ -148,7 +152,8 @@ def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_ac
         {"suite": suite, "episodes": episodes, "seed": seed, "held_out_instructions": held_out,
          "control_hz": control_hz, "image_size": image_size, "expert_noise_m": expert.noise_m,
          "dart_noise_m": expert.dart_noise_m, "until_done": expert.until_done, "settle_steps": expert.settle_steps,
-         "start_jitter_m": expert.start_jitter_m, "pass_through": expert.pass_through}
+         "start_jitter_m": expert.start_jitter_m, "pass_through": expert.pass_through,
+         "cameras": ["scene", "wrist"] if wrist_camera else ["scene"]}
     )
     summary.seconds = time.perf_counter() - start
     return summary
@@ -157,10 +162,11 @@ def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_ac
 class _LeRobotSink:
     """Stages episodes as compressed .npz (no pickles) and writes the v3 layout at the end."""
 
-    def __init__(self, out: Path, fps: int, image_size: int) -> None:
+    def __init__(self, out: Path, fps: int, image_size: int, wrist_camera: bool = False) -> None:
         self.out = out
         self.fps = fps
         self.image_size = image_size
+        self.wrist_camera = wrist_camera
         self.staging = out.with_name(out.name + ".partial")
         self.staging.mkdir(parents=True, exist_ok=True)
 
@@ -170,7 +176,8 @@ class _LeRobotSink:
     def add(self, index: int, result: EpisodeResult) -> None:
         stem = self.staging / f"episode_{index:06d}"
         tmp = stem.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, frames=result.frames, states=result.states, actions=result.actions)
+        wrist = {"wrist_frames": result.wrist_frames} if self.wrist_camera else {}
+        np.savez_compressed(tmp, frames=result.frames, states=result.states, actions=result.actions, **wrist)
         tmp.replace(stem.with_suffix(".npz"))
         meta = {"index": index, "task": result.instruction, "task_name": result.task.name,
                 "seed": result.seed, "steps": result.steps}
@@ -180,13 +187,15 @@ class _LeRobotSink:
         from lapa.data.lerobot_v3 import LeRobotV3Writer
 
         # named dimensions in info.json, as LeRobot's own robots have (not s0..s7, a0..a6)
+        extra_keys = (WRIST_VIDEO_KEY,) if self.wrist_camera else ()
         writer = LeRobotV3Writer(self.out, fps=self.fps, image_shape=(self.image_size, self.image_size, 3),
-                                 state_names=STATE_NAMES, action_names=ACTION_NAMES)
+                                 extra_video_keys=extra_keys, state_names=STATE_NAMES, action_names=ACTION_NAMES)
         metas = sorted((json.loads(p.read_text()) for p in self.staging.glob("episode_*.json")),
                        key=lambda m: m["index"])
         for meta in metas:
             with np.load(self.staging / f"episode_{meta['index']:06d}.npz", allow_pickle=False) as z:
-                writer.add_episode(z["frames"], z["states"], z["actions"], meta["task"])
+                extra = {WRIST_VIDEO_KEY: z["wrist_frames"]} if self.wrist_camera else None
+                writer.add_episode(z["frames"], z["states"], z["actions"], meta["task"], extra_frames=extra)
         writer.finalize()
         recording["episodes_meta"] = [{k: m[k] for k in ("index", "task_name", "seed", "steps")} for m in metas]
         (self.out / "meta" / "lapa_recording.json").write_text(json.dumps(recording, indent=2))

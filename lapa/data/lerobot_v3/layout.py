@@ -12,6 +12,7 @@ from lapa.errors import UserError
 
 CODEBASE_VERSION = "v3.0"
 DEFAULT_VIDEO_KEY = "observation.images.scene"
+WRIST_VIDEO_KEY = "observation.images.wrist"  # the hand camera, where a dataset has one
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
