@@ -2,7 +2,8 @@
 
 An export directory holds
 
-    policy.onnx         per-step graph: image uint8 (B, H, W, 3) + text_emb float32 (B, D)
+    policy.onnx         per-step graph: image uint8 (B, H, W, 3) [+ wrist_image uint8 (B, H, W, 3),
+                        models with cameras [scene, wrist]] + text_emb float32 (B, D)
                         [+ state float32 (B, 8), models with a proprio input (state_dim 8)]
                         -> actions float32 (B, K, 7), bins int64 (B, K, 7), then by action head:
                            "bins": logits float32 (B, K, 7, nb)
@@ -37,6 +38,8 @@ ENGINE_FILE = "policy.plan"
 
 # graph I/O names (the contract between the exporter and every runtime)
 IMAGE_INPUT = "image"
+WRIST_IMAGE_INPUT = "wrist_image"  # uint8 (B, H, W, 3): the hand camera, only for cameras [scene, wrist]
+CAMERA_SETS = (("scene",), ("scene", "wrist"))
 TEXT_EMB_INPUT = "text_emb"
 STATE_INPUT = "state"  # float32 (B, 8), lapa/action.py's STATE_NAMES; only when state_dim is 8
 ACTIONS_OUTPUT = "actions"
@@ -56,9 +59,11 @@ class ExportError(UserError):
     """An export or an export directory that cannot be used; the message names the file and the fix."""
 
 
-def policy_io_names(state_dim: int, action_output: str) -> tuple[list[str], list[str]]:
-    """(input names, output names) of policy.onnx for a model with this state input and action head."""
-    inputs = [IMAGE_INPUT, TEXT_EMB_INPUT] + ([STATE_INPUT] if state_dim else [])
+def policy_io_names(state_dim: int, action_output: str,
+                    cameras: tuple[str, ...] | list[str] = ("scene",)) -> tuple[list[str], list[str]]:
+    """(input names, output names) of policy.onnx for a model with this state input, action head and cameras."""
+    images = [IMAGE_INPUT] + ([WRIST_IMAGE_INPUT] if "wrist" in cameras else [])
+    inputs = images + [TEXT_EMB_INPUT] + ([STATE_INPUT] if state_dim else [])
     score = NORMALIZED_OUTPUT if action_output == "l1" else LOGITS_OUTPUT
     return inputs, [ACTIONS_OUTPUT, BINS_OUTPUT, score]
 
@@ -79,14 +84,19 @@ class ExportMetadata:
     raw: dict[str, Any]
     state_dim: int = 0  # 8 (or 8 per state with a state history): policy.onnx takes `state` (B, state_dim); 0: none
     action_output: str = "bins"  # "bins" (logits output) or "l1" (normalized_actions output)
+    cameras: tuple[str, ...] = ("scene",)  # ("scene", "wrist"): policy.onnx also takes `wrist_image`
 
     @property
     def input_names(self) -> list[str]:
-        return policy_io_names(self.state_dim, self.action_output)[0]
+        return policy_io_names(self.state_dim, self.action_output, self.cameras)[0]
 
     @property
     def output_names(self) -> list[str]:
-        return policy_io_names(self.state_dim, self.action_output)[1]
+        return policy_io_names(self.state_dim, self.action_output, self.cameras)[1]
+
+    @property
+    def has_wrist_camera(self) -> bool:
+        return "wrist" in self.cameras
 
     @property
     def score_output(self) -> str:
@@ -108,6 +118,7 @@ class ExportMetadata:
             "num_bins": self.num_bins,
             "state_dim": self.state_dim,
             "state_history": list(r.get("state_history", [])),
+            "cameras": list(self.cameras),
             "action_output": self.action_output,
             "text_encoder": r.get("text_encoder", {}).get("name", ""),
             "opset": r.get("opset"),
@@ -159,6 +170,7 @@ def read_metadata(directory: str | os.PathLike, verify_hashes: bool = True) -> E
             # exports older than the proprio state and the l1 head lack these keys: no state, bins
             state_dim=int(doc.get("state_dim", 0)),
             action_output=str(doc.get("action_output", "bins")),
+            cameras=tuple(str(c) for c in doc.get("cameras", ["scene"])),
         )
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ExportError(f"{path}: malformed ({err!r})") from err
@@ -188,15 +200,18 @@ def _check_policy_io(path: Path, meta: ExportMetadata) -> None:
                           f"(expected {expected}); re-export")
     if meta.action_output not in ACTION_OUTPUTS:
         raise ExportError(f"{path}: action_output {meta.action_output!r}, expected one of {ACTION_OUTPUTS}")
+    if meta.cameras not in CAMERA_SETS:
+        raise ExportError(f"{path}: cameras {list(meta.cameras)}, expected one of {[list(c) for c in CAMERA_SETS]}")
     want_state = STATE_INPUT if meta.state_dim else None
     if "state_input" in doc and doc["state_input"] != want_state:
         raise ExportError(f"{path}: state_input {doc['state_input']!r} does not match state_dim {meta.state_dim} "
                           f"(expected {want_state!r}); re-export")
-    inputs, outputs = policy_io_names(meta.state_dim, meta.action_output)
+    inputs, outputs = policy_io_names(meta.state_dim, meta.action_output, meta.cameras)
     for key, want in (("policy_inputs", inputs), ("policy_outputs", outputs)):
         if key in doc and doc[key] != want:
-            raise ExportError(f"{path}: {key} {doc[key]} do not match state_dim {meta.state_dim} and "
-                              f"action_output {meta.action_output!r} (expected {want}); re-export")
+            raise ExportError(f"{path}: {key} {doc[key]} do not match state_dim {meta.state_dim}, "
+                              f"action_output {meta.action_output!r} and cameras {list(meta.cameras)} "
+                              f"(expected {want}); re-export")
 
 
 def _dims(shape: Any) -> list[int | str | None]:
@@ -217,6 +232,8 @@ def check_io(meta: ExportMetadata, graph: str, inputs: dict[str, Any], outputs: 
     K, A, nb, D = meta.chunk_size, meta.action_dim, meta.num_bins, meta.text_dim
     if graph == POLICY_ONNX:
         want_in = {IMAGE_INPUT: [None, H, W, 3], TEXT_EMB_INPUT: [None, D]}
+        if meta.has_wrist_camera:
+            want_in[WRIST_IMAGE_INPUT] = [None, H, W, 3]
         if meta.state_dim:
             want_in[STATE_INPUT] = [None, meta.state_dim]
         want_out = {ACTIONS_OUTPUT: [None, K, A], BINS_OUTPUT: [None, K, A]}
@@ -227,7 +244,8 @@ def check_io(meta: ExportMetadata, graph: str, inputs: dict[str, Any], outputs: 
         extra = sorted(set(inputs) - set(want_in))
         if extra:  # e.g. a state graph under metadata without state_dim: every call would fail
             raise ExportError(f"{graph}: takes inputs {extra} that {METADATA_FILE} does not describe (its "
-                              f"state_dim is {meta.state_dim}): the graph and metadata do not belong together")
+                              f"state_dim is {meta.state_dim}, its cameras {list(meta.cameras)}): the graph and "
+                              "metadata do not belong together")
     else:
         want_in = {INPUT_IDS: [None, None], ATTENTION_MASK: [None, None]}
         want_out = {TEXT_EMB_OUTPUT: [None, D]}

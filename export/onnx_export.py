@@ -84,8 +84,11 @@ class PolicyStep(nn.Module):
         self.model = model
 
     def forward(self, image: Tensor, text_emb: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        return self.outputs(image, text_emb, state)
+
+    def outputs(self, images: Tensor, text_emb: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         head = self.model.action_head
-        out = self.model(image, text_emb, state=state)  # normalisation inside embed_prefix
+        out = self.model(images, text_emb, state=state)  # normalisation inside embed_prefix
         if isinstance(head, RegressionHead):
             # a static (K, 7) for the graph's shape inference (a slice of the query outputs would leave
             # K symbolic, and TensorRT's buffers need every dimension but the batch fixed)
@@ -95,6 +98,20 @@ class PolicyStep(nn.Module):
         bins = out.argmax(dim=-1)  # (B, K, 7) int64 from logits (B, K, 7, nb)
         actions = head.decode(bins)  # (B, K, 7) bin centres in robot units
         return actions, bins, out
+
+
+class WristPolicyStep(PolicyStep):
+    """PolicyStep of a model with cameras [scene, wrist]: the two images are separate graph inputs
+    (image, wrist_image: uint8 (B, H, W, 3) each), stacked inside the graph."""
+
+    def forward(self, image: Tensor, wrist_image: Tensor, text_emb: Tensor,
+                state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        return self.outputs(torch.stack([image, wrist_image], dim=1), text_emb, state)  # (B, 2, H, W, 3)
+
+
+def policy_step(model: VLA) -> PolicyStep:
+    """The per-step module whose arguments are policy.onnx's inputs, in policy_io_names' order."""
+    return WristPolicyStep(model) if "wrist" in model.config.cameras else PolicyStep(model)
 
 
 def check_exportable(directory: Path, config: VLAConfig, tokenizer: ActionTokenizer | None) -> None:
@@ -107,9 +124,6 @@ def check_exportable(directory: Path, config: VLAConfig, tokenizer: ActionTokeni
                           f"{config.num_action_tokens} passes per chunk with a Python loop; export supports the "
                           "parallel decoder only. Serve this model with the torch backend, or finetune with "
                           "decoder='parallel'")
-    if config.cameras != ("scene",):
-        raise ExportError(f"{directory}: a model with cameras {list(config.cameras)}: the serving path (ONNX "
-                          "graph, policy server, ROS node) takes the scene camera only; `lapa eval` runs this model")
 
 
 @contextlib.contextmanager
@@ -174,12 +188,13 @@ def export_graph(
 def export_policy_graph(model: VLA, path: Path, exporter: str = "dynamo", opset: int = DEFAULT_OPSET) -> None:
     c = model.config
     images, text = c.fake_inputs(batch=2, seed=0)  # batch 2: dynamo specialises a batch of 1
-    args: tuple[Tensor, ...] = (images, text)
+    # one graph input per camera: (B, H, W, 3) each
+    args: tuple[Tensor, ...] = (*(images.unbind(1) if c.num_cameras > 1 else (images,)), text)
     if c.state_dim:
         args += (torch.from_numpy(fake_state(2, seed=0, dim=c.state_input_dim)),)
-    inputs, outputs = policy_io_names(c.state_dim, c.action_output)
+    inputs, outputs = policy_io_names(c.state_dim, c.action_output, c.cameras)
     batch = ("batch", 1, MAX_BATCH)
-    export_graph(PolicyStep(model), args, path, inputs, outputs, {name: {0: batch} for name in inputs},
+    export_graph(policy_step(model), args, path, inputs, outputs, {name: {0: batch} for name in inputs},
                  exporter, opset)
 
 
@@ -314,7 +329,7 @@ def _metadata(
     c = config
     mc = encoder.model.config
     pad_id = encoder.tokenizer.token_to_id("[PAD]")
-    inputs, outputs = policy_io_names(c.state_dim, c.action_output)
+    inputs, outputs = policy_io_names(c.state_dim, c.action_output, c.cameras)
     if c.action_output == "l1":
         decoding = (f"inside the graph: the head's normalised output ({NORMALIZED_OUTPUT}) clipped to [-1, 1], then "
                     "x * (q99 - q01) / 2 + (q99 + q01) / 2 per motion dimension (action_statistics), gripper "
@@ -327,6 +342,7 @@ def _metadata(
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "image_size": [c.image_size, c.image_size],
         "image_format": "uint8 RGB (B, H, W, 3); normalised inside the graph: (x / 255 - 0.5) / 0.5",
+        "cameras": list(c.cameras),
         "chunk_size": c.chunk_size,
         "action_dim": c.action_dim,
         "action_names": list(ACTION_NAMES),

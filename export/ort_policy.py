@@ -40,6 +40,7 @@ from export.metadata import (
     TEXT_EMB_OUTPUT,
     TEXT_ONNX,
     TOKENIZER_FILE,
+    WRIST_IMAGE_INPUT,
     ExportError,
     ExportMetadata,
     check_io,
@@ -52,6 +53,7 @@ from lapa.policy_protocol import (
     REPLY_MODEL_MS,
     STATE_REQUIRED,
     PolicyInputError,
+    camera_images,
     check_observation,
     require_state,
 )
@@ -127,6 +129,20 @@ def open_session(path: Path, options: Any, providers: list[Any]):
 def session_io(session: Any) -> tuple[dict[str, list], dict[str, list]]:
     return ({i.name: list(i.shape) for i in session.get_inputs()},
             {o.name: list(o.shape) for o in session.get_outputs()})
+
+
+def image_feeds(meta: ExportMetadata, images: np.ndarray) -> dict[str, np.ndarray]:
+    """{"image": uint8 (B, H, W, 3)} or, for cameras [scene, wrist], images (B, 2, H, W, 3) split into
+    {"image", "wrist_image"}; ValueError when the camera axis does not match the model's."""
+    images = np.asarray(images)
+    cameras = len(meta.cameras)
+    if cameras == 1:
+        return {IMAGE_INPUT: np.ascontiguousarray(images, dtype=np.uint8)}
+    if images.ndim != 5 or images.shape[1] != cameras:
+        raise ValueError(f"images must be (B, {cameras}, H, W, 3) for cameras {list(meta.cameras)}, "
+                         f"got {tuple(images.shape)}")
+    return {IMAGE_INPUT: np.ascontiguousarray(images[:, 0], dtype=np.uint8),
+            WRIST_IMAGE_INPUT: np.ascontiguousarray(images[:, 1], dtype=np.uint8)}
 
 
 def state_feed(state_dim: int, state: np.ndarray | None, batch: int) -> dict[str, np.ndarray]:
@@ -232,12 +248,11 @@ class OrtPolicy:
 
     def run(self, images: np.ndarray, text_emb: np.ndarray, state: np.ndarray | None = None,
             logits: bool = False) -> dict[str, np.ndarray]:
-        """Batched step: uint8 (B, H, W, 3) + float32 (B, D) [+ float32 (B, 8) state, a state model's and
-        only its] -> actions, bins (and with `logits` the third output: logits, or an l1 model's
-        normalized_actions) by output name."""
+        """Batched step: uint8 (B, H, W, 3) ((B, 2, H, W, 3) for cameras [scene, wrist]) + float32 (B, D)
+        [+ float32 (B, 8) state, a state model's and only its] -> actions, bins (and with `logits` the
+        third output: logits, or an l1 model's normalized_actions) by output name."""
         names = [*self._outputs, self.meta.score_output] if logits else self._outputs
-        feeds = {IMAGE_INPUT: np.ascontiguousarray(images, dtype=np.uint8),
-                 TEXT_EMB_INPUT: np.ascontiguousarray(text_emb, dtype=np.float32)}
+        feeds = {**image_feeds(self.meta, images), TEXT_EMB_INPUT: np.ascontiguousarray(text_emb, dtype=np.float32)}
         feeds.update(state_feed(self.state_dim, state, len(feeds[IMAGE_INPUT])))
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
@@ -245,6 +260,7 @@ class OrtPolicy:
         """Validate (PolicyInputError on a malformed observation), encode (cached), decode one chunk."""
         image, instruction, state = check_observation(obs, self.meta.image_size)
         state = require_state(state, self.state_dim)  # PolicyInputError when the model needs it
+        image = camera_images(obs, image, self.meta.cameras)  # (H, W, 3), (2, H, W, 3) with a wrist camera
         start = time.perf_counter()
         text = self.instructions.get(instruction)[None]  # (1, D)
         out = self.run(image[None], text, None if state is None else state[None])
@@ -259,8 +275,9 @@ class OrtPolicy:
         text = rng.normal(size=(1, self.meta.text_dim)).astype(np.float32)
         text /= np.linalg.norm(text)
         state = fake_state(1, dim=self.state_dim) if self.state_dim else None
+        cameras = (len(self.meta.cameras),) if len(self.meta.cameras) > 1 else ()
         for _ in range(steps):
-            self.run(rng.integers(0, 256, (1, H, W, 3), dtype=np.uint8), text, state)
+            self.run(rng.integers(0, 256, (1, *cameras, H, W, 3), dtype=np.uint8), text, state)
 
     def reset(self) -> None:
         """Nothing to clear: stateless between calls (the instruction cache is kept)."""

@@ -36,6 +36,7 @@ from export.metadata import (
     STATE_INPUT,
     TEXT_EMB_INPUT,
     TEXT_EMB_OUTPUT,
+    WRIST_IMAGE_INPUT,
     ExportError,
 )
 
@@ -230,8 +231,9 @@ def run_session(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndar
 
 
 def policy_inputs(config: Any, samples: int, batch: int = 16, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Random policy.onnx feeds {image uint8 (b, H, W, 3), text_emb (b, D)[, state (b, 8)]} in batches of
-    sizes 1, 3, then `batch`: dynamic batch exercised. `state` when config.state_dim, random (fake_state)."""
+    """Random policy.onnx feeds {image uint8 (b, H, W, 3)[, wrist_image (b, H, W, 3)], text_emb (b, D)
+    [, state (b, 8)]} in batches of sizes 1, 3, then `batch`: dynamic batch exercised, in the graph's
+    input order. `state` when config.state_dim, random (fake_state)."""
     from lapa.action import fake_state
 
     sizes, left = [], samples
@@ -243,8 +245,12 @@ def policy_inputs(config: Any, samples: int, batch: int = 16, seed: int = 0) -> 
         sizes.append(min(batch, left))
         left -= sizes[-1]
     for i, size in enumerate(sizes):
-        images, text = config.fake_inputs(batch=size, seed=seed + i)
-        feeds = {IMAGE_INPUT: images.numpy(), TEXT_EMB_INPUT: text.numpy()}
+        images, text = config.fake_inputs(batch=size, seed=seed + i)  # (b[, V], H, W, 3)
+        if getattr(config, "num_cameras", 1) > 1:
+            feeds = {IMAGE_INPUT: images[:, 0].numpy(), WRIST_IMAGE_INPUT: images[:, 1].numpy()}
+        else:
+            feeds = {IMAGE_INPUT: images.numpy()}
+        feeds[TEXT_EMB_INPUT] = text.numpy()
         if getattr(config, "state_dim", 0):
             dim = getattr(config, "state_input_dim", config.state_dim)  # 8, or 8 per state with a history
             feeds[STATE_INPUT] = fake_state(size, seed=seed + i, dim=dim)
@@ -261,14 +267,14 @@ def policy_parity(model: Any, session: Any, samples: int = 64, batch: int = 16, 
     import torch
 
     from export.metadata import policy_io_names
-    from export.onnx_export import PolicyStep
+    from export.onnx_export import policy_step
 
-    step = PolicyStep(model).eval()
-    _, outputs = policy_io_names(model.config.state_dim, model.config.action_output)
+    step = policy_step(model).eval()
+    _, outputs = policy_io_names(model.config.state_dim, model.config.action_output, model.config.cameras)
     refs, gots = [], []
     for feeds in policy_inputs(model.config, samples, batch, seed):
         with torch.no_grad():
-            ref = step(*(torch.from_numpy(a) for a in feeds.values()))  # image, text_emb[, state] in order
+            ref = step(*(torch.from_numpy(a) for a in feeds.values()))  # the graph's inputs in order
         refs.append({name: t.numpy() for name, t in zip(outputs, ref, strict=True)})
         gots.append(run_session(session, feeds))
     return compare_policy("policy.onnx vs torch", _concat(refs), _concat(gots), samples)

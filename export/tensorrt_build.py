@@ -38,6 +38,7 @@ from export.metadata import (
     POLICY_ONNX,
     STATE_INPUT,
     TEXT_EMB_INPUT,
+    WRIST_IMAGE_INPUT,
     ExportError,
     file_sha256,
     read_metadata,
@@ -175,7 +176,8 @@ def build_engine(onnx_dir: str | os.PathLike, out: str | os.PathLike | None = No
 
     profile = builder.create_optimization_profile()
     b = (options.min_batch, options.opt_batch, options.max_batch)
-    profile.set_shape(IMAGE_INPUT, (b[0], H, W, 3), (b[1], H, W, 3), (b[2], H, W, 3))
+    for image_input in (IMAGE_INPUT, WRIST_IMAGE_INPUT) if meta.has_wrist_camera else (IMAGE_INPUT,):
+        profile.set_shape(image_input, (b[0], H, W, 3), (b[1], H, W, 3), (b[2], H, W, 3))
     profile.set_shape(TEXT_EMB_INPUT, (b[0], meta.text_dim), (b[1], meta.text_dim), (b[2], meta.text_dim))
     if meta.state_dim:
         S = meta.state_dim
@@ -242,7 +244,7 @@ def engine_parity(onnx_dir: Path, engine: Path, options: BuildOptions):
     import numpy as np
 
     from export import parity
-    from export.ort_policy import OrtPolicy
+    from export.ort_policy import OrtPolicy, image_feeds
     from export.trt_policy import TrtRunner
     from lapa.action import fake_state
 
@@ -254,12 +256,13 @@ def engine_parity(onnx_dir: Path, engine: Path, options: BuildOptions):
     refs, gots, done = [], [], 0
     while done < options.parity_samples:
         for size in sizes:
-            images = rng.integers(0, 256, (size, *meta.image_size, 3), dtype=np.uint8)
+            cameras = (len(meta.cameras),) if len(meta.cameras) > 1 else ()
+            images = rng.integers(0, 256, (size, *cameras, *meta.image_size, 3), dtype=np.uint8)
             text = rng.normal(size=(size, meta.text_dim)).astype(np.float32)
             text /= np.linalg.norm(text, axis=1, keepdims=True)
             state = fake_state(size, seed=done, dim=meta.state_dim) if meta.state_dim else None
             refs.append(ort_policy.run(images, text, state, logits=True))
-            gots.append(runner.run(images, text, state))
+            gots.append(runner.run(image_feeds(meta, images), text, state))
             done += size
     ref = {k: np.concatenate([r[k] for r in refs]) for k in refs[0]}
     got = {k: np.concatenate([g[k] for g in gots]) for k in ref}

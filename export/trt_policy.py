@@ -34,12 +34,20 @@ from export.metadata import (
     IMAGE_INPUT,
     STATE_INPUT,
     TEXT_EMB_INPUT,
+    WRIST_IMAGE_INPUT,
     ExportError,
     read_metadata,
 )
-from export.ort_policy import REPLY_BINS, OnnxTextEncoder, choose_providers, session_options, state_feed
+from export.ort_policy import (
+    REPLY_BINS,
+    OnnxTextEncoder,
+    choose_providers,
+    image_feeds,
+    session_options,
+    state_feed,
+)
 from export.tensorrt_build import gpu_identity, import_tensorrt, require_cuda, sidecar_path
-from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, check_observation, require_state
+from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, camera_images, check_observation, require_state
 
 
 def _torch_dtype(trt: Any, torch: Any, dtype: Any) -> Any:
@@ -91,7 +99,9 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        expected = [IMAGE_INPUT, TEXT_EMB_INPUT] + ([STATE_INPUT] if STATE_INPUT in self.inputs else [])
+        self.has_wrist_camera = WRIST_IMAGE_INPUT in self.inputs
+        expected = ([IMAGE_INPUT] + ([WRIST_IMAGE_INPUT] if self.has_wrist_camera else []) + [TEXT_EMB_INPUT]
+                    + ([STATE_INPUT] if STATE_INPUT in self.inputs else []))
         if sorted(self.inputs) != sorted(expected):
             raise ExportError(f"{self.engine_path}: inputs {self.inputs}, expected {expected} "
                               f"(+ {STATE_INPUT!r} for a model with a proprio input)")
@@ -112,15 +122,22 @@ class TrtRunner:
             dtype = _torch_dtype(trt, torch, self.engine.get_tensor_dtype(name))
             self.buffers[name] = torch.empty(shape, dtype=dtype, device=self.device)
 
-    def run(self, images: np.ndarray, text_emb: np.ndarray, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """images uint8 (B, H, W, 3), text_emb float32 (B, D), state float32 (B, 8) for an engine with a state
-        input (PolicyInputError without one), None otherwise."""
+    def run(self, images: np.ndarray | dict[str, np.ndarray], text_emb: np.ndarray,
+            state: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """images uint8 (B, H, W, 3) (or {image, wrist_image: (B, H, W, 3)} for an engine with a wrist
+        camera, see ort_policy.image_feeds), text_emb float32 (B, D), state float32 (B, 8) for an engine
+        with a state input (PolicyInputError without one), None otherwise."""
         torch = self.torch
-        B = images.shape[0]
+        by_name = images if isinstance(images, dict) else {IMAGE_INPUT: images}
+        if set(by_name) != {IMAGE_INPUT, WRIST_IMAGE_INPUT} & set(self.inputs):
+            raise ExportError(f"{self.engine_path}: images {sorted(by_name)} given, the engine takes "
+                              f"{sorted({IMAGE_INPUT, WRIST_IMAGE_INPUT} & set(self.inputs))}")
+        B = by_name[IMAGE_INPUT].shape[0]
         if not self.min_batch <= B <= self.max_batch:
             raise ExportError(f"batch {B} is outside the engine's profile [{self.min_batch}, {self.max_batch}]")
-        feeds = {IMAGE_INPUT: np.require(images, np.uint8, ["C", "W"]),  # writable: torch.from_numpy
-                 TEXT_EMB_INPUT: np.require(text_emb, np.float32, ["C", "W"])}
+        feeds = {name: np.require(array, np.uint8, ["C", "W"])  # writable: torch.from_numpy
+                 for name, array in by_name.items()}
+        feeds[TEXT_EMB_INPUT] = np.require(text_emb, np.float32, ["C", "W"])
         feeds.update({name: np.require(array, np.float32, ["C", "W"])
                       for name, array in state_feed(self.state_dim, state, B).items()})
         with torch.cuda.stream(self.stream):
@@ -162,6 +179,10 @@ class TrtPolicy:
             raise ExportError(f"{engine_path}: the engine's state input has {self.runner.state_dim} values, "
                               f"metadata.json says state_dim {self.meta.state_dim}; rebuild it from this export "
                               "directory")
+        if self.runner.has_wrist_camera != self.meta.has_wrist_camera:
+            raise ExportError(f"{engine_path}: the engine {'takes' if self.runner.has_wrist_camera else 'lacks'} "
+                              f"{WRIST_IMAGE_INPUT!r}, metadata.json says cameras {list(self.meta.cameras)}; rebuild "
+                              "it from this export directory")
         if self.meta.score_output not in self.runner.outputs:
             raise ExportError(f"{engine_path}: outputs {self.runner.outputs} lack {self.meta.score_output!r} "
                               f"(action_output {self.meta.action_output!r}); rebuild it from this export directory")
@@ -180,9 +201,10 @@ class TrtPolicy:
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         image, instruction, state = check_observation(obs, self.meta.image_size)
         state = require_state(state, self.state_dim)  # PolicyInputError when the model needs it
+        image = camera_images(obs, image, self.meta.cameras)  # (H, W, 3), (2, H, W, 3) with a wrist camera
         start = time.perf_counter()
         text = self.instructions.get(instruction)[None]  # (1, D)
-        out = self.runner.run(image[None], text, None if state is None else state[None])
+        out = self.runner.run(image_feeds(self.meta, image[None]), text, None if state is None else state[None])
         model_ms = (time.perf_counter() - start) * 1000.0
         return {REPLY_ACTIONS: out[ACTIONS_OUTPUT][0].astype(np.float32), REPLY_MODEL_MS: model_ms,
                 REPLY_BINS: out[BINS_OUTPUT][0].astype(np.int64)}
@@ -190,7 +212,7 @@ class TrtPolicy:
     def run(self, images: np.ndarray, text_emb: np.ndarray, state: np.ndarray | None = None,
             logits: bool = False) -> dict[str, np.ndarray]:
         """As OrtPolicy.run: actions, bins, and with `logits` the third output (logits / normalized_actions)."""
-        out = self.runner.run(images, text_emb, state)
+        out = self.runner.run(image_feeds(self.meta, images), text_emb, state)
         return out if logits else {k: v for k, v in out.items() if k in (ACTIONS_OUTPUT, BINS_OUTPUT)}
 
     def reset(self) -> None:

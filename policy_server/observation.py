@@ -1,6 +1,7 @@
 """Turn a decoded request map into the Policy observation, whatever transport it came by.
 
-A request is a map with `image`, `instruction`, optional `state` and optional `request_id`.
+A request is a map with `image`, `instruction`, optional `state`, optional `wrist_image` (the hand
+camera, same forms as `image`; a model with cameras [scene, wrist] needs it) and optional `request_id`.
 The image is a raw `uint8 (H, W, 3)` RGB array, or the bytes of a JPEG or PNG file (base64 text in
 JSON); an image of another size than the model's is resized (cv2, INTER_AREA) unless resizing is
 off. Compressed images are checked from their header before they are decoded, so a small file
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lapa.policy_protocol import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE
+from lapa.policy_protocol import OBS_IMAGE, OBS_INSTRUCTION, OBS_STATE, OBS_WRIST_IMAGE
 from lapa.state_history import MAX_STATE_FLOATS
 
 STATE_DIM = 8
@@ -71,11 +72,16 @@ def parse_request(msg: Any, image_size: tuple[int, int], limits: InputLimits, *,
             raise RequestError(422, "request has no 'instruction'")
         instruction = _instruction(msg[OBS_INSTRUCTION], limits)
         image = to_image(msg[OBS_IMAGE], image_size, limits, text_images=text_images)
+        wrist = msg.get(OBS_WRIST_IMAGE)
+        if wrist is not None:
+            wrist = to_image(wrist, image_size, limits, text_images=text_images, field=OBS_WRIST_IMAGE)
         state = _state(msg.get(OBS_STATE))
     except RequestError as err:
         err.request_id = request_id
         raise
     obs: dict[str, Any] = {OBS_IMAGE: image, OBS_INSTRUCTION: instruction}
+    if wrist is not None:
+        obs[OBS_WRIST_IMAGE] = wrist
     if state is not None:
         obs[OBS_STATE] = state
     return ActRequest(obs, request_id, client_id, fingerprint(obs) if client_id else 0)
@@ -87,6 +93,9 @@ def fingerprint(obs: dict[str, Any]) -> int:
     sample = image.reshape(-1)[:: max(1, image.size // 1024)].tobytes()
     state = obs.get(OBS_STATE)
     extra = state.tobytes() if state is not None else b""
+    wrist = obs.get(OBS_WRIST_IMAGE)
+    if wrist is not None:
+        extra += wrist.reshape(-1)[:: max(1, wrist.size // 1024)].tobytes()
     return zlib.crc32(sample + obs[OBS_INSTRUCTION].encode() + extra + repr(image.shape).encode())
 
 
@@ -131,8 +140,20 @@ def _state(value: Any) -> np.ndarray | None:
 # ----------------------------------------------------------------------------------------- images
 
 
-def to_image(value: Any, image_size: tuple[int, int], limits: InputLimits, *, text_images: bool = False) -> np.ndarray:
-    """An RGB uint8 (H, W, 3) image of the model's size from an array, JPEG/PNG bytes or (JSON) base64 text."""
+def to_image(value: Any, image_size: tuple[int, int], limits: InputLimits, *, text_images: bool = False,
+             field: str = OBS_IMAGE) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image of the model's size from an array, JPEG/PNG bytes or (JSON) base64
+    text; a refusal names `field` (image or wrist_image)."""
+    try:
+        return _to_image(value, image_size, limits, text_images)
+    except RequestError as err:
+        if field != OBS_IMAGE:
+            err.message = err.message.replace(f"'{OBS_IMAGE}'", f"'{field}'", 1)
+            err.args = (err.message,)
+        raise
+
+
+def _to_image(value: Any, image_size: tuple[int, int], limits: InputLimits, text_images: bool) -> np.ndarray:
     if isinstance(value, str) and text_images:
         try:
             value = base64.b64decode(value, validate=True)

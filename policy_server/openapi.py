@@ -37,6 +37,8 @@ _ACT_REQUEST = {
     "type": "object", "required": ["image", "instruction"],
     "properties": {
         "image": _IMAGE, "instruction": _INSTRUCTION, "request_id": _REQUEST_ID,
+        "wrist_image": {**_IMAGE, "description": "the hand camera's RGB image, in the forms of 'image'; required by "
+                                                 "models whose /v1/metadata cameras are [scene, wrist]"},
         "state": {"type": ["array", "null"], "minItems": STATE_DIM, "maxItems": MAX_STATE_FLOATS,
                   "items": {"type": "number"},
                   "description": "proprio state (EE xyz, roll/pitch/yaw, finger positions); required by "

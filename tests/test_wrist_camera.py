@@ -1,6 +1,6 @@
 """The hand (wrist) camera: recorded beside the scene camera, read back per camera, a second image
 input of the VLA (shared encoder, own camera embedding), finetuned onto a scene-only model and run
-by the closed-loop evaluation; the serving path refuses it with a clear reason."""
+by the closed-loop evaluation, exported as a second graph input."""
 
 from __future__ import annotations
 
@@ -108,9 +108,46 @@ def test_finetune_adds_the_wrist_camera_and_the_closed_loop_sends_it(robot, tmp_
         executor(Observation(frame, fake_state(1)[0], "reach the red block"))
 
 
-def test_export_refuses_a_model_with_the_wrist_camera(tmp_path):
-    from export.onnx_export import ExportError, check_exportable
+@pytest.fixture(scope="module")
+def exported_wrist(tmp_path_factory):
+    """A small tabletop model with the wrist camera, exported to ONNX (parity checked at export)."""
+    from bench.random_models import random_checkpoint, random_text_encoder
+    from export.onnx_export import export_onnx
 
-    config = VLAConfig.preset("tabletop", head="action", cameras=BOTH, **SMALL)
-    with pytest.raises(ExportError, match="scene camera only"):
-        check_exportable(tmp_path, config, fit_tokenizer(num_bins=16))
+    root = tmp_path_factory.mktemp("export_wrist")
+    ckpt = random_checkpoint(root / "ckpt", preset="tabletop", **{**SMALL, "text_dim": 32}, cameras=BOTH)
+    text = random_text_encoder(root / "text_encoder", hidden=32)
+    doc = export_onnx(ckpt, root / "out", text_encoder_dir=text, exporter="legacy", parity_samples=16,
+                      log=lambda _m: None)
+    return root / "out", doc
+
+
+def test_export_takes_the_wrist_image_as_its_own_input(exported_wrist):
+    from export.ort_policy import OrtPolicy
+
+    out, doc = exported_wrist
+    assert doc["cameras"] == list(BOTH) and doc["policy_inputs"][:3] == ["image", "wrist_image", "text_emb"]
+    assert doc["parity"]["policy"]["passed"]
+    policy = OrtPolicy(out, threads=1)
+    assert policy.metadata["cameras"] == list(BOTH)
+    rng = np.random.default_rng(0)
+    image, wrist = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    obs = {"image": image, "wrist_image": wrist, "instruction": "pick up the red block", "state": fake_state(1)[0]}
+    first = policy.infer(obs)["actions"]
+    second = policy.infer({**obs, "wrist_image": 255 - wrist})["actions"]
+    assert np.abs(first - second).max() > 1e-6, "the wrist image reaches the graph"
+    with pytest.raises(PolicyInputError, match="wrist_image"):
+        policy.infer({k: v for k, v in obs.items() if k != "wrist_image"})
+
+
+def test_the_server_parses_the_wrist_image_and_names_it_when_it_is_bad():
+    from policy_server.observation import InputLimits, RequestError, parse_request
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    request = parse_request({"image": image, "wrist_image": image + 7, "instruction": "pick up the red block"},
+                            (32, 32), InputLimits())
+    assert request.obs["wrist_image"].shape == (32, 32, 3) and request.obs["wrist_image"].max() == 7
+    assert "wrist_image" not in parse_request({"image": image, "instruction": "reach"}, (32, 32), InputLimits()).obs
+    with pytest.raises(RequestError, match="'wrist_image' must be uint8"):
+        parse_request({"image": image, "wrist_image": image.astype(np.float32), "instruction": "reach"},
+                      (32, 32), InputLimits())
