@@ -107,10 +107,12 @@ class ControlCore:
     def __init__(self, safety: SafetyFilter, chunks: ChunkExecutor, frames: FrameBuffer,
                  worker: InferenceLink | None = None, *, settings: CoreSettings | None = None,
                  clock: Clock | None = None, log: Log | None = None,
-                 on_command: Callable[[np.ndarray, float | None], None] | None = None) -> None:
+                 on_command: Callable[[np.ndarray, float | None], None] | None = None,
+                 wrist_frames: FrameBuffer | None = None) -> None:
         self.safety = safety
         self.chunks = chunks
         self.frames = frames
+        self.wrist_frames = wrist_frames  # the hand camera, for a model with cameras [scene, wrist]
         self.worker = worker  # set before the first tick
         self.settings = settings or CoreSettings()
         self.clock = clock or SystemClock()
@@ -180,6 +182,14 @@ class ControlCore:
         self.frames.put(Frame(image, capture, self.clock.monotonic(), now_wall))
         self.counts["images"] += 1
 
+    def put_wrist_frame(self, image, stamp_s: float) -> None:
+        """A hand-camera frame (RGB array or a JPEG/PNG file) with its capture stamp (0: unstamped)."""
+        if self.wrist_frames is None:
+            return
+        now_wall = self.clock.wall()
+        self.wrist_frames.put(Frame(image, stamp_s if stamp_s > 0 else now_wall, self.clock.monotonic(), now_wall))
+        self.counts["wrist_images"] = self.counts.get("wrist_images", 0) + 1
+
     def on_instruction(self, text: str) -> None:
         text = " ".join(text.strip().split())
         if not text:
@@ -231,6 +241,8 @@ class ControlCore:
                 backend.hold()
                 return
             stale = self.safety.check_freshness(now, self._newest_image_time(), now, self.worker.server_time_s)
+            if stale is None and meta is not None and "wrist" in meta.get("cameras", ()):
+                stale = self._wrist_staleness(now)
             state_age = backend.state_age_s()
             if stale is None and state_age > self.settings.max_robot_state_age_s:
                 stale = f"stale robot state: {1e3 * state_age:.0f} ms old"
@@ -364,6 +376,16 @@ class ControlCore:
         if reason.startswith("no server") and self.worker.last_error:
             return self.worker.last_error
         return reason
+
+    def _wrist_staleness(self, now: float) -> str | None:
+        """Why the hand camera cannot be acted on (a model that takes it), or None."""
+        frame = self.wrist_frames.newest() if self.wrist_frames is not None else None
+        if frame is None or frame.receipt_mono_s <= self._not_before_mono_s:
+            return "no hand camera image: this model takes the wrist camera (set wrist_image_topic)"
+        age = now - frame.receipt_mono_s
+        if age > self.safety.limits.max_image_age_s:
+            return f"stale wrist image: {1e3 * age:.0f} ms old"
+        return None
 
     def _newest_image_time(self) -> float | None:
         frame = self.frames.newest()

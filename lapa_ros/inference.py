@@ -110,9 +110,11 @@ class InferenceWorker:
                  on_error: Callable[[str, bool], None], *, api_key: str | None = None,
                  timeout_s: float = 0.5, connect_timeout_s: float = 1.0, image_sync_s: float = 0.02,
                  max_image_wait_s: float = 0.05, probe_period_s: float = 0.02,
-                 reconnect_backoff_s: tuple[float, float] = (0.1, 1.0)) -> None:
+                 reconnect_backoff_s: tuple[float, float] = (0.1, 1.0),
+                 wrist_frames: FrameBuffer | None = None) -> None:
         self.url = url
         self.frames = frames
+        self.wrist_frames = wrist_frames  # the hand camera, sent to a model with cameras [scene, wrist]
         self.on_result, self.on_error = on_result, on_error
         self.api_key = api_key or None
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
@@ -194,10 +196,17 @@ class InferenceWorker:
             frame = self.frames.newest()  # no fresh one in time: the newest (the safety filter judges its age)
             if frame is None or frame.receipt_mono_s <= req.not_before_mono_s:
                 return
+        wrist = None
+        if "wrist" in (self.metadata or {}).get("cameras", ()):
+            wrist_frame = self.wrist_frames.newest() if self.wrist_frames is not None else None
+            if wrist_frame is None or wrist_frame.receipt_mono_s <= req.not_before_mono_s:
+                return  # the control tick holds on a missing or stale hand image
+            wrist = wrist_frame.image
         self.requests += 1
         t0 = time.monotonic()
         try:
-            reply = self._client.act(frame.image, req.instruction, req.state, timeout_s=self.timeout_s)
+            reply = self._client.act(frame.image, req.instruction, req.state, wrist_image=wrist,
+                                     timeout_s=self.timeout_s)
         except Exception as e:  # noqa: BLE001 - sorted below
             self.failures += 1
             fatal = _is_fatal(e)

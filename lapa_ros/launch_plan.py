@@ -13,6 +13,7 @@ into subprocesses (lapa_ros/bringup.py). Arguments are strings, as launch argume
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +30,26 @@ DEFAULT_MODEL_EXECUTION: dict[str, object] = {"chunk_mode": "ensemble", "ensembl
 # checkpoint is exported to ONNX once on first start and cached (export/cache.py).
 DEFAULT_SERVER_BACKEND = "onnxruntime"
 SERVER_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+WRIST_IMAGE_TOPIC = "/wrist_camera/image_raw"
+
+
+def model_cameras(model: str) -> tuple[str, ...]:
+    """The cameras a served checkpoint takes (config.json `vla.cameras`, or an export's metadata.json
+    `cameras`); ("scene",) for the expert or a model that does not say."""
+    if not model or model == EXPERT_MODEL:
+        return ("scene",)
+    for name, key in (("config.json", "vla"), ("metadata.json", None)):
+        path = Path(model) / name
+        if path.is_file():
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return ("scene",)  # the server reports an unreadable model; the plan does not guess
+            section = doc.get(key, {}) if key else doc
+            return tuple(section.get("cameras", ("scene",)))
+    return ("scene",)
 
 
 def execution_parameters(model: str) -> dict[str, object]:
@@ -51,6 +72,9 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
                                               "an export directory with its engine)"),
     "server_threads": ("1", "intra-op threads of the started server's model"),
     "camera": ("sim", "sim (lapa_sim's scene camera), a device index, a stream URL, a video file, or none"),
+    "wrist_camera": ("", "the hand camera for a model that takes one (its config's cameras [scene, wrist]): "
+                         "with sim:=true lapa_sim renders it; otherwise a device index, stream URL or video file "
+                         "for a second lapa_camera on /wrist_camera/image_raw"),
     "camera_info_url": ("", "lapa_camera: intrinsics YAML (camera_info_manager format, `lapa calibration "
                             "checkerboard`) published as /camera/camera_info"),
     "speech": ("false", "start lapa_speech (spoken instructions, pocketsphinx)"),
@@ -146,24 +170,35 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
 
     processes: list[ProcessSpec] = []
     execution: dict[str, object] = {}
+    wrist = False  # does the served model take the hand camera
     if start_server:
         server, model = _server(args, sim, notes)
         if console and has_intent_preview(model):  # the page shows what the policy intends
             server = replace(server, arguments=(*server.arguments, "--intent", model))
         processes.append(server)
         execution = execution_parameters(model)
+        wrist = "wrist" in model_cameras(model)
+    wrist_source = args["wrist_camera"].strip()
+    if wrist and not sim and not wrist_source:
+        raise LaunchPlanError("the model takes a wrist camera: give wrist_camera:=<device index, URL or file>")
+    if wrist_source or wrist:
+        execution["wrist_image_topic"] = WRIST_IMAGE_TOPIC
 
     nodes: list[NodeSpec] = []
     if sim:
         nodes.append(NodeSpec("lapa_sim", "lapa_sim_node", "lapa_ros.sim_node", {
             "image_topic": "/camera/image_raw", "instruction_topic": "/lapa/instruction",
-            "publish_camera": camera == "sim"}, params_files))
+            "publish_camera": camera == "sim", "publish_wrist_camera": "wrist_image_topic" in execution,
+            "wrist_image_topic": WRIST_IMAGE_TOPIC}, params_files))
         if robot_ip:
             notes.append(f"sim:=true: robot_ip:={robot_ip} is ignored, the policy node drives franky-sim")
     if camera not in ("sim", "none", ""):
         nodes.append(NodeSpec("lapa_camera", "lapa_camera_node", "lapa_ros.camera_node", {
             "source": camera, "image_topic": "/camera/image_raw",
             "camera_info_url": args["camera_info_url"].strip()}, params_files))
+    if wrist_source and not sim:
+        nodes.append(NodeSpec("lapa_wrist_camera", "lapa_camera_node", "lapa_ros.camera_node", {
+            "source": wrist_source, "image_topic": WRIST_IMAGE_TOPIC}, params_files))
     nodes.append(NodeSpec("lapa_policy", "lapa_policy_node", "lapa_ros.policy_node", {
         "server_url": args["server_url"], "robot_backend": "franky",
         "robot_ip": "sim" if sim else robot_ip, "control_hz": control_hz,

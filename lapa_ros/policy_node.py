@@ -15,6 +15,7 @@ Topics (defaults; the names are parameters):
                                                                   action float[7], the robot state float[8]
                                                                   it was applied from, instruction, latency
   out  <image_topic>                 sensor_msgs/Image            only with robot_backend=sim (its camera)
+  in   <wrist_image_topic>           sensor_msgs/Image            the hand camera (models with cameras [scene, wrist])
 Services (std_srvs/Trigger):
   /lapa/start            clear a latched fault (emergency stop, error) and run; starts from the current pose
   /lapa/stop             stop moving (decelerate, hold); a new instruction or /lapa/start resumes
@@ -64,6 +65,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "control_hz": (0.0, "control rate in Hz; 0 = the model's control_hz from the server's metadata"),
     "image_topic": ("/camera/image_raw", "sensor_msgs/Image input (rgb8, bgr8, rgba8, bgra8, mono8)"),
     "compressed_image_topic": ("", "sensor_msgs/CompressedImage input (JPEG/PNG); empty: <image_topic>/compressed"),
+    "wrist_image_topic": ("", "sensor_msgs/Image of the hand camera, for a model with cameras [scene, wrist] "
+                              "(its /v1/metadata); empty: none"),
     "instruction_topic": ("/lapa/instruction", "std_msgs/String task instructions"),
     "robot_backend": ("franky", "franky (a Franka or franky-sim through franky) | sim (in-process fast simulator)"),
     "robot_ip": (SIM_ROBOT_IP, "the Franka's address; 'sim' = the address lapa_sim announces on /lapa_sim/robot_ip"),
@@ -125,9 +128,10 @@ class PolicyNode:
             max_server_age_s=p["max_server_age_s"]))
         chunks = ChunkExecutor(p["chunk_mode"], int(p["chunk_n"]), float(p["ensemble_decay"]))
         self.frames = FrameBuffer()
+        self.wrist_frames = FrameBuffer() if p["wrist_image_topic"] else None
         self.core = ControlCore(safety, chunks, self.frames, log=self.log, on_command=self._publish_action,
                                 settings=CoreSettings(max_robot_state_age_s=p["max_robot_state_age_s"],
-                                                      autostart=p["autostart"]))
+                                                      autostart=p["autostart"]), wrist_frames=self.wrist_frames)
         self._robot_ip: str | None = None if p["robot_ip"] == SIM_ROBOT_IP else p["robot_ip"]
         self.control_hz: float | None = p["control_hz"] or None
         self._closing = False
@@ -142,6 +146,9 @@ class PolicyNode:
         compressed = p["compressed_image_topic"] or p["image_topic"].rstrip("/") + "/compressed"
         node.create_subscription(CompressedImage, compressed, self._on_compressed, qos_profile_sensor_data,
                                  callback_group=sensors)
+        if p["wrist_image_topic"]:
+            node.create_subscription(Image, p["wrist_image_topic"], self._on_wrist_image, qos_profile_sensor_data,
+                                     callback_group=sensors)
         node.create_subscription(String, p["instruction_topic"], self._on_instruction, 10, callback_group=sensors)
         if self._robot_ip is None and p["robot_backend"] == "franky":
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -165,7 +172,8 @@ class PolicyNode:
         api_key = p["api_key"] or os.environ.get("LAPA_API_KEY") or None
         self.worker = InferenceWorker(p["server_url"], self.frames, self.core.on_result, self.core.on_server_error,
                                       api_key=api_key, timeout_s=p["server_timeout_s"],
-                                      image_sync_s=p["image_sync_s"], max_image_wait_s=p["max_image_wait_s"])
+                                      image_sync_s=p["image_sync_s"], max_image_wait_s=p["max_image_wait_s"],
+                                      wrist_frames=self.wrist_frames)
         self.core.worker = self.worker
         self.worker.start()
         self._setup_thread = threading.Thread(target=self._setup, name="lapa-setup", daemon=True)
@@ -239,7 +247,7 @@ class PolicyNode:
             self.log.info(f"robot address from lapa_sim: {msg.data}")
 
     # ------------------------------------------------------------------ inputs
-    def _on_image(self, msg) -> None:
+    def _on_image(self, msg, put=None) -> None:
         from lapa_ros.images import image_to_rgb, stamp_seconds
 
         try:
@@ -247,7 +255,10 @@ class PolicyNode:
         except ValueError as e:
             self.log.warning(f"dropping an image: {e}", throttle_duration_sec=5.0)
             return
-        self.core.put_frame(image, stamp_seconds(msg.header))
+        (put or self.core.put_frame)(image, stamp_seconds(msg.header))
+
+    def _on_wrist_image(self, msg) -> None:
+        self._on_image(msg, self.core.put_wrist_frame)
 
     def _on_compressed(self, msg) -> None:
         from lapa_ros.images import compressed_format_ok, stamp_seconds

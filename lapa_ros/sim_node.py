@@ -8,6 +8,8 @@ backend is *the* client, exactly as with a real robot) and announces the address
   out  <image_topic> (/camera/image_raw)  sensor_msgs/Image     the scene camera at camera_hz (rgb8)
   out  <namespace>/camera_info (/camera/camera_info)  sensor_msgs/CameraInfo   its exact intrinsics
                                                                 (calibration.sim_camera), with every image
+  out  <wrist_image_topic> (/wrist_camera/image_raw)  sensor_msgs/Image   the hand camera, with
+                                                                publish_wrist_camera (same stamps)
   out  /lapa_sim/robot_ip                 std_msgs/String       latched: where the policy node connects
   out  /lapa_sim/task_status              std_msgs/String       JSON: instruction, task, success, episode,
                                                                 seed, sim time, real-time factor
@@ -52,6 +54,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "instruction_topic": ("/lapa/instruction", "instructions to score"),
     "publish_camera": (True, "render and publish the scene camera (false: another camera node publishes)"),
     "image_size": (128, "scene camera image side in pixels"),
+    "publish_wrist_camera": (False, "also render and publish the hand camera (same size, rate and stamps)"),
+    "wrist_image_topic": ("/wrist_camera/image_raw", "where the hand camera is published"),
     "camera_hz": (30.0, "scene camera rate"),
     "seed": (0, "block placement of the next /lapa_sim/reset (and of the start)"),
     "status_hz": (10.0, "rate of /lapa_sim/task_status, /lapa_sim/success and /lapa_sim/scene"),
@@ -79,7 +83,7 @@ class SimNode:
         p = self.params = declare_parameters(node, PARAMETERS)
         self.log = node.get_logger()
         self._String, self._Bool = String, Bool
-        self.config = SceneConfig(image_size=int(p["image_size"]))
+        self.config = SceneConfig(image_size=int(p["image_size"]), wrist_camera=bool(p["publish_wrist_camera"]))
         t0 = time.monotonic()
         self.link = SimLink(self.config)
         m = self.link.model
@@ -99,6 +103,8 @@ class SimNode:
         self.pub_ip.publish(String(data=self.link.hostname))
         self.pub_image = node.create_publisher(Image, p["image_topic"], qos_profile_sensor_data)
         self.pub_info = node.create_publisher(CameraInfo, camera_info_topic(p["image_topic"]), qos_profile_sensor_data)
+        self.pub_wrist = (node.create_publisher(Image, p["wrist_image_topic"], qos_profile_sensor_data)
+                          if p["publish_wrist_camera"] else None)
         self.camera_info = sim_scene_calibration(self.config, model=m).intrinsics.to_camera_info_dict()
         self.pub_status = node.create_publisher(String, "/lapa_sim/task_status", 10)
         self.pub_success = node.create_publisher(Bool, "/lapa_sim/success", 10)
@@ -139,7 +145,7 @@ class SimNode:
         renderer = SceneRenderer(self.link.model, self.config)
         period = 1.0 / max(0.1, float(self.params["camera_hz"]))
         next_t = time.monotonic()
-        last_msg, last_good_stamp, back_s = None, 0.0, 0.0
+        last_msg, last_wrist, last_good_stamp, back_s = None, None, 0.0, 0.0
         try:
             while not self._closing.is_set():
                 fault = self.node.get_parameter("camera_fault").value
@@ -147,6 +153,8 @@ class SimNode:
                     back_s = 0.0
                     if fault == "freeze" and last_msg is not None:
                         self.pub_image.publish(last_msg)  # the same message: same pixels, same stamp
+                        if last_wrist is not None:
+                            self.pub_wrist.publish(last_wrist)
                     next_t += period
                     self._closing.wait(max(0.0, next_t - time.monotonic()))
                     continue
@@ -156,10 +164,13 @@ class SimNode:
                     stamp = last_good_stamp - back_s
                 else:
                     back_s, last_good_stamp = 0.0, stamp
-                image = renderer.render(self.link.observe(camera_ready=True), "scene")
-                msg = rgb_to_image(image, stamp, "scene_camera")
+                data = self.link.observe(camera_ready=True)
+                msg = rgb_to_image(renderer.render(data, "scene"), stamp, "scene_camera")
                 self.pub_image.publish(msg)
                 last_msg = msg
+                if self.pub_wrist is not None:  # the same instant as the scene image
+                    last_wrist = rgb_to_image(renderer.render(data, "wrist"), stamp, "wrist_camera")
+                    self.pub_wrist.publish(last_wrist)
                 self.pub_info.publish(camera_info_msg(self.camera_info, msg.header))
                 self.frames_published += 1
                 next_t += period

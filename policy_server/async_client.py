@@ -55,9 +55,9 @@ class AsyncPolicyClient(ClientBase):
             self._http = None
 
     async def act(self, image: Any, instruction: str, state: Any = None, *, request_id: Any = None,
-                  timeout_s: float | None = None) -> ActReply:
+                  wrist_image: Any = None, timeout_s: float | None = None) -> ActReply:
         rid = request_id if request_id is not None else new_request_id()
-        payload = self.encode_request(image, instruction, state, rid)
+        payload = self.encode_request(image, instruction, state, rid, wrist_image)
         timeout = self.timeout_s if timeout_s is None else timeout_s
         t0 = time.perf_counter()
         attempts = [0]

@@ -84,10 +84,10 @@ class PolicyClient(ClientBase):
             self.metadata = None  # fetched again on reconnect: the server may have restarted with another model
 
     def act(self, image: Any, instruction: str, state: Any = None, *, request_id: Any = None,
-            timeout_s: float | None = None) -> ActReply:
+            wrist_image: Any = None, timeout_s: float | None = None) -> ActReply:
         """One observation -> one reply; retried with the same request id (see the module doc)."""
         rid = request_id if request_id is not None else new_request_id()
-        payload = self.encode_request(image, instruction, state, rid)
+        payload = self.encode_request(image, instruction, state, rid, wrist_image)
         timeout = self.timeout_s if timeout_s is None else timeout_s
         t0 = time.perf_counter()
         send = self._ws_act if self.transport == "websocket" else self._http_act

@@ -86,8 +86,11 @@ class ClientBase:
         delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
         return delay * random.uniform(0.5, 1.0)
 
-    def encode_request(self, image: Any, instruction: str, state: Any = None, request_id: Any = None) -> bytes:
+    def encode_request(self, image: Any, instruction: str, state: Any = None, request_id: Any = None,
+                       wrist_image: Any = None) -> bytes:
         msg: dict[str, Any] = {"request_id": request_id, "instruction": instruction, "image": self._image(image)}
+        if wrist_image is not None:  # the hand camera, for a model with cameras [scene, wrist]
+            msg["wrist_image"] = self._image(wrist_image)
         if state is not None:
             msg["state"] = np.asarray(state, dtype=np.float32)
         return codec.packb(msg)

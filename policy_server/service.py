@@ -101,7 +101,7 @@ class PolicyService:
             meta = dict(policy.metadata)
             h, w = (int(v) for v in meta["image_size"])
             self.image_size = (h, w)
-            self._warm_up(policy, int(meta.get("state_dim") or 0))
+            self._warm_up(policy, int(meta.get("state_dim") or 0), "wrist" in meta.get("cameras", ()))
             import cv2  # noqa: F401 - JPEG/PNG decoding and resizing: imported now, not on the first request
             if self.intent_factory is not None:
                 meta.update(self._load_intent())
@@ -132,9 +132,10 @@ class PolicyService:
         self._model_thread.shutdown(wait=False, cancel_futures=True)
         self._decode_threads.shutdown(wait=False, cancel_futures=True)
 
-    def _warm_up(self, policy: Policy, state_dim: int = 0) -> None:
+    def _warm_up(self, policy: Policy, state_dim: int = 0, wrist: bool = False) -> None:
         """A few infer calls on random observations; with a plausible random state for a model that
-        takes the proprio state (metadata `state_dim` 8), which refuses an observation without one."""
+        takes the proprio state (metadata `state_dim` 8), which refuses an observation without one,
+        and a hand image for a model with cameras [scene, wrist]."""
         rng = np.random.default_rng(0)
         h, w = self.image_size
         for i in range(self.config.warmup_steps):
@@ -142,6 +143,8 @@ class PolicyService:
             obs: dict[str, Any] = {"image": image, "instruction": f"warm up {i % 2}"}
             if state_dim:
                 obs["state"] = fake_state(1, seed=i, dim=state_dim)[0]
+            if wrist:
+                obs["wrist_image"] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
             _check_actions(policy.infer(obs))
 
     def _server_metadata(self, meta: dict[str, Any]) -> dict[str, Any]:

@@ -161,7 +161,8 @@ class RosProbe:
         self._thread.join(2.0)
 
 
-def make_tiny_checkpoint(path: Path, image_size: int = 32, chunk_size: int = 3, control_hz: float = 10.0) -> Path:
+def make_tiny_checkpoint(path: Path, image_size: int = 32, chunk_size: int = 3, control_hz: float = 10.0,
+                         cameras: tuple[str, ...] = ("scene",)) -> Path:
     """A tiny random action VLA of the shipped model's preset (`tabletop`: FiLM conv stem, keypoints, proprio
     state, l1 head), so the loop tests exercise the state the node sends with every request."""
     import torch
@@ -177,7 +178,8 @@ def make_tiny_checkpoint(path: Path, image_size: int = 32, chunk_size: int = 3, 
     tokenizer = ActionTokenizer.fit_new(actions)
     torch.manual_seed(0)
     config = VLAConfig.preset("tabletop", image_size=image_size, patch_size=8, dim=64, depth=2, heads=2,
-                              keypoints=8, chunk_size=chunk_size, control_hz=control_hz, num_bins=256)
+                              keypoints=8, chunk_size=chunk_size, control_hz=control_hz, num_bins=256,
+                              cameras=cameras)
     model = VLA(config).replace_head_for_actions(tokenizer)
     save_vla(path, model.eval(), model.config, tokenizer)
     return path

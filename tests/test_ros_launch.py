@@ -62,6 +62,22 @@ def test_the_real_robot_needs_an_address_and_a_camera():
     assert "/models/x" in p.processes[0].arguments
 
 
+def test_a_model_with_a_wrist_camera_gets_the_hand_camera(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"vla": {"cameras": ["scene", "wrist"]}}))
+    sim_plan = plan({"model": str(tmp_path)})
+    sim_node, policy = sim_plan.nodes[0].parameters, sim_plan.nodes[1].parameters
+    assert sim_node["publish_wrist_camera"] and policy["wrist_image_topic"] == sim_node["wrist_image_topic"]
+    assert not plan({"model": "expert"}).nodes[0].parameters["publish_wrist_camera"]
+    real = {"sim": "false", "robot_ip": "172.16.0.2", "camera": "0", "model": str(tmp_path)}
+    with pytest.raises(LaunchPlanError, match="wrist_camera"):
+        plan(real)
+    p = plan({**real, "wrist_camera": "2"})
+    wrist = {n.name: n.parameters for n in p.nodes}["lapa_wrist_camera"]
+    assert wrist["source"] == "2" and wrist["image_topic"] == p.nodes[-1].parameters["wrist_image_topic"]
+
+
 def test_expert_fallback_only_in_simulation(monkeypatch, tmp_path):
     monkeypatch.setattr(launch_plan, "DEFAULT_MODEL_DIR", tmp_path / "missing")
     p = plan()
@@ -280,7 +296,7 @@ def test_config_yaml_matches_the_nodes_parameters():
 
 
 @pytest.mark.timeout(120)
-def test_sim_camera_publishes_its_exact_camera_info(tmp_path):
+def test_sim_camera_publishes_its_exact_camera_info_and_the_hand_camera(tmp_path):
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
 
@@ -290,17 +306,23 @@ def test_sim_camera_publishes_its_exact_camera_info(tmp_path):
 
     probe = RosProbe("sim_camera_probe")
     node = NodeProcess("lapa_ros.sim_node", tmp_path / "sim.log",
-                       {"image_size": 64, "camera_hz": 10.0, "image_topic": "/sim_test/image_raw"}).start()
+                       {"image_size": 64, "camera_hz": 10.0, "image_topic": "/sim_test/image_raw",
+                        "publish_wrist_camera": True, "wrist_image_topic": "/sim_test/wrist"}).start()
     try:
         stamps = probe.record(Image, "/sim_test/image_raw", qos_profile_sensor_data,
                               convert=lambda m: stamp_seconds(m.header))
         infos = probe.record(CameraInfo, "/sim_test/camera_info", qos_profile_sensor_data)
-        wait_for(lambda: len(stamps) >= 3 and len(infos) >= 3, 90, "3 images and their camera_info")
+        wrists = probe.record(Image, "/sim_test/wrist", qos_profile_sensor_data)
+        wait_for(lambda: len(stamps) >= 3 and len(infos) >= 3 and len(wrists) >= 3, 90,
+                 "3 images, their camera_info and 3 hand images")
         info = infos[-1][1]
         expected = sim_scene_calibration(SceneConfig(image_size=64)).intrinsics
         assert (info.width, info.height) == (64, 64) and info.header.frame_id == "scene_camera"
         np.testing.assert_allclose(info.k, expected.K.ravel(), rtol=1e-9)
         assert stamp_seconds(info.header) in {s for _, s in stamps}
+        wrist = wrists[-1][1]
+        assert (wrist.width, wrist.height) == (64, 64) and wrist.header.frame_id == "wrist_camera"
+        assert stamp_seconds(wrist.header) in {s for _, s in stamps}  # rendered at the scene image's instant
     finally:
         node.stop()
         probe.close()

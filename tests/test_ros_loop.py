@@ -213,3 +213,36 @@ def test_compressed_images_drive_the_loop(server, probe, start_policy):
         time.sleep(0.05)
     s = wait_state(probe, node, lambda s: s["counts"]["commands"] >= 5, 10, "commands from JPEG frames")
     assert s["counts"]["images"] >= 10
+
+
+def test_a_model_with_a_wrist_camera_moves_only_on_fresh_hand_images(tmp_path_factory, probe, start_policy):
+    from sensor_msgs.msg import Image
+
+    from lapa_ros.images import rgb_to_image
+
+    checkpoint = make_tiny_checkpoint(tmp_path_factory.mktemp("wrist") / "policy", control_hz=CONTROL_HZ,
+                                      cameras=("scene", "wrist"))
+    server = start_server(tmp_path_factory.mktemp("wrist_server"), checkpoint)
+    try:
+        probe.record_status()
+        node = start_policy(server.ws_url, wrist_image_topic="/wrist_camera/image_raw", max_image_age_s=0.3)
+        wait_state(probe, node, lambda s: s["state"] == "idle", 120, "the node to be ready")
+        probe.say("pick up the red block")
+        s = wait_state(probe, node, lambda s: s["state"] == "holding" and "hand camera" in s["reason"], 10,
+                       "holding without hand images")
+        assert s["counts"]["commands"] == 0
+
+        pub = probe.publisher(Image, "/wrist_camera/image_raw")
+        rng = np.random.default_rng(1)
+        t_end = time.monotonic() + 2.0
+        while time.monotonic() < t_end:  # a live hand camera: the model gets both images, the arm moves
+            pub.publish(rgb_to_image(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), time.time()))
+            time.sleep(0.05)
+        wait_state(probe, node, lambda s: s["counts"]["commands"] >= 5, 10, "commands with both cameras")
+        s = wait_state(probe, node, lambda s: s["state"] == "holding" and "stale wrist image" in s["reason"], 3,
+                       "holding on a stale hand image")
+        n = commands(probe)
+        time.sleep(1.0)
+        assert commands(probe) == n
+    finally:
+        server.stop()
