@@ -4,6 +4,11 @@ Every training and held-out template becomes one rule whose `{colour}`, `{target
 `{direction}` slots refer to shared alternative rules, so the grammar stays small (no list of
 sentences) and follows tasks.py: a new colour, direction or template changes it automatically.
 A separate `<stop>` rule lets an operator halt the robot.
+
+`open_sentence_jsgf` writes the check of one decoded sentence: each of its verbs, objects, colours
+and directions may instead be an `<unknown>` word, a rule the caller defines (the recogniser: decoy
+words and a phone loop). An unknown word is then decoded as unknown rather than forced onto the
+nearest vocabulary word ("pick up the purple block" is not "pick up the blue block").
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ GRAMMAR_NAME = "lapa_commands"
 # Spoken ways to stop; kept short and distinct from every task phrase.
 STOP_PHRASES: tuple[str, ...] = ("stop", "stop the robot", "cancel")
 POLITE_PREFIX = "please"
+
+UNKNOWN_RULE = "unknown"
+# Words an open sentence keeps closed: an unknown word replaces a verb, an object, a colour or a
+# direction, not these.
+CLOSED_WORDS = frozenset({"please", "the", "a", "up", "on", "to", "of", "top", "off", "over", "with", "onto"})
 
 _SLOT = re.compile(r"\{(colour|target|direction)\}")
 _WORD = re.compile(r"^[a-z][a-z']*$")
@@ -67,6 +77,16 @@ def build_jsgf(families: Mapping[str, TaskFamily] = FAMILIES,
     ]
     lines += [f"<{rule}> = {_alternatives(expansions)};" for rule, expansions in family_rules.items()]
     return "\n".join(lines) + "\n"
+
+
+def open_sentence_jsgf(sentence: str, unknown_weight: float) -> str:
+    """A grammar of `sentence` in which every word outside CLOSED_WORDS may be `<unknown>`
+    (JSGF weight `unknown_weight` against 1 for the word itself); `<unknown>` is left to the caller."""
+    words = normalise(sentence).split()
+    if not words:
+        raise ValueError("an open sentence needs at least one word")
+    tokens = [w if w in CLOSED_WORDS else f"( {w} | /{unknown_weight:g}/ <{UNKNOWN_RULE}> )" for w in words]
+    return f"#JSGF V1.0;\ngrammar open_sentence;\n\npublic <sentence> = {' '.join(tokens)};\n"
 
 
 def grammar_words(jsgf: str) -> set[str]:

@@ -46,7 +46,8 @@ import numpy as np
 
 from lapa.vocabulary import TaskInstance, parse_instruction
 from lapa_ros.speech.audio import SAMPLE_RATE_HZ, read_wav, to_int16_mono
-from lapa_ros.speech.grammar import build_jsgf, grammar_words, is_stop, strip_polite
+from lapa_ros.speech.decoys import DECOY_CANDIDATES
+from lapa_ros.speech.grammar import UNKNOWN_RULE, build_jsgf, grammar_words, is_stop, open_sentence_jsgf, strip_polite
 
 DEFAULT_THRESHOLD = 0.13       # task commands: llr_per_frame >= ln(0.13) = -2.04 nats
 DEFAULT_STOP_THRESHOLD = 0.09  # stop: llr_per_frame >= ln(0.09) = -2.41 nats
@@ -58,6 +59,12 @@ SEARCH_BEAMS = {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80}
 # The phones of the bundled en-us model (CMU ARPAbet, without silence): the garbage loop.
 ARPABET_PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH "
                   "T TH UH UW V W Y Z ZH").split()
+# JSGF weight of "an unknown word here" against 1 for the decoded word: set on the tuning split of
+# `lapa bench speech`. Pocketsphinx scales grammar log-probabilities down, hence the tiny value.
+DEFAULT_UNKNOWN_WEIGHT = 1e-30
+DECOY_WORDS = DECOY_CANDIDATES - grammar_words(build_jsgf())  # the decoys the default vocabulary lacks
+UNKNOWN_MARK = "<unknown>"  # how a run of phones of an unknown word reads in `Recognition.text`
+_MAX_OPEN_SEARCHES = 512
 _SENSCR_SHIFT = 10
 _COMMAND_SEARCH = "command"
 _GARBAGE_SEARCH = "garbage"
@@ -116,14 +123,17 @@ class CommandRecognizer:
     def __init__(self, jsgf: str | None = None, threshold: float = DEFAULT_THRESHOLD,
                  stop_threshold: float = DEFAULT_STOP_THRESHOLD, hmm_dir: str | Path | None = None,
                  dictionary: str | Path | None = None,
-                 extra_pronunciations: Mapping[str, str] | None = None) -> None:
-        for name, value in (("threshold", threshold), ("stop_threshold", stop_threshold)):
+                 extra_pronunciations: Mapping[str, str] | None = None,
+                 unknown_weight: float = DEFAULT_UNKNOWN_WEIGHT) -> None:
+        for name, value in (("threshold", threshold), ("stop_threshold", stop_threshold),
+                            ("unknown_weight", unknown_weight)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         ps = _import_pocketsphinx()
         self.jsgf = jsgf if jsgf is not None else build_jsgf()
         self.threshold = threshold
         self.stop_threshold = stop_threshold
+        self.unknown_weight = unknown_weight
         config = {"lm": None, "bestpath": False, "compallsen": True, "loglevel": "FATAL",
                   "samprate": SAMPLE_RATE_HZ, **SEARCH_BEAMS}
         if hmm_dir is not None:
@@ -142,6 +152,10 @@ class CommandRecognizer:
         garbage = ("#JSGF V1.0;\ngrammar garbage;\npublic <speech> = <phone>+;\n"
                    f"<phone> = {' | '.join(phones)};\n")
         self._decoder.add_jsgf_string(_GARBAGE_SEARCH, garbage)
+        self.decoys = frozenset(w for w in DECOY_CANDIDATES - grammar_words(self.jsgf)
+                                if self._decoder.lookup_word(w) is not None)
+        self._unknown_rule = self._unknown_rule_text(phones)
+        self._open_searches: dict[str, str] = {}  # decoded sentence -> name of its open-sentence search
         self._logmath = self._decoder.get_logmath()
         self._initial_cmn = self._decoder.get_cmn()
         # Search scores are log-base `logbase` integers shifted down by SENSCR_SHIFT bits.
@@ -167,6 +181,26 @@ class CommandRecognizer:
             raise ValueError("the acoustic model knows none of the ARPAbet phones: cannot build the garbage model")
         self._decoder.add_word(_PHONE_WORD + "sil", "SIL", update=True)  # flushes the dictionary update
         return words
+
+    def _unknown_rule_text(self, phones: list[str]) -> str:
+        """`<unknown>`: a decoy word, or any sequence of phones."""
+        alternatives = [*sorted(self.decoys), f"( {' | '.join(phones)} )+"]
+        return f"<{UNKNOWN_RULE}> = {' | '.join(alternatives)};\n"
+
+    def _open_search(self, sentence: str) -> str:
+        """The search that re-decodes `sentence` with each content word open to `<unknown>` (cached)."""
+        name = self._open_searches.get(sentence)
+        if name is None:
+            if len(self._open_searches) >= _MAX_OPEN_SEARCHES:
+                self._open_searches.clear()  # grammars are re-added under the same names
+            name = f"open{len(self._open_searches)}"
+            self._decoder.add_jsgf_string(name, open_sentence_jsgf(sentence, self.unknown_weight) + self._unknown_rule)
+            self._open_searches[sentence] = name
+        return name
+
+    def _unknown_words(self, open_text: str) -> list[str]:
+        """The words of the open decoding that are not the vocabulary's: decoys and `UNKNOWN_MARK`s."""
+        return [w for w in _mark_unknown(open_text).split() if w == UNKNOWN_MARK or w in self.decoys]
 
     # --------------------------------------------------------------------- decoding
     def _decode(self, search: str, raw: bytes) -> tuple[str, list]:
@@ -207,10 +241,12 @@ class CommandRecognizer:
         with self._lock:
             text, cmd_segs = self._decode(_COMMAND_SEARCH, raw)
             n_frames = self._decoder.n_frames()
+            open_text = self._decode(self._open_search(text), raw)[0] if text and not is_stop(text) else text
             _, garbage_segs = self._decode(_GARBAGE_SEARCH, raw) if text else ("", [])
         if not text:
             return Recognition("", 0.0, False, reason="matches no command",
                                duration_s=duration_s, decode_time_s=time.perf_counter() - t0)
+        unknown = self._unknown_words(open_text)
         cmd, cmd_speech = self._frame_scores(cmd_segs, n_frames)
         garbage, garbage_speech = self._frame_scores(garbage_segs, n_frames)
         speech = cmd_speech | garbage_speech
@@ -218,6 +254,10 @@ class CommandRecognizer:
         confidence = float(min(1.0, math.exp(min(llr, 0.0))))
         word_llr = self._min_word_llr(cmd_segs, cmd - garbage, n_frames)
         decode_time_s = time.perf_counter() - t0
+        if unknown:
+            return Recognition(_mark_unknown(open_text), confidence, False, llr_per_frame=llr, min_word_llr=word_llr,
+                               reason=f"out of vocabulary: {', '.join(unknown)}", duration_s=duration_s,
+                               decode_time_s=decode_time_s)
         return self._decide(text, confidence, llr, duration_s, decode_time_s, word_llr)
 
     @staticmethod
@@ -251,3 +291,14 @@ class CommandRecognizer:
     def recognize_file(self, path: str | Path) -> Recognition:
         """Recognise a WAV file (any PCM rate, width and channel count; converted to 16 kHz mono)."""
         return self.recognize(read_wav(path))
+
+
+def _mark_unknown(text: str) -> str:
+    """`pick up the ph_p ph_er ph_p ph_l block` -> `pick up the <unknown> block`."""
+    out: list[str] = []
+    for word in text.split():
+        if not word.startswith(_PHONE_WORD):
+            out.append(word)
+        elif not out or out[-1] != UNKNOWN_MARK:
+            out.append(UNKNOWN_MARK)
+    return " ".join(out)
