@@ -6,9 +6,10 @@ sentences) and follows tasks.py: a new colour, direction or template changes it 
 A separate `<stop>` rule lets an operator halt the robot.
 
 `open_sentence_jsgf` writes the check of one decoded sentence: each of its verbs, objects, colours
-and directions may instead be an `<unknown>` word, a rule the caller defines (the recogniser: decoy
-words and a phone loop). An unknown word is then decoded as unknown rather than forced onto the
-nearest vocabulary word ("pick up the purple block" is not "pick up the blue block").
+and directions (`word_roles`) may instead be an unknown word, from rules the caller defines (the
+recogniser: a decoy word of the same role, or a phone loop). An unknown word is then decoded as
+unknown rather than forced onto the nearest vocabulary word ("pick up the purple block" is not
+"pick up the blue block").
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ GRAMMAR_NAME = "lapa_commands"
 STOP_PHRASES: tuple[str, ...] = ("stop", "stop the robot", "cancel")
 POLITE_PREFIX = "please"
 
-UNKNOWN_RULE = "unknown"
-# Words an open sentence keeps closed: an unknown word replaces a verb, an object, a colour or a
-# direction, not these.
+# Words never open: an unknown word replaces a verb, an object, a colour or a direction, not these.
 CLOSED_WORDS = frozenset({"please", "the", "a", "up", "on", "to", "of", "top", "off", "over", "with", "onto"})
 
 _SLOT = re.compile(r"\{(colour|target|direction)\}")
@@ -79,13 +78,32 @@ def build_jsgf(families: Mapping[str, TaskFamily] = FAMILIES,
     return "\n".join(lines) + "\n"
 
 
-def open_sentence_jsgf(sentence: str, unknown_weight: float) -> str:
-    """A grammar of `sentence` in which every word outside CLOSED_WORDS may be `<unknown>`
-    (JSGF weight `unknown_weight` against 1 for the word itself); `<unknown>` is left to the caller."""
+def word_roles(families: Mapping[str, TaskFamily] = FAMILIES, colours: Sequence[str] = tuple(BLOCK_COLOURS),
+               directions: Sequence[str] = tuple(DIRECTIONS)) -> dict[str, str]:
+    """What each open word of the vocabulary is: "colour", "direction", "object" (a word right after
+    a colour slot) or "verb" (a template's first word)."""
+    roles = {}
+    for family in families.values():
+        for template in family_templates(family):
+            words = template.lower().split()
+            roles.setdefault(words[0], "verb")
+            after_slot = zip(words, words[1:], strict=False)
+            roles.update({b: "object" for a, b in after_slot if _SLOT.fullmatch(a) and _WORD.match(b)})
+    roles.update({c: "colour" for c in colours})
+    roles.update({d: "direction" for d in directions})
+    return {w: r for w, r in roles.items() if w not in CLOSED_WORDS}
+
+
+def open_sentence_jsgf(sentence: str, alternatives: Mapping[str, Mapping[str, float]]) -> str:
+    """A grammar of `sentence` in which a word with `alternatives` ({word: {rule: JSGF weight against
+    1 for the word}}) may instead be one of those rules, which the caller defines."""
     words = normalise(sentence).split()
     if not words:
         raise ValueError("an open sentence needs at least one word")
-    tokens = [w if w in CLOSED_WORDS else f"( {w} | /{unknown_weight:g}/ <{UNKNOWN_RULE}> )" for w in words]
+    tokens = []
+    for w in words:
+        others = [f"/{weight:g}/ <{rule}>" for rule, weight in alternatives.get(w, {}).items()]
+        tokens.append(f"( /1/ {w} | {' | '.join(others)} )" if others else w)
     return f"#JSGF V1.0;\ngrammar open_sentence;\n\npublic <sentence> = {' '.join(tokens)};\n"
 
 

@@ -46,8 +46,8 @@ import numpy as np
 
 from lapa.vocabulary import TaskInstance, parse_instruction
 from lapa_ros.speech.audio import SAMPLE_RATE_HZ, read_wav, to_int16_mono
-from lapa_ros.speech.decoys import DECOY_CANDIDATES
-from lapa_ros.speech.grammar import UNKNOWN_RULE, build_jsgf, grammar_words, is_stop, open_sentence_jsgf, strip_polite
+from lapa_ros.speech.decoys import DECOY_CANDIDATES, DECOYS_BY_ROLE
+from lapa_ros.speech.grammar import build_jsgf, grammar_words, is_stop, open_sentence_jsgf, strip_polite, word_roles
 
 DEFAULT_THRESHOLD = 0.13       # task commands: llr_per_frame >= ln(0.13) = -2.04 nats
 DEFAULT_STOP_THRESHOLD = 0.09  # stop: llr_per_frame >= ln(0.09) = -2.41 nats
@@ -59,12 +59,15 @@ SEARCH_BEAMS = {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80}
 # The phones of the bundled en-us model (CMU ARPAbet, without silence): the garbage loop.
 ARPABET_PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH "
                   "T TH UH UW V W Y Z ZH").split()
-# JSGF weight of "an unknown word here" against 1 for the decoded word: set on the tuning split of
-# `lapa bench speech`. Pocketsphinx scales grammar log-probabilities down, hence the tiny value.
-DEFAULT_UNKNOWN_WEIGHT = 1e-30
+# JSGF weights, against 1 for the decoded word, of a decoy word and of a phone loop in its place: set
+# on the tuning split of `lapa bench speech`. Pocketsphinx scales grammar log-probabilities down,
+# hence the tiny values.
+DEFAULT_DECOY_WEIGHT = 1e-20
+DEFAULT_PHONE_LOOP_WEIGHT = 1e-40
 DECOY_WORDS = DECOY_CANDIDATES - grammar_words(build_jsgf())  # the decoys the default vocabulary lacks
 UNKNOWN_MARK = "<unknown>"  # how a run of phones of an unknown word reads in `Recognition.text`
 _MAX_OPEN_SEARCHES = 512
+_PHONES_RULE = "phones"
 _SENSCR_SHIFT = 10
 _COMMAND_SEARCH = "command"
 _GARBAGE_SEARCH = "garbage"
@@ -124,16 +127,18 @@ class CommandRecognizer:
                  stop_threshold: float = DEFAULT_STOP_THRESHOLD, hmm_dir: str | Path | None = None,
                  dictionary: str | Path | None = None,
                  extra_pronunciations: Mapping[str, str] | None = None,
-                 unknown_weight: float = DEFAULT_UNKNOWN_WEIGHT) -> None:
+                 decoy_weight: float = DEFAULT_DECOY_WEIGHT,
+                 phone_loop_weight: float = DEFAULT_PHONE_LOOP_WEIGHT) -> None:
         for name, value in (("threshold", threshold), ("stop_threshold", stop_threshold),
-                            ("unknown_weight", unknown_weight)):
+                            ("decoy_weight", decoy_weight), ("phone_loop_weight", phone_loop_weight)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         ps = _import_pocketsphinx()
         self.jsgf = jsgf if jsgf is not None else build_jsgf()
         self.threshold = threshold
         self.stop_threshold = stop_threshold
-        self.unknown_weight = unknown_weight
+        self.decoy_weight = decoy_weight
+        self.phone_loop_weight = phone_loop_weight
         config = {"lm": None, "bestpath": False, "compallsen": True, "loglevel": "FATAL",
                   "samprate": SAMPLE_RATE_HZ, **SEARCH_BEAMS}
         if hmm_dir is not None:
@@ -152,9 +157,10 @@ class CommandRecognizer:
         garbage = ("#JSGF V1.0;\ngrammar garbage;\npublic <speech> = <phone>+;\n"
                    f"<phone> = {' | '.join(phones)};\n")
         self._decoder.add_jsgf_string(_GARBAGE_SEARCH, garbage)
-        self.decoys = frozenset(w for w in DECOY_CANDIDATES - grammar_words(self.jsgf)
-                                if self._decoder.lookup_word(w) is not None)
-        self._unknown_rule = self._unknown_rule_text(phones)
+        self._roles = word_roles()
+        self._decoys_by_role = self._known_decoys(grammar_words(self.jsgf))
+        self.decoys = frozenset().union(*self._decoys_by_role.values())
+        self._unknown_rules = self._unknown_rules_text(phones)
         self._open_searches: dict[str, str] = {}  # decoded sentence -> name of its open-sentence search
         self._logmath = self._decoder.get_logmath()
         self._initial_cmn = self._decoder.get_cmn()
@@ -182,10 +188,26 @@ class CommandRecognizer:
         self._decoder.add_word(_PHONE_WORD + "sil", "SIL", update=True)  # flushes the dictionary update
         return words
 
-    def _unknown_rule_text(self, phones: list[str]) -> str:
-        """`<unknown>`: a decoy word, or any sequence of phones."""
-        alternatives = [*sorted(self.decoys), f"( {' | '.join(phones)} )+"]
-        return f"<{UNKNOWN_RULE}> = {' | '.join(alternatives)};\n"
+    def _known_decoys(self, vocabulary: set[str]) -> dict[str, frozenset[str]]:
+        """The decoys per role that the vocabulary lacks and the dictionary has."""
+        known = {role: frozenset(w for w in words if w not in vocabulary and self._decoder.lookup_word(w) is not None)
+                 for role, words in DECOYS_BY_ROLE.items()}
+        return {role: words for role, words in known.items() if words}
+
+    def _unknown_rules_text(self, phones: list[str]) -> str:
+        """The rules an unknown word comes from: a decoy word, or any sequence of phones."""
+        rules = [f"<{_PHONES_RULE}> = ( {' | '.join(phones)} )+;"]
+        for role, words in sorted(self._decoys_by_role.items()):
+            rules.append(f"<decoy_{role}> = {' | '.join(sorted(words))};")
+        return "\n".join(rules) + "\n"
+
+    def _alternatives(self, word: str) -> dict[str, float]:
+        """What may stand in for `word` in an open sentence: a decoy of its role, a phone loop."""
+        role = self._roles.get(word)
+        if role is None:
+            return {}
+        decoy = {f"decoy_{role}": self.decoy_weight} if role in self._decoys_by_role else {}
+        return {**decoy, _PHONES_RULE: self.phone_loop_weight}
 
     def _open_search(self, sentence: str) -> str:
         """The search that re-decodes `sentence` with each content word open to `<unknown>` (cached)."""
@@ -194,7 +216,8 @@ class CommandRecognizer:
             if len(self._open_searches) >= _MAX_OPEN_SEARCHES:
                 self._open_searches.clear()  # grammars are re-added under the same names
             name = f"open{len(self._open_searches)}"
-            self._decoder.add_jsgf_string(name, open_sentence_jsgf(sentence, self.unknown_weight) + self._unknown_rule)
+            alternatives = {w: self._alternatives(w) for w in sentence.split()}
+            self._decoder.add_jsgf_string(name, open_sentence_jsgf(sentence, alternatives) + self._unknown_rules)
             self._open_searches[sentence] = name
         return name
 
