@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "voices": [f"{v} {w} wpm" for v, w in voices],
         **summarize(rows, DECOY_WORDS),
         "settings": {"threshold": recognizer.threshold, "stop_threshold": recognizer.stop_threshold,
-                     "unknown_phone_penalty": recognizer.unknown_phone_penalty},
+                     "decoy_weight": recognizer.decoy_weight, "phone_loop_weight": recognizer.phone_loop_weight,
+                     "decoys": sorted(recognizer.decoys)},
         "rows": rows,
     }

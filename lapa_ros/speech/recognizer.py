@@ -62,7 +62,7 @@ ARPABET_PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N 
 # JSGF weights, against 1 for the decoded word, of a decoy word and of a phone loop in its place: set
 # on the tuning split of `lapa bench speech`. Pocketsphinx scales grammar log-probabilities down,
 # hence the tiny values.
-DEFAULT_DECOY_WEIGHT = 1e-20
+DEFAULT_DECOY_WEIGHT = 1e-10
 DEFAULT_PHONE_LOOP_WEIGHT = 1e-40
 DECOY_WORDS = DECOY_CANDIDATES - grammar_words(build_jsgf())  # the decoys the default vocabulary lacks
 UNKNOWN_MARK = "<unknown>"  # how a run of phones of an unknown word reads in `Recognition.text`
