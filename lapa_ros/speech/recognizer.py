@@ -103,9 +103,8 @@ class Recognition:
     kind: str = "none"              # "task", "stop" or "none"
     task: TaskInstance | None = None
     llr_per_frame: float = -math.inf
-    # the worst word: the lowest per-frame log-likelihood ratio over one grammar word's frames. A
-    # near miss ("pick up the purple block") scores like the command on average, but the word the
-    # grammar had to force ("blue" for "purple") scores far below the free phone loop.
+    # the worst word: the lowest per-frame log-likelihood ratio over one grammar word's frames. Kept
+    # for diagnosis: as a gate it did not separate near misses from commands (BENCHMARKS.md).
     min_word_llr: float = -math.inf
     reason: str = ""                # why it was not accepted
     duration_s: float = 0.0
@@ -227,7 +226,8 @@ class CommandRecognizer:
         return {**decoy, _PHONES_RULE: self.phone_loop_weight}
 
     def _open_search(self, sentence: str) -> str:
-        """The search that re-decodes `sentence` with each content word open to `<unknown>` (cached)."""
+        """The search that re-decodes `sentence` with each word of `word_roles` open to an unknown word
+        (cached per sentence)."""
         name = self._open_searches.get(sentence)
         if name is None:
             if len(self._open_searches) >= _MAX_OPEN_SEARCHES:
