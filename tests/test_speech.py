@@ -19,7 +19,15 @@ import pytest
 
 from lapa.vocabulary import BLOCK_COLOURS, DIRECTIONS, FAMILIES, TaskFamily, TaskInstance, parse_instruction
 from lapa_ros.speech.audio import AudioFileError, read_wav, resample
-from lapa_ros.speech.grammar import STOP_PHRASES, build_jsgf, grammar_words, is_stop, strip_polite
+from lapa_ros.speech.grammar import (
+    STOP_PHRASES,
+    build_jsgf,
+    grammar_words,
+    is_stop,
+    open_sentence_jsgf,
+    strip_polite,
+    word_roles,
+)
 from lapa_ros.speech.microphone import EnergyVad, MicrophoneUnavailable, WavSource, segment, wav_paths
 
 pytest.importorskip("pocketsphinx")
@@ -37,6 +45,9 @@ COMMANDS = {
                                           TaskInstance("push", "yellow", direction="forward")),
 }
 NOT_COMMANDS = ("what_is_the_weather_today.wav", "noise.wav", "silence.wav")
+# one word outside the vocabulary: (what the open re-decoding hears, the unknown word reported)
+NEAR_MISSES = {"reach_the_orange_block.wav": ("reach the orange block", "orange"),  # a decoy colour
+               "lift_the_green_brick.wav": ("lift the green <unknown>", "<unknown>")}  # no decoy: phone loop
 
 
 # ------------------------------------------------------------------ JSGF -> regex (test oracle)
@@ -114,6 +125,21 @@ def test_grammar_follows_the_task_vocabulary():
     assert {"wave", "salute", "purple", "up"} <= grammar_words(jsgf)
 
 
+def test_word_roles_follow_the_templates():
+    roles = word_roles()
+    assert {w: roles[w] for w in ("red", "left", "block", "cube", "pick", "nudge")} == {
+        "red": "colour", "left": "direction", "block": "object", "cube": "object", "pick": "verb", "nudge": "verb"}
+    assert not {"the", "up", "on", "top", "please"} & set(roles)
+
+
+def test_open_sentence_opens_only_the_words_given_alternatives():
+    jsgf = open_sentence_jsgf("pick up the red block", {"red": {"decoy_colour": 1e-10, "phones": 1e-40}})
+    assert "( /1/ red | /1e-10/ <decoy_colour> | /1e-40/ <phones> )" in jsgf
+    assert "pick up the (" in jsgf and "> ) block;" in jsgf
+    with pytest.raises(ValueError):
+        open_sentence_jsgf("  ", {})
+
+
 def test_text_helpers():
     assert strip_polite("Please pick up the red block.") == "pick up the red block"
     assert is_stop("please stop") and is_stop("Stop the robot!") and not is_stop("stop the red block")
@@ -155,6 +181,20 @@ def test_non_commands_are_not_accepted(recognizer, name):
     r = recognizer.recognize_file(FIXTURES / name)
     assert not r.accepted, r
     assert r.reason
+
+
+@pytest.mark.parametrize("name", sorted(NEAR_MISSES))
+def test_near_misses_are_rejected_as_out_of_vocabulary(recognizer, name):
+    heard, unknown = NEAR_MISSES[name]
+    r = recognizer.recognize_file(FIXTURES / name)
+    assert (r.accepted, r.kind, r.task) == (False, "none", None), r
+    assert r.text == heard and r.reason == f"out of vocabulary: {unknown}", r
+    json.dumps(r.to_dict())
+
+
+def test_decoys_are_words_the_vocabulary_lacks(recognizer):
+    assert {"purple", "orange", "cup", "throw"} <= recognizer.decoys
+    assert not recognizer.decoys & grammar_words(build_jsgf())
 
 
 def test_results_do_not_depend_on_what_was_heard_before(recognizer):
@@ -210,6 +250,8 @@ def test_grammar_words_missing_from_the_dictionary_fail_at_construction():
 def test_thresholds_are_checked():
     with pytest.raises(ValueError, match="threshold"):
         CommandRecognizer(threshold=1.5)
+    with pytest.raises(ValueError, match="decoy_weight"):
+        CommandRecognizer(decoy_weight=2.0)
 
 
 # ------------------------------------------------------------------ VAD and sources

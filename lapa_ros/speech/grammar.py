@@ -4,6 +4,12 @@ Every training and held-out template becomes one rule whose `{colour}`, `{target
 `{direction}` slots refer to shared alternative rules, so the grammar stays small (no list of
 sentences) and follows tasks.py: a new colour, direction or template changes it automatically.
 A separate `<stop>` rule lets an operator halt the robot.
+
+`open_sentence_jsgf` writes the check of one decoded sentence: each of its verbs, objects, colours
+and directions (`word_roles`) may instead be an unknown word, from rules the caller defines (the
+recogniser: a decoy word of the same role, or a phone loop). An unknown word is then decoded as
+unknown rather than forced onto the nearest vocabulary word ("pick up the purple block" is not
+"pick up the blue block").
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ GRAMMAR_NAME = "lapa_commands"
 # Spoken ways to stop; kept short and distinct from every task phrase.
 STOP_PHRASES: tuple[str, ...] = ("stop", "stop the robot", "cancel")
 POLITE_PREFIX = "please"
+
+# Words never open: an unknown word replaces a verb, an object, a colour or a direction, not these.
+CLOSED_WORDS = frozenset({"please", "the", "a", "up", "on", "to", "of", "top", "off", "over", "with", "onto"})
 
 _SLOT = re.compile(r"\{(colour|target|direction)\}")
 _WORD = re.compile(r"^[a-z][a-z']*$")
@@ -67,6 +76,35 @@ def build_jsgf(families: Mapping[str, TaskFamily] = FAMILIES,
     ]
     lines += [f"<{rule}> = {_alternatives(expansions)};" for rule, expansions in family_rules.items()]
     return "\n".join(lines) + "\n"
+
+
+def word_roles(families: Mapping[str, TaskFamily] = FAMILIES, colours: Sequence[str] = tuple(BLOCK_COLOURS),
+               directions: Sequence[str] = tuple(DIRECTIONS)) -> dict[str, str]:
+    """What each open word of the vocabulary is: "colour", "direction", "object" (a word right after
+    a colour slot) or "verb" (a template's first word)."""
+    roles = {}
+    for family in families.values():
+        for template in family_templates(family):
+            words = template.lower().split()
+            roles.setdefault(words[0], "verb")
+            after_slot = zip(words, words[1:], strict=False)
+            roles.update({b: "object" for a, b in after_slot if _SLOT.fullmatch(a) and _WORD.match(b)})
+    roles.update({c: "colour" for c in colours})
+    roles.update({d: "direction" for d in directions})
+    return {w: r for w, r in roles.items() if w not in CLOSED_WORDS}
+
+
+def open_sentence_jsgf(sentence: str, alternatives: Mapping[str, Mapping[str, float]]) -> str:
+    """A grammar of `sentence` in which a word with `alternatives` ({word: {rule: JSGF weight against
+    1 for the word}}) may instead be one of those rules, which the caller defines."""
+    words = normalise(sentence).split()
+    if not words:
+        raise ValueError("an open sentence needs at least one word")
+    tokens = []
+    for w in words:
+        others = [f"/{weight:g}/ <{rule}>" for rule, weight in alternatives.get(w, {}).items()]
+        tokens.append(f"( /1/ {w} | {' | '.join(others)} )" if others else w)
+    return f"#JSGF V1.0;\ngrammar open_sentence;\n\npublic <sentence> = {' '.join(tokens)};\n"
 
 
 def grammar_words(jsgf: str) -> set[str]:
