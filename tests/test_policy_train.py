@@ -242,3 +242,16 @@ def test_cli_finetune_from_scratch(robot, tmp_path, capsys):
     assert doc["steps"] == 1 and doc["checkpoint"].endswith("step_00000001") and run_step(out) == 1
     assert lapa_main(args) == 2, "an existing run without --resume is refused"
     assert lapa_main(args[:-2] + ["--steps", "2", "--resume", "--threads", "1"]) == 0 and run_step(out) == 2
+
+
+def test_cosine_schedule_decays_to_a_tenth_and_constant_stays():
+    from lapa.policy.train import MIN_LR_FRACTION, TrainOptions
+
+    cosine = TrainOptions(steps=101, lr=1e-3, lr_schedule="cosine")
+    lrs = [cosine.lr_at(s) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(MIN_LR_FRACTION * 1e-3)
+    assert lrs[50] == pytest.approx(0.5 * (1e-3 + MIN_LR_FRACTION * 1e-3))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert TrainOptions(steps=101, lr=1e-3).lr_at(80) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainOptions(lr_schedule="step")

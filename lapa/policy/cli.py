@@ -49,7 +49,9 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics.jsonl, loss.png)")
     p.add_argument("--steps", type=int, default=steps, help="global step to train to (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per device (per process)")
-    p.add_argument("--lr", type=float, default=3e-4, help="constant AdamW learning rate")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant, or cosine: a half-cosine decay to 0.1 x --lr at --steps (default: %(default)s)")
     p.add_argument("--preset", default="tiny", choices=("tiny", "base", "tabletop"),
                    help="model (from scratch): tiny, base, or tabletop (conv+FiLM encoder, state, l1 head)")
     p.add_argument("--image-size", type=int, help="override the preset's image size (from scratch)")
@@ -88,7 +90,8 @@ def _options(args: argparse.Namespace, env: Any = None):
     """TrainOptions from the flags; progress bars (data decoding, training) on rank 0 only."""
     from lapa.policy.train import TrainOptions
 
-    return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, augment=args.augment,
+    return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                        augment=args.augment,
                         paraphrase=args.paraphrase,
                         ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads,
                         grad_accum=args.grad_accum, parallel=args.parallel, device=args.device,

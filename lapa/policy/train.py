@@ -64,6 +64,8 @@ from lapa.training import (
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"
+LR_SCHEDULES = ("constant", "cosine")
+MIN_LR_FRACTION = 0.1  # cosine: the last step's learning rate, as a fraction of lr
 GOAL_LOSS_WEIGHT = 1.0  # goal_aux: L1 on the scaled final EE xyz, beside the action L1
 GOAL_SCALE_MM = 150.0  # goal_features divides metres by 0.15: back to millimetres for the log
 
@@ -72,7 +74,10 @@ GOAL_SCALE_MM = 150.0  # goal_features divides metres by 0.15: back to millimetr
 class TrainOptions:
     steps: int = 1000
     batch_size: int = 32
-    lr: float = 3e-4  # constant; the reference's 2e-5 is for a 7B model, far too slow for a 1M one
+    lr: float = 3e-4  # the reference's 2e-5 is for a 7B model, far too slow for a 1M one
+    # "constant", or "cosine": lr decays along a half cosine to MIN_LR_FRACTION x lr at `steps`, so the
+    # last checkpoint is not one random point of a noisy plateau (closed-loop success swings there)
+    lr_schedule: str = "constant"
     weight_decay: float = 0.01  # on matrices only (not norms, biases)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -98,6 +103,17 @@ class TrainOptions:
                              "are required")
         if not self.lr > 0 or self.grad_clip <= 0:
             raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the optimizer step taken after `step` steps (0 .. steps - 1); it
+        depends on the step only, so a resumed run continues the same schedule."""
+        if self.lr_schedule == "constant" or self.steps <= 1:
+            return self.lr
+        progress = min(1.0, max(0.0, step / (self.steps - 1)))
+        low = MIN_LR_FRACTION * self.lr
+        return low + 0.5 * (self.lr - low) * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -259,6 +275,8 @@ class _VLAStage:
         return [batch_to(b, self.env.device) for b in micro]
 
     def train_step(self, step: int, batch: list[Batch]) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.opts.lr_at(step)
         loss, grad_norm, stats = accumulate_step(self.parallel, self.optimizer, batch, self.opts.grad_clip)
         means = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
         global_batch = len(batch[0]) * len(batch) * self.env.world_size
@@ -266,7 +284,7 @@ class _VLAStage:
 
     def metrics_row(self, step: int, window: MetricsWindow, now: float) -> dict[str, Any]:
         means = {k: json_float(window.mean(k)) for k in window.sums}
-        return {"step": step, **means, "grad_norm": json_float(window.grad_norm), "lr": self.opts.lr,
+        return {"step": step, **means, "grad_norm": json_float(window.grad_norm), "lr": self.opts.lr_at(step - 1),
                 "samples_per_s": window.samples_per_s(now)}
 
     def save(self, directory: Path, step: int) -> None:
