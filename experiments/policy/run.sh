@@ -84,6 +84,25 @@ done_at "$RUNS/T_lapa_broad_hist" 2500 || lapa train finetune --init "$RUNS/L_la
 done_at "$RUNS/T_seed1" 2500 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad --data $RP \
   --state-history 3,6,12 --seed 1 --out "$RUNS/T_seed1" --steps 2500 $common $(resume "$RUNS/T_seed1")
 
+# -- fourth round: the hand camera. The same recordings with observation.images.wrist (same seeds);
+#    V: T's recipe on pick alone; W: V + the wrist camera; W2: W with the cosine decay, 1500 steps.
+#    (V and W ran with a constant learning rate, so their checkpoints at 500 / 1000 steps are those of
+#    --steps 500 / 1000.)
+seed=0
+for fam in reach push pick; do
+  [ -f "$DATA/${fam}_wrist/meta/info.json" ] || lapa sim record --suite $fam --episodes 400 --seed $seed \
+    --out "$DATA/${fam}_wrist" $opts --wrist-camera
+  seed=$((seed + 100000))
+done
+done_at "$RUNS/V_pick_hist" 500 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad --data "$DATA/pick" \
+  --state-history 3,6,12 --out "$RUNS/V_pick_hist" --steps 500 $common $(resume "$RUNS/V_pick_hist")
+done_at "$RUNS/W_pick_hist_wrist" 1000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+  --data "$DATA/pick_wrist" --state-history 3,6,12 --wrist-camera --out "$RUNS/W_pick_hist_wrist" --steps 1000 \
+  $common $(resume "$RUNS/W_pick_hist_wrist")
+done_at "$RUNS/W2_pick_wrist_cosine" 1500 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+  --data "$DATA/pick_wrist" --state-history 3,6,12 --wrist-camera --lr-schedule cosine \
+  --out "$RUNS/W2_pick_wrist_cosine" --steps 1500 $common $(resume "$RUNS/W2_pick_wrist_cosine")
+
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
   local row=$1 ckpt=$2; shift 2
@@ -113,6 +132,11 @@ evaluate T_lapa_broad_hist "$RUNS/T_lapa_broad_hist" reach push
 evaluate T_lapa_broad_hist_ensemble0.5 "$RUNS/T_lapa_broad_hist" reach push -- --chunk-mode ensemble --ensemble-decay 0.5
 evaluate T_seed1_ensemble0.5 "$RUNS/T_seed1" reach push -- --chunk-mode ensemble --ensemble-decay 0.5
 evaluate S2_lapa_pt_broad "$RUNS/S2_lapa_pt_broad" reach push
+ensemble=(-- --chunk-mode ensemble --ensemble-decay 0.5)
+evaluate V_pick_hist_500_ensemble0.5 "$RUNS/V_pick_hist" pick "${ensemble[@]}"
+evaluate W_pick_hist_wrist_500_ensemble0.5 "$RUNS/W_pick_hist_wrist/checkpoints/step_00000500" pick "${ensemble[@]}"
+evaluate W_pick_hist_wrist_1000_ensemble0.5 "$RUNS/W_pick_hist_wrist" pick "${ensemble[@]}"
+evaluate W2_pick_wrist_cosine_ensemble0.5 "$RUNS/W2_pick_wrist_cosine" pick "${ensemble[@]}"
 for row in D_scratch L_lapa; do
   [ -f "$RUNS/eval/probe_$row.json" ] || lapa eval --ckpt "$RUNS/$row" --grounding-probe 20 --json "$RUNS/eval/probe_$row.json"
 done
