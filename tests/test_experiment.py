@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 from vla_fakes import FakeEncoder
@@ -28,7 +29,7 @@ def _fake_eval(successes: dict[str, int], n: int = 10) -> dict:
 
     outcomes = [EpisodeOutcome(f, i, f, "x", i < k, 5) for f, k in successes.items() for i in range(n)]
     return {"suite": "default", "episodes_per_task": n, "seed_base": 1, "execute": "first",
-            **summarize(outcomes, tuple(successes))}
+            **summarize(outcomes, tuple(successes)), "episodes": [asdict(o) for o in outcomes]}
 
 
 def _fake_evals(rates: dict[str, tuple[int, int]]) -> dict:
@@ -46,13 +47,16 @@ def test_bar_and_report_on_fake_numbers(tmp_path):
     doc = {"command": "lapa experiment run --out x", **summarize_methods(evals), "timings_s": {"record": 12.0}}
     bar = doc["bar"]
     assert bar["gap_recovered_seen"] == pytest.approx((12 - 3) / (13 - 3))  # reach k + push k // 2 of 20
+    assert bar["actionvla_over_scratch_seen"] == pytest.approx(0.5) and bar["actionvla_beats_scratch_seen"]
+    lo, hi = bar["gap_recovered_seen_ci95"]
+    assert lo < bar["gap_recovered_seen"] < hi and hi - lo > 0.05  # 20 episodes a method: a wide interval
     assert bar["lapa_beats_vpt_unseen"] and bar["lapa_beats_scratch_unseen"] and bar["met"]
     paths = write_report(doc, tmp_path / "results")
     assert [p.name for p in paths] == ["results.md", "results.json", "success.png"]
     md = (tmp_path / "results" / "results.md").read_text()
     for m in METHODS:
         assert f"| `{m}` |" in md
-    assert "90%" in md and "Bar met overall: **yes**" in md and "record 12" in md
+    assert "90%" in md and "Bar met overall: **yes**" in md and "record 12" in md and "bootstrap 95%" in md
     assert json.loads((tmp_path / "results" / "results.json").read_text())["methods"]["lapa"]["seen"]["overall"][
         "successes"] == 12
     assert (tmp_path / "results" / "success.png").stat().st_size > 1000
@@ -60,11 +64,20 @@ def test_bar_and_report_on_fake_numbers(tmp_path):
     worse = summarize_methods(_fake_evals({"scratch": (2, 2), "lapa": (3, 2), "actionvla": (9, 7), "vpt": (5, 4)}))
     assert not worse["bar"]["met"] and not worse["bar"]["lapa_beats_vpt_unseen"]
     assert "not met" in render_markdown(worse)
+    close = summarize_methods(_fake_evals({"scratch": (6, 2), "lapa": (8, 6), "actionvla": (9, 7), "vpt": (5, 4)}))
+    assert not close["bar"]["actionvla_beats_scratch_seen"] and not close["bar"]["met"]  # a gap of 20 points
 
 
 def test_overrides_are_typed_and_checked():
-    got = parse_overrides(["pretrain_steps=10", "lr=0.001", "augment=true", "codebook_size=16", "suite=reach"])
-    assert got == {"pretrain_steps": 10, "lr": 0.001, "augment": True, "codebook_size": 16, "suite": "reach"}
+    got = parse_overrides(["pretrain_steps=10", "lr=0.001", "augment=shift", "codebook_size=16", "suite=reach",
+                           "record_image_size=128", "until_done=true", "state_history=3,6,12"])
+    assert got == {"pretrain_steps": 10, "lr": 0.001, "augment": "shift", "codebook_size": 16, "suite": "reach",
+                   "record_image_size": 128, "until_done": True, "state_history": "3,6,12"}
+    assert ExperimentConfig.preset("recipe", **got).lags == (3, 6, 12)
+    with pytest.raises(UserError, match="augment"):
+        ExperimentConfig.preset("default", augment="true")
+    with pytest.raises(UserError, match="state_history"):
+        _ = ExperimentConfig.preset("default", state_history="6,3").lags
     with pytest.raises(UserError):
         parse_overrides(["nope=1"])
     with pytest.raises(UserError):

@@ -251,7 +251,7 @@ def test_cosine_schedule_decays_to_a_tenth_and_constant_stays():
     lrs = [cosine.lr_at(s) for s in range(101)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(MIN_LR_FRACTION * 1e-3)
     assert lrs[50] == pytest.approx(0.5 * (1e-3 + MIN_LR_FRACTION * 1e-3))
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
     assert TrainOptions(steps=101, lr=1e-3).lr_at(80) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainOptions(lr_schedule="step")

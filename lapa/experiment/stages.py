@@ -75,12 +75,19 @@ class Experiment:
         return VLAConfig.preset(self.c.vla_preset, image_size=self.c.image_size, patch_size=self.c.patch_size,
                                 chunk_size=self.c.chunk_size, num_bins=self.c.num_bins)
 
-    def _opts(self, steps: int, augment: bool = False):
+    def _opts(self, steps: int, finetuning: bool = False):
+        """Training options; the image augmentation in finetuning (and in pretraining with
+        augment_pretraining), the instruction augmentation in finetuning only."""
         from lapa.policy.train import TrainOptions
 
-        return TrainOptions(steps=steps, batch_size=self.c.batch_size, lr=self.c.lr, augment=augment,
+        c = self.c
+        augment = {"none": False, "crop": "crop", "shift": "shift"}[c.augment]
+        paraphrase = {"none": False, "templates": True, "broad": "broad"}[c.paraphrase]
+        return TrainOptions(steps=steps, batch_size=c.batch_size, lr=c.lr,
+                            augment=augment if finetuning or c.augment_pretraining else False,
+                            paraphrase=paraphrase if finetuning else False,
                             ckpt_every=max(1, min(500, steps)), log_every=max(1, min(25, steps)),
-                            threads=self.c.threads, progress=self.c.progress)
+                            threads=c.threads, progress=c.progress)
 
     def _laq_steps_done(self) -> int:
         from lapa.policy.train import run_step
@@ -123,13 +130,15 @@ class Experiment:
             raise UserError(f"stage(s) {', '.join(missing)} have not run yet: run them first (or --stage all)")
 
     def run_record(self) -> None:
-        from lapa.sim.record import record_dataset
+        from lapa.sim.record import ExpertOptions, record_dataset
 
         c = self.c
+        expert = ExpertOptions(noise_m=c.expert_noise_m, dart_noise_m=c.dart_noise_m, until_done=c.until_done,
+                               settle_steps=c.settle_steps, start_jitter_m=c.start_jitter_m)
         for root, n, seed, held_out in self._datasets():
             if not (root / "meta" / "info.json").is_file():
-                summary = record_dataset(c.suite, n, root, seed=seed, image_size=c.image_size, held_out=held_out,
-                                         progress=c.progress)
+                summary = record_dataset(c.suite, n, root, seed=seed, image_size=c.record_image_size or c.image_size,
+                                         held_out=held_out, progress=c.progress, expert=expert)
                 print(f"  recorded {summary.episodes} episodes ({summary.frames} frames) into {root} "
                       f"in {summary.seconds:.0f} s")
         from lapa.eval.closed_loop import recorded_seeds
@@ -220,7 +229,8 @@ class Experiment:
                 continue
             t0 = time.perf_counter()
             r = finetune_actions(inits[method], [self.finetune_data], self.finetune_run(method),
-                                 config=self._vla_config(), opts=self._opts(self.c.finetune_steps, self.c.augment),
+                                 config=self._vla_config(), opts=self._opts(self.c.finetune_steps, finetuning=True),
+                                 goal_aux=self.c.goal_aux or None, state_history=self.c.lags or None,
                                  resume=True, encoder=self.encoder)
             print(f"  finetune {method}: loss {r.final_loss:.4f} in {time.perf_counter() - t0:.0f} s")
         if pending:
@@ -265,12 +275,12 @@ class Experiment:
                 path = self.eval_file(method, cond)
                 if path.is_file():
                     continue
-                if self.c.execute not in ("first", "chunk"):
-                    raise UserError(f"execute must be 'first' or 'chunk', got {self.c.execute!r}")
                 execute_n = self.c.chunk_size if self.c.execute == "chunk" else 1  # chunk: replay whole chunks
+                mode = "ensemble" if self.c.execute == "ensemble" else "first_n"
                 result = evaluate_checkpoint(self.finetune_run(method), self.c.suite, self.c.eval_episodes,
-                                             held_out=cond == "unseen", chunk_mode="first_n", execute_n=execute_n,
-                                             text_encoder=self.encoder, progress=self.c.progress)
+                                             held_out=cond == "unseen", chunk_mode=mode, execute_n=execute_n,
+                                             ensemble_decay=self.c.ensemble_decay, text_encoder=self.encoder,
+                                             progress=self.c.progress)
                 write_json(path, result)
                 o = result["overall"]
                 print(f"  {method:9s} {cond:6s}: {o['successes']}/{o['episodes']} "
