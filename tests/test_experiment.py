@@ -110,3 +110,24 @@ def test_minuscule_experiment_runs_every_stage_then_skips_them(tmp_path, capsys)
     again = Experiment(ExperimentConfig.preset("smoke"), run, results, encoder=FakeEncoder(), command="test").run()
     assert [s for s, how in again.items() if how == "ran"] == ["eval", "report"]
     assert (run / "eval" / "vpt_unseen.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_recipe_options_run_through_every_stage(tmp_path):
+    """The `recipe` preset's options (expert data, tabletop model, augmentations, state history,
+    ensembling) on the smoke preset's sizes."""
+    recipe = ExperimentConfig.preset("recipe")
+    options = {k: getattr(recipe, k) for k in (
+        "expert_noise_m", "dart_noise_m", "until_done", "settle_steps", "start_jitter_m", "vla_preset", "patch_size",
+        "num_bins", "augment", "augment_pretraining", "paraphrase", "goal_aux", "state_history", "execute")}
+    config = ExperimentConfig.preset("smoke", **options, record_image_size=96, chunk_size=2)
+    exp = Experiment(config, tmp_path / "run", tmp_path / "results", encoder=FakeEncoder(), command="test")
+    assert exp.run() == {s: "ran" for s in STAGES}
+    from lapa.policy.checkpoint_io import read_vla_config
+    from lapa.policy.train import resolve_vla_checkpoint
+
+    for method in METHODS:
+        vla = read_vla_config(resolve_vla_checkpoint(tmp_path / "run" / "finetune" / method))[1]
+        assert vla.state_history == (3, 6, 12) and vla.goal_aux, method
+    evaluated = json.loads((tmp_path / "run" / "eval" / "lapa_seen.json").read_text())
+    assert evaluated["chunk_mode"] == "ensemble" and evaluated["render_size"] == 96
