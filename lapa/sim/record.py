@@ -194,6 +194,9 @@ class _LeRobotSink:
                        key=lambda m: m["index"])
         for meta in metas:
             with np.load(self.staging / f"episode_{meta['index']:06d}.npz", allow_pickle=False) as z:
+                if self.wrist_camera and "wrist_frames" not in z:
+                    raise UserError(f"{self.staging}: episode {meta['index']} was staged without the wrist camera; "
+                                    "resume with the options it started with, or record into a new folder")
                 extra = {WRIST_VIDEO_KEY: z["wrist_frames"]} if self.wrist_camera else None
                 writer.add_episode(z["frames"], z["states"], z["actions"], meta["task"], extra_frames=extra)
         writer.finalize()
