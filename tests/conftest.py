@@ -65,3 +65,14 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def robot(tmp_path_factory):
+    """3 expert episodes of the default suite with actions, 32x32 frames (LeRobot v3); modules that
+    need other episodes define their own `robot`."""
+    from lapa.sim.record import record_dataset
+
+    root = tmp_path_factory.mktemp("data") / "robot"
+    record_dataset("default", 3, root, seed=7, image_size=32, progress=False)
+    return root

@@ -32,7 +32,6 @@ from lapa.policy.train import (
     run_step,
 )
 from lapa.policy.vpt import run_vpt
-from lapa.sim.record import record_dataset
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -45,14 +44,6 @@ def _config() -> VLAConfig:
 
 def _opts(steps: int, **kw) -> TrainOptions:
     return TrainOptions(steps=steps, batch_size=4, ckpt_every=2, log_every=1, progress=False, **kw)
-
-
-@pytest.fixture(scope="module")
-def robot(tmp_path_factory):
-    """3 expert episodes with actions, 32x32 frames."""
-    root = tmp_path_factory.mktemp("data") / "robot"
-    record_dataset("default", 3, root, seed=7, image_size=32, progress=False)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,8 @@ from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet
 from lapa.policy.streaming import streaming_action_set
 from lapa.policy.train import TrainOptions, pretrain_actions
-from lapa.sim.record import record_dataset
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-@pytest.fixture(scope="module")
-def robot(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "robot"
-    record_dataset("default", 3, root, seed=7, image_size=32, progress=False)
-    return root
 
 
 @pytest.fixture(scope="module")
