@@ -14,6 +14,7 @@ from lapa.policy.datasets import ActionSet, apply_augmentation, shift_images
 from lapa.policy.model import VLA, FiLM, state_features
 from lapa.policy.train import TrainOptions, compute_loss, finetune_actions
 from lapa.sim.env import TabletopEnv, episode_task, run_episode
+from lapa.sim.expert import ScriptedExpert
 from lapa.sim.fast_driver import FastDriver
 from lapa.sim.record import ExpertOptions, record_dataset
 from lapa.sim.scene import SceneConfig
@@ -160,6 +161,36 @@ def test_dart_records_the_clean_action_and_executes_a_noisy_one():
     assert not np.allclose(clean.states[3], dart.states[3])
     # recorded translations are the expert's bounded steps, never the noisy ones
     assert np.all(np.linalg.norm(dart.actions[:, :3], axis=1) <= 0.02 + 1e-6)
+
+
+def test_faded_dart_noise_lets_the_expert_settle_for_a_grasp():
+    """Full noise at every step keeps the TCP out of the grasp's 4 mm tolerance: the pick expert
+    dithers at the block until the time limit. Faded near the waypoint, it grasps and lifts."""
+    steps = {}
+    with FastDriver(SceneConfig(image_size=32), render=False) as driver:
+        env = TabletopEnv(driver)
+        for fade in (0.0, 0.03):
+            runs = []
+            for seed in (200000, 200001):
+                task, instruction = episode_task("pick", seed)
+                runs.append(run_episode(env, task, seed, instruction=instruction, stop_on_success=False,
+                                        dart_noise_m=0.005, dart_fade_m=fade))
+            assert all(r.success for r in runs)
+            steps[fade] = [r.steps for r in runs]
+    assert steps[0.0] == [60, 60], "with full noise both episodes run into the time limit"
+    assert max(steps[0.03]) < 45, steps
+
+
+def test_the_expert_reports_no_distance_while_it_holds():
+    with FastDriver(SceneConfig(image_size=32), render=False) as driver:
+        env = TabletopEnv(driver)
+        task, instruction = episode_task("pick", 3)
+        env.reset(task, 3, instruction)
+        expert = ScriptedExpert(task, driver)
+        assert expert.distance_to_target_m(driver) > 0.05  # home is well above the hover point
+        while not expert._held:
+            env.step(expert.act(driver))
+        assert expert.distance_to_target_m(driver) == 0.0
 
 
 def test_action_set_carries_states_and_episode_goals(robot):

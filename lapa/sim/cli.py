@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--expert-noise", type=float, default=0.002, help="expert action noise std (metres)")
     rec.add_argument("--dart-noise", type=float, default=0.0,
                      help="DART: noise std (metres) on the executed translation, the clean expert action recorded")
+    rec.add_argument("--dart-fade", type=float, default=0.0,
+                     help="with --dart-noise: fade the noise to zero within this many metres of the expert's next "
+                          "waypoint, so it can settle for a grasp (0: full noise everywhere)")
     rec.add_argument("--until-done", action="store_true",
                      help="record past the success check until the expert's plan ends (the final approach)")
     rec.add_argument("--settle-steps", type=int, default=0,
@@ -55,7 +58,7 @@ def _record(args: argparse.Namespace) -> int:
     from lapa.sim.record import ExpertOptions, record_dataset, summary_dict
 
     expert = ExpertOptions(noise_m=args.expert_noise, dart_noise_m=args.dart_noise, until_done=args.until_done,
-                           settle_steps=args.settle_steps, start_jitter_m=args.start_jitter,
+                           dart_fade_m=args.dart_fade, settle_steps=args.settle_steps, start_jitter_m=args.start_jitter,
                            pass_through=args.pass_through)
     summary = record_dataset(args.suite, args.episodes, args.out, seed=args.seed, no_actions=args.no_actions,
                              image_size=args.image_size, held_out=args.held_out, control_hz=args.control_hz,

@@ -103,13 +103,16 @@ def move_to_random_start(env: TabletopEnv, rng: np.random.Generator, jitter_m: f
 def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy | None = None,
                 instruction: str | None = None, record: bool = True, stop_on_success: bool = True,
                 expert_noise_m: float = 0.0, dart_noise_m: float = 0.0, settle_steps: int = 0,
-                start_jitter_m: float = 0.0, pass_through: bool = False) -> EpisodeResult:
+                start_jitter_m: float = 0.0, pass_through: bool = False, dart_fade_m: float = 0.0) -> EpisodeResult:
     """Roll out one episode; `policy=None` runs the scripted expert.
 
     Expert only: `dart_noise_m` (DART) adds Gaussian noise to the *executed* translation while
     the expert's clean, corrective action is what gets recorded, so the data covers the states a
-    learned policy drifts into. `settle_steps` (with `stop_on_success=False`) keeps recording the
-    expert holding still at its final pose, so the data shows the last centimetres and the stop.
+    learned policy drifts into. `dart_fade_m` > 0 scales that noise down within this distance of the
+    expert's next waypoint (to zero on it and while it holds there): full-strength noise at every step
+    keeps the arm from ever settling within a grasp's 4 mm tolerance, and the recording fills with
+    dithering at the block instead of grasps and lifts. `settle_steps` (with `stop_on_success=False`)
+    keeps recording the expert holding still at its final pose, so the data shows the last centimetres and the stop.
     `start_jitter_m` moves the gripper to a random start (seeded) before the episode begins: from
     a fixed home pose, where the arm is on its straight path tells where it goes, and a policy
     learns that shortcut instead of looking at the blocks and the instruction. `pass_through`: the
@@ -137,7 +140,8 @@ def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy 
         executed = action
         if expert is not None and dart_noise_m > 0 and not expert.done:
             executed = action.copy()
-            executed[:3] += noise_rng.normal(0.0, dart_noise_m, 3).astype(np.float32)
+            scale = 1.0 if dart_fade_m <= 0 else min(1.0, expert.distance_to_target_m(env.driver) / dart_fade_m)
+            executed[:3] += (scale * noise_rng.normal(0.0, dart_noise_m, 3)).astype(np.float32)
         obs = env.step(executed)
         success = env.success
         if success and stop_on_success:

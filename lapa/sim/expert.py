@@ -63,6 +63,12 @@ class ScriptedExpert:
     def done(self) -> bool:
         return self._index >= len(self.plan)
 
+    def distance_to_target_m(self, view: SceneView) -> float:
+        """How far the TCP is from the waypoint it is heading to; 0 while it holds there or once done."""
+        if self.done or self._held > 0:
+            return 0.0
+        return float(np.linalg.norm(self.plan[self._index].pos - view.robot_state().ee_pos_m))
+
     def _grasp_yaw(self, view: SceneView, colour: str) -> float:
         home_yaw = float(matrix_to_rpy(self._tcp_R(view))[2])
         _, R = view.block_pose(colour)

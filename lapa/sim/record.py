@@ -76,14 +76,15 @@ class ExpertOptions:
 
     noise_m: float = 0.002
     dart_noise_m: float = 0.0
+    dart_fade_m: float = 0.0  # the DART noise fades to zero within this distance of the next waypoint
     until_done: bool = False
     settle_steps: int = 0
     start_jitter_m: float = 0.0  # random start of the gripper (lapa.sim.env.move_to_random_start)
     pass_through: bool = False  # the expert moves through its via points without stopping
 
     def __post_init__(self) -> None:
-        if min(self.noise_m, self.dart_noise_m, self.settle_steps, self.start_jitter_m) < 0:
-            raise UserError("expert noise, DART noise, settle steps and start jitter must be >= 0")
+        if min(self.noise_m, self.dart_noise_m, self.dart_fade_m, self.settle_steps, self.start_jitter_m) < 0:
+            raise UserError("expert noise, DART noise and fade, settle steps and start jitter must be >= 0")
         if self.start_jitter_m > 0.15:
             raise UserError(f"start jitter {self.start_jitter_m} m would leave the workspace (at most 0.15 m)")
 
@@ -97,7 +98,7 @@ def _rollout(env: TabletopEnv, family: str, base_seed: int, index: int, held_out
         result = run_episode(env, task, seed, instruction=instruction, expert_noise_m=expert.noise_m,
                              dart_noise_m=expert.dart_noise_m, stop_on_success=not expert.until_done,
                              settle_steps=expert.settle_steps, start_jitter_m=expert.start_jitter_m,
-                             pass_through=expert.pass_through)
+                             pass_through=expert.pass_through, dart_fade_m=expert.dart_fade_m)
         if result.success:
             return result, attempt + 1
     raise RuntimeError(f"the scripted expert failed {MAX_ATTEMPTS_PER_EPISODE} times in a row on {family}; "
@@ -151,7 +152,8 @@ def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_ac
     sink.finalize(
         {"suite": suite, "episodes": episodes, "seed": seed, "held_out_instructions": held_out,
          "control_hz": control_hz, "image_size": image_size, "expert_noise_m": expert.noise_m,
-         "dart_noise_m": expert.dart_noise_m, "until_done": expert.until_done, "settle_steps": expert.settle_steps,
+         "dart_noise_m": expert.dart_noise_m, "dart_fade_m": expert.dart_fade_m,
+         "until_done": expert.until_done, "settle_steps": expert.settle_steps,
          "start_jitter_m": expert.start_jitter_m, "pass_through": expert.pass_through,
          "cameras": ["scene", "wrist"] if wrist_camera else ["scene"]}
     )
