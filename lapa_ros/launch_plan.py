@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lapa.intent_layout import has_intent
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "lapa_tabletop"
 DEFAULT_MODEL_SUITE = "reach_push"  # the task families the shipped model was finetuned on (its README.md)
@@ -216,11 +218,10 @@ def plan(arguments: dict[str, str] | None = None) -> LaunchPlan:
 
 
 def has_intent_preview(model: str) -> bool:
-    """A model directory with the intent preview's checkpoints beside it (lapa/policy/intent.py's layout)."""
+    """A model directory that carries the intent preview (lapa/intent_layout.py)."""
     if not model or model == EXPERT_MODEL:
         return False
-    intent = Path(model) / "intent"
-    return (intent / "latent" / "config.json").is_file() and (intent / "laq" / "config.json").is_file()
+    return has_intent(model)
 
 
 def _console_params(args: dict[str, str]) -> dict[str, object]:

@@ -5,6 +5,7 @@ pieces shipped beside the default model."""
 from __future__ import annotations
 
 import base64
+import shutil
 import time
 
 import cv2
@@ -14,14 +15,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from policy_fakes import FakePolicy
-from vla_fakes import FakeEncoder
+from vla_fakes import FakeEncoder, fit_tokenizer
 
 from lapa.checkpoint import CheckpointError
+from lapa.intent_layout import has_intent, keeps_latent_head
 from lapa.laq.config import LAQConfig
 from lapa.laq.model import LAQ
 from lapa.policy.checkpoint_io import save_vla
 from lapa.policy.config import VLAConfig
-from lapa.policy.intent import IntentModel, has_intent
+from lapa.policy.intent import IntentModel
 from lapa.policy.model import VLA
 from lapa_ros.launch_plan import DEFAULT_MODEL_DIR
 from policy_server import codec
@@ -78,6 +80,27 @@ def test_latent_head_and_laq_must_share_their_codes(tmp_path):
         IntentModel.load(tmp_path / "nothing", text_encoder=FakeEncoder())
 
 
+def test_a_policy_with_its_own_latent_head_previews_from_its_own_trunk(tmp_path, torch_one_thread):
+    """No separate stage-2 model: the action model's latent head (config.latent_head) imagines."""
+    torch.manual_seed(1)
+    policy = VLA(VLAConfig.preset("tiny", image_size=32, patch_size=8, dim=32, depth=1, heads=2, head="action",
+                                  num_bins=16, latent_head=True), fit_tokenizer(num_bins=16))
+    save_vla(tmp_path, policy.eval(), tokenizer=fit_tokenizer(num_bins=16))
+    make_intent_dir(tmp_path)  # the LAQ of the same codes (and a stage-2 model, removed next)
+    shutil.rmtree(tmp_path / "intent" / "latent")
+    assert keeps_latent_head(tmp_path) and has_intent(tmp_path)
+    model = IntentModel.load(tmp_path, text_encoder=FakeEncoder(), steps=2)
+    assert model.vla.config.head == "action" and model.vla.action_head is not None
+    assert model.metadata["latent_head"] == "policy"
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = model.imagine(image, "reach the red block")
+    text = FakeEncoder().encode(["reach the red block"]).float()
+    expected = policy.predict_latents(torch.from_numpy(image)[None], text)[0].numpy()
+    np.testing.assert_array_equal(out["latent_codes"][0], expected)
+    (tmp_path / "intent" / "laq" / "config.json").unlink()
+    assert not has_intent(tmp_path), "the LAQ's decoder draws the frames: without it there is no preview"
+
+
 def server(intent_dir=None, api_key=None):
     factory = None
     if intent_dir is not None:
@@ -101,7 +124,8 @@ def test_server_answers_v1_intent_in_msgpack_and_json(intent_dir, torch_one_thre
         wait_ready(client, {"X-API-Key": KEY})
         headers = {"X-API-Key": KEY, "Content-Type": "application/msgpack"}
         meta = client.get("/v1/metadata", headers={"X-API-Key": KEY}).json()
-        assert meta["intent"] == {"steps": 4, "latent_seq_len": 4, "codebook_size": 8, "frame_size": [32, 32]}
+        assert meta["intent"] == {"steps": 4, "latent_seq_len": 4, "codebook_size": 8, "frame_size": [32, 32],
+                                  "latent_head": "lineage"}
         body = codec.packb({"image": image, "instruction": "push the blue block left"})
         assert client.post("/v1/intent", content=body, headers={"Content-Type": "application/msgpack"}
                            ).status_code == 401

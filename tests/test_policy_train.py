@@ -246,3 +246,37 @@ def test_cosine_schedule_decays_to_a_tenth_and_constant_stays():
     assert TrainOptions(steps=101, lr=1e-3).lr_at(80) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainOptions(lr_schedule="step")
+
+
+# ----------------------------------------------------------------------------- a latent head beside the action head
+
+
+def test_a_latent_head_beside_the_action_head_leaves_acting_untouched(latent_run, labels, robot, tmp_path, capsys):
+    """`lapa train latent-head`: only the latent head learns; the policy's actions stay bit for bit."""
+    enc = FakeEncoder()
+    policy_run = tmp_path / "ft"
+    finetune_actions(latent_run, [robot], policy_run, opts=_opts(2), encoder=enc)
+    policy, _, _ = load_vla(resolve_vla_checkpoint(policy_run))
+    assert policy.latent_head is None and not policy.config.latent_head
+    out = tmp_path / "lh"
+    assert lapa_main(["train", "latent-head", "--ckpt", str(policy_run), "--labels", str(labels),
+                      "--latent-init", str(latent_run), "--out", str(out), "--steps", "3", "--batch-size", "4",
+                      "--threads", "1", "--ckpt-every", "3"]) == 0
+    both, config, tokenizer = load_vla(resolve_vla_checkpoint(out))
+    assert config.head == "action" and config.latent_head and tokenizer is not None
+    before = policy.state_dict()
+    after = both.state_dict()
+    assert set(after) - set(before) == {k for k in after if k.startswith("latent_head.")} != set()
+    assert all(torch.equal(before[k], after[k]) for k in before), "everything but the latent head is frozen"
+    pretrained, _, _ = load_vla(resolve_vla_checkpoint(latent_run))
+    assert not torch.equal(after["latent_head.proj.weight"], pretrained.latent_head.proj.weight), "the head learnt"
+    images, text = config.fake_inputs(batch=2)
+    state = torch.zeros(2, config.state_input_dim) if config.state_dim else None
+    with torch.no_grad():
+        torch.testing.assert_close(both(images, text, state=state), policy(images, text, state=state), rtol=0, atol=0)
+        logits = both.latent_logits(images, text)
+    assert logits.shape == (2, config.latent_seq_len, config.latent_codebook_size)
+    assert checkpoint_extra(resolve_vla_checkpoint(out))["provenance"]["stage"] == "latent_head"
+    assert lapa_main(["train", "latent-head", "--ckpt", str(latent_run), "--labels", str(labels),
+                      "--out", str(tmp_path / "bad"), "--steps", "1"]) != 0
+    assert "not a finetuned policy" in capsys.readouterr().err

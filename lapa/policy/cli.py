@@ -30,6 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(f, steps=1000)
     f.set_defaults(func=_finetune)
 
+    h = train_sub.add_parser("latent-head",
+                             help="a latent-action head beside a finetuned policy's action head (the intent preview); "
+                                  "the rest of the policy is frozen and acts exactly as before")
+    h.add_argument("--ckpt", required=True, help="the finetuned policy (checkpoint or training run directory)")
+    h.add_argument("--labels", type=Path, required=True,
+                   help="latent label file (.parquet, lapa laq label) from the LAQ of the policy's lineage")
+    h.add_argument("--latent-init", help="a stage-2 checkpoint whose latent head starts the new one (the "
+                                         "policy's own latent pretraining); default: a fresh head")
+    _common(h, steps=500)
+    h.set_defaults(func=_latent_head)
+
     a = train_sub.add_parser("action-pretrain", help="the ActionVLA baseline: pretraining on true actions")
     a.add_argument("--data", nargs="+", required=True, help="LeRobot v3 datasets with actions")
     _common(a, steps=2000)
@@ -158,6 +169,15 @@ def _finetune(args: argparse.Namespace) -> int:
                                        cameras=("scene", "wrist") if args.wrist_camera else None,
                                        opts=_options(args, env),
                                        resume=args.resume, env=env), env)
+
+
+def _latent_head(args: argparse.Namespace) -> int:
+    from lapa.distributed import command_env
+    from lapa.policy.train import train_latent_head
+
+    with command_env(args.device) as env:
+        return _print(train_latent_head(args.ckpt, args.labels, args.out, latent_init=args.latent_init,
+                                        opts=_options(args, env), resume=args.resume, env=env), env)
 
 
 def _action_pretrain(args: argparse.Namespace) -> int:

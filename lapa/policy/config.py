@@ -63,6 +63,9 @@ class VLAConfig:
     # camera every stage sees; "wrist", the camera on the hand, only joins at finetuning. Every
     # camera goes through the same encoder; a learned camera embedding tells their patches apart.
     cameras: tuple[str, ...] = ("scene",)
+    # an action model that keeps a latent-action head beside its action head: the intent preview
+    # (lapa/policy/intent.py) reads the policy's own trunk; unused by acting, absent from the ONNX graph
+    latent_head: bool = False
 
     def __post_init__(self) -> None:
         for name in ("state_history", "cameras"):
@@ -111,6 +114,10 @@ class VLAConfig:
             raise ValueError("state_history needs a state input (state_dim 8)")
         if self.cameras not in CAMERA_SETS:
             raise ValueError(f"cameras must be one of {CAMERA_SETS}, got {self.cameras!r}")
+        if not isinstance(self.latent_head, bool):
+            raise ValueError(f"latent_head must be a bool, got {self.latent_head!r}")
+        if self.latent_head and self.head != "action":
+            raise ValueError("latent_head keeps a latent head beside an action head: it needs head 'action'")
         if self.action_output == "l1" and self.decoder != "parallel":
             raise ValueError("the l1 action head regresses the whole chunk in one pass: decoder must be 'parallel'")
 

@@ -8,11 +8,12 @@ next frame. Rolled out (each imagined frame is the next step's input):
     image --VLA latent head--> codes_1 --LAQ decoder(image, codes_1)--> frame_1
     frame_1 --VLA latent head--> codes_2 --LAQ decoder(frame_1, codes_2)--> frame_2   ...
 
-An intent directory beside a served checkpoint holds both, each a checkpoint of its own
-(safetensors + config.json):
+The latent head is the policy's own when it keeps one beside its action head (`latent_head: true`,
+`lapa train latent-head`): the preview then reads the very trunk that acts. Otherwise a separate
+stage-2 model of the policy's lineage stands in. The layout (lapa/intent_layout.py):
 
-    <model>/intent/latent/   a VLA with `head: latent` (the stage-2 model of the policy's lineage)
-    <model>/intent/laq/      the LAQ whose codes that head was trained to predict
+    <model>/intent/laq/      the LAQ whose codes the latent head was trained to predict
+    <model>/intent/latent/   only for a policy without its own latent head: a VLA with `head: latent`
 
 The two must agree on the codes (latent_seq_len, codebook size); `IntentModel.load` checks it.
 """
@@ -28,23 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from lapa.checkpoint import CheckpointError
+from lapa.intent_layout import INTENT_DIR, LAQ_DIR, LATENT_DIR, has_intent, keeps_latent_head
 from lapa.laq.model import LAQ
 from lapa.policy.checkpoint_io import load_vla
 from lapa.policy.model import VLA
 
-INTENT_DIR = "intent"
-LATENT_DIR = "latent"
-LAQ_DIR = "laq"
 DEFAULT_STEPS = 4
 MAX_STEPS = 16
-
-
-def has_intent(model_dir: str | Path | None) -> bool:
-    """Whether a model directory carries an intent preview (`intent/latent` and `intent/laq`)."""
-    if model_dir is None:
-        return False
-    d = Path(model_dir) / INTENT_DIR
-    return (d / LATENT_DIR / "config.json").is_file() and (d / LAQ_DIR / "config.json").is_file()
 
 
 def _resize(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -62,7 +53,8 @@ class IntentModel:
 
     def __init__(self, latent_vla: VLA, laq: LAQ, text_encoder: Any, steps: int = DEFAULT_STEPS) -> None:
         if latent_vla.latent_head is None:
-            raise CheckpointError("the intent preview needs a VLA with a latent-action head (head: latent)")
+            raise CheckpointError("the intent preview needs a VLA with a latent-action head (head: latent, or an "
+                                  "action model with latent_head: true)")
         vc, lc = latent_vla.config, laq.config
         if (vc.latent_seq_len, vc.latent_codebook_size) != (lc.latent_seq_len, lc.codebook_size):
             raise CheckpointError(f"the latent head predicts {vc.latent_seq_len} codes of {vc.latent_codebook_size}, "
@@ -76,13 +68,19 @@ class IntentModel:
 
     @classmethod
     def load(cls, directory: str | Path, text_encoder: Any | None = None, steps: int = DEFAULT_STEPS) -> IntentModel:
-        """From an intent directory (`latent/` + `laq/`), or a model directory that has one."""
+        """From a model directory with an intent preview (its own latent head, or `intent/latent/`, and
+        `intent/laq/`), or an intent directory (`latent/` + `laq/`)."""
         d = Path(directory)
-        if has_intent(d):
+        if has_intent(d) and keeps_latent_head(d):
+            vla, _, _ = load_vla(d)
             d = d / INTENT_DIR
-        if not ((d / LATENT_DIR).is_dir() and (d / LAQ_DIR).is_dir()):
-            raise CheckpointError(f"{directory}: no intent preview ({LATENT_DIR}/ and {LAQ_DIR}/ checkpoints)")
-        vla, _, _ = load_vla(d / LATENT_DIR)
+        else:
+            if has_intent(d):
+                d = d / INTENT_DIR
+            if not ((d / LATENT_DIR).is_dir() and (d / LAQ_DIR).is_dir()):
+                raise CheckpointError(f"{directory}: no intent preview (a policy with a latent head, or "
+                                      f"{LATENT_DIR}/, and {LAQ_DIR}/ checkpoints)")
+            vla, _, _ = load_vla(d / LATENT_DIR)
         laq = LAQ.from_checkpoint(d / LAQ_DIR)
         if text_encoder is None:
             from lapa.policy.text_encoder import TextEncoder
@@ -93,8 +91,10 @@ class IntentModel:
     @property
     def metadata(self) -> dict[str, Any]:
         lc = self.laq.config
+        # "policy": the acting model's own latent head; "lineage": a separate stage-2 model of its lineage
+        source = "policy" if self.vla.config.head == "action" else "lineage"
         return {"steps": self.steps, "latent_seq_len": lc.latent_seq_len, "codebook_size": lc.codebook_size,
-                "frame_size": [lc.image_size, lc.image_size]}
+                "frame_size": [lc.image_size, lc.image_size], "latent_head": source}
 
     def imagine(self, image: np.ndarray, instruction: str, steps: int | None = None) -> dict[str, Any]:
         steps = self.steps if steps is None else steps

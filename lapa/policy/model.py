@@ -405,12 +405,12 @@ class VLA(nn.Module):
         self.history_proj = nn.Linear(4 * H, D) if H else None
         self.blocks = nn.ModuleList(Block(D, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.norm = nn.LayerNorm(D)
-        # heads: exactly one of them exists
+        # heads: the config's head; an action model may keep a latent head beside it (config.latent_head)
         self.latent_head: LatentHead | None = None
         self.action_head: ActionHead | RegressionHead | None = None
-        if config.head == "latent":
+        if config.head == "latent" or config.latent_head:
             self.latent_head = LatentHead(config)
-        else:
+        if config.head == "action":
             self.action_head = _new_action_head(config, tokenizer)
         self.apply(_init_weights)
         for module in self.modules():
@@ -420,6 +420,8 @@ class VLA(nn.Module):
             nn.init.zeros_(self.history_proj.weight)
             nn.init.zeros_(self.history_proj.bias)
         self.register_buffer("attn_blocked", _attention_mask(config), persistent=False)  # (S, S)
+        self.register_buffer("latent_blocked", _attention_mask(config.replace(head="latent", latent_head=False)),
+                             persistent=False)  # (P + L, P + L): the latent head's pass
 
     # ------------------------------------------------------------------ trunk
     def embed_prefix(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> Tensor:
@@ -475,11 +477,13 @@ class VLA(nn.Module):
             tokens.append(keypoint_token)  # (B, V, D)
         return torch.cat([*tokens, patches], dim=1)  # (B, P, D)
 
-    def run_trunk(self, prefix: Tensor, queries: Tensor) -> Tensor:
-        """prefix (B, P, D) + queries (B, Q, D) -> normalised query outputs (B, Q, D)."""
+    def run_trunk(self, prefix: Tensor, queries: Tensor, blocked: Tensor | None = None) -> Tensor:
+        """prefix (B, P, D) + queries (B, Q, D) -> normalised query outputs (B, Q, D). `blocked` (S, S):
+        the attention mask, by default the config head's."""
         x = torch.cat([prefix, queries], dim=1)  # (B, S, D), S = P + Q
+        blocked = self.attn_blocked if blocked is None else blocked
         for block in self.blocks:
-            x = block(x, self.attn_blocked)
+            x = block(x, blocked)
         return self.norm(x[:, prefix.shape[1]:])  # (B, Q, D)
 
     def trunk_state_dict(self) -> dict[str, Tensor]:
@@ -496,7 +500,7 @@ class VLA(nn.Module):
         forcing; token t sees tokens < t), or during generation the tokens decoded so far.
         `state` (B, 8) proprio, for a model with state_dim 8 (None: the "no state" token).
         """
-        if self.latent_head is not None:
+        if self.config.head == "latent":
             if bins is not None:
                 raise ValueError("the latent head takes no bins")
             prefix = self.embed_prefix(images, text_emb, state)  # (B, P, D)
@@ -517,9 +521,15 @@ class VLA(nn.Module):
         return self.run_trunk(prefix, self._action_head().query_tokens(prefix.shape[0], bins))
 
     def latent_logits(self, images: Tensor, text_emb: Tensor) -> Tensor:
+        """(B, L, C) latent code logits: the latent model's, or the latent head an action model keeps
+        (config.latent_head) on the same trunk. No state: latent actions are learned from videos."""
         if self.latent_head is None:
-            raise RuntimeError("this VLA has an action head, not a latent head")
-        return self(images, text_emb)  # (B, L, C)
+            raise RuntimeError("this VLA has an action head and no latent head (config.latent_head false)")
+        if self.config.head == "latent":
+            return self(images, text_emb)  # (B, L, C)
+        prefix = self.embed_prefix(images, text_emb)  # (B, P, D), the "no state" token in the state slot
+        h = self.run_trunk(prefix, self.latent_head.query_tokens(prefix.shape[0]), self.latent_blocked)
+        return self.latent_head.logits(h)  # (B, L, C)
 
     def predict_latents(self, images: Tensor, text_emb: Tensor) -> Tensor:
         """Argmax latent action codes (B, L) int64."""
@@ -597,6 +607,26 @@ class VLA(nn.Module):
         self.attn_blocked = _attention_mask(config).to(ref.device)
         self.config = config
         return self
+
+    def with_latent_head(self, source: VLA | None = None) -> VLA:
+        """This action model with a latent head beside its action head (a new VLA; self is unchanged):
+        `source`'s latent head (a stage-2 model predicting the same codes) or a fresh one. Acting is
+        untouched: the action pass never sees the latent queries. The caller sets the tokenizer again."""
+        if self.config.head != "action":
+            raise ValueError("with_latent_head adds a latent head to an action model")
+        model = VLA(self.config.replace(latent_head=True))
+        state = {**model.state_dict(), **self.state_dict()}
+        if source is not None:
+            if source.latent_head is None:
+                raise ValueError("the source model has no latent head")
+            sc = source.config
+            if (sc.dim, sc.latent_seq_len, sc.latent_codebook_size) != (
+                    self.config.dim, self.config.latent_seq_len, self.config.latent_codebook_size):
+                raise ValueError(f"the source's latent head ({sc.latent_seq_len} codes of {sc.latent_codebook_size}, "
+                                 f"dim {sc.dim}) does not fit this model (dim {self.config.dim})")
+            state.update({f"latent_head.{k}": v for k, v in source.latent_head.state_dict().items()})
+        model.load_state_dict(state)
+        return model
 
     def with_state_history(self, lags: tuple[int, ...]) -> VLA:
         """The same model taking a state history with these lags (a new VLA; self is unchanged). Its

@@ -173,7 +173,7 @@ def _load_for_resume(directory: Path, model: VLA, tokenizer: ActionTokenizer | N
 def compute_loss(model: VLA, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy of the head on the batch, plus token accuracy (and action errors for actions)."""
     if batch.codes is not None:
-        logits = model(batch.images, batch.text)  # (B, L, C)
+        logits = model.latent_logits(batch.images, batch.text)  # (B, L, C)
         loss = latent_loss(logits, batch.codes)
         acc = (logits.argmax(-1) == batch.codes).float().mean()
         return loss, {"accuracy": float(acc)}
@@ -508,6 +508,49 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
                   "state_history": list(model.config.state_history), "cameras": list(model.config.cameras)}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
                      env=env, preset=preset)
+
+
+def train_latent_head(ckpt: str | os.PathLike, labels: str | os.PathLike, out_dir: str | os.PathLike, *,
+                      latent_init: str | os.PathLike | None = None, opts: TrainOptions | None = None,
+                      resume: bool = False, encoder: Any | None = None,
+                      env: DistEnv | None = None) -> VLATrainResult:
+    """A latent-action head beside a finetuned policy's action head, for the intent preview.
+
+    Everything but the latent head is frozen, so the policy acts exactly as before (bit for bit):
+    the head learns to read the LAQ codes of `labels` off the policy's own trunk. `latent_init`, a
+    stage-2 checkpoint (typically the policy's own pretraining), gives the head its start.
+    """
+    opts = opts or TrainOptions()
+    encoder = load_text_encoder(encoder)
+    torch.manual_seed(opts.seed)
+    path = resolve_vla_checkpoint(ckpt)
+    policy, config, tokenizer = load_vla(path)
+    if config.head != "action" or tokenizer is None:
+        raise UserError(f"{path}: not a finetuned policy (an action head); the latent head goes beside one")
+    if config.text_dim != encoder.embedding_dim:
+        raise CheckpointError(f"{path}: the model takes {config.text_dim}-d instruction embeddings, "
+                              f"the text encoder makes {encoder.embedding_dim}-d ones")
+    data = LatentSet(labels, config.image_size, encoder, progress=opts.progress)
+    if (data.latent_seq_len, data.codebook_size) != (config.latent_seq_len, config.latent_codebook_size):
+        raise UserError(f"{labels}: {data.latent_seq_len} codes of {data.codebook_size}, the policy's lineage "
+                        f"{config.latent_seq_len} of {config.latent_codebook_size}: labels from another LAQ")
+    source = None
+    if latent_init is not None and not config.latent_head:
+        source, _, _ = load_vla(resolve_vla_checkpoint(latent_init))
+    model = policy if config.latent_head else policy.with_latent_head(source)
+    model.set_action_tokenizer(tokenizer)
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("latent_head.")
+    provenance = {"stage": "latent_head", "init": str(path), "latent_init": str(latent_init) if latent_init else None,
+                  "labels": str(labels), "datasets": data.sources, "laq_checkpoint": data.meta.get("laq_checkpoint"),
+                  "frozen": "everything but latent_head", "init_provenance": _provenance_of(path)}
+    return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance,
+                     desc="latent head", env=env)
+
+
+def _provenance_of(path: Path) -> Any:
+    """The `provenance` a checkpoint's config.json records (None when it has none)."""
+    return read_vla_config(path)[0].get("provenance")
 
 
 @torch.no_grad()
