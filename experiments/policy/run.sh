@@ -103,6 +103,26 @@ done_at "$RUNS/W2_pick_wrist_cosine" 1500 || lapa train finetune --init "$RUNS/L
   --data "$DATA/pick_wrist" --state-history 3,6,12 --wrist-camera --lr-schedule cosine \
   --out "$RUNS/W2_pick_wrist_cosine" --steps 1500 $common $(resume "$RUNS/W2_pick_wrist_cosine")
 
+# -- fifth round: the DART noise faded near the expert's waypoints (--dart-fade 0.03), pick and put
+#    recorded again with the same seeds. Y: W's recipe on the new pick data; Z: the same on put;
+#    A4: all four families in one model (the shipped candidate), 3000 steps.
+seed=200000
+for fam in pick put; do
+  [ -f "$DATA/${fam}_wrist_fade/meta/info.json" ] || lapa sim record --suite $fam --episodes 400 --seed $seed \
+    --out "$DATA/${fam}_wrist_fade" $opts --wrist-camera --dart-fade 0.03
+  seed=$((seed + 100000))
+done
+for fam in pick put; do
+  row=$( [ $fam = pick ] && echo Y_pick_wrist_fade || echo Z_put_wrist_fade )
+  done_at "$RUNS/$row" 1000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+    --data "$DATA/${fam}_wrist_fade" --state-history 3,6,12 --wrist-camera --out "$RUNS/$row" --steps 1000 \
+    $common $(resume "$RUNS/$row")
+done
+done_at "$RUNS/A4_all4_wrist" 3000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+  --data "$DATA/reach_wrist" "$DATA/push_wrist" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" \
+  --state-history 3,6,12 --wrist-camera --out "$RUNS/A4_all4_wrist" --steps 3000 \
+  $common --ckpt-every 1000 $(resume "$RUNS/A4_all4_wrist")
+
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
   local row=$1 ckpt=$2; shift 2
@@ -137,6 +157,10 @@ evaluate V_pick_hist_500_ensemble0.5 "$RUNS/V_pick_hist" pick "${ensemble[@]}"
 evaluate W_pick_hist_wrist_500_ensemble0.5 "$RUNS/W_pick_hist_wrist/checkpoints/step_00000500" pick "${ensemble[@]}"
 evaluate W_pick_hist_wrist_1000_ensemble0.5 "$RUNS/W_pick_hist_wrist" pick "${ensemble[@]}"
 evaluate W2_pick_wrist_cosine_ensemble0.5 "$RUNS/W2_pick_wrist_cosine" pick "${ensemble[@]}"
+evaluate Y_pick_wrist_fade_500_ensemble0.5 "$RUNS/Y_pick_wrist_fade/checkpoints/step_00000500" pick "${ensemble[@]}"
+evaluate Y_pick_wrist_fade_1000_ensemble0.5 "$RUNS/Y_pick_wrist_fade" pick "${ensemble[@]}"
+evaluate Z_put_wrist_fade_1000_ensemble0.5 "$RUNS/Z_put_wrist_fade" put "${ensemble[@]}"
+evaluate A4_all4_wrist_3000_ensemble0.5 "$RUNS/A4_all4_wrist" reach push pick put "${ensemble[@]}"
 for row in D_scratch L_lapa; do
   [ -f "$RUNS/eval/probe_$row.json" ] || lapa eval --ckpt "$RUNS/$row" --grounding-probe 20 --json "$RUNS/eval/probe_$row.json"
 done
