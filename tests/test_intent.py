@@ -170,12 +170,13 @@ def test_a_preview_that_does_not_load_leaves_the_policy_served(tmp_path, torch_o
 
 
 def test_the_default_model_ships_its_intent_preview(torch_one_thread):
-    """The stage-2 model of the default policy's lineage and the LAQ it learnt the codes of."""
-    assert has_intent(DEFAULT_MODEL_DIR)
+    """The default policy's own latent head (beside its action head) and the LAQ of its codes."""
+    assert has_intent(DEFAULT_MODEL_DIR) and keeps_latent_head(DEFAULT_MODEL_DIR)
     from lapa.policy.text_encoder import TextEncoder
 
     model = IntentModel.load(DEFAULT_MODEL_DIR, text_encoder=TextEncoder.load())
     assert model.vla.config.image_size == 64 and model.laq.config.image_size == 64
+    assert model.metadata["latent_head"] == "policy" and model.vla.action_head is not None
     image = np.full((128, 128, 3), 120, np.uint8)
     out = model.imagine(image, "reach the red block")
     assert out["frames"].shape == (4, 64, 64, 3) and out["latent_codes"].shape == (4, 4)
