@@ -135,6 +135,7 @@ FAMILIES: dict[str, TaskFamily] = {
 SUITES: dict[str, tuple[str, ...]] = {
     "default": ("reach", "push", "pick", "put"),
     "reach_push": ("reach", "push"),
+    "reach_push_pick": ("reach", "push", "pick"),
     "reach": ("reach",),
     "push": ("push",),
     "pick": ("pick",),

@@ -21,11 +21,11 @@ def test_every_scripted_wav_is_a_fixture():
 
 
 def test_the_trained_model_gets_its_families_and_the_expert_every_family():
-    model_plan = episode_plan(demo_args("--episodes", "5"), "models/lapa_tabletop")
-    assert [source for _, _, source in model_plan] == ["typed", "spoken", "typed", "typed", "typed"]
+    model_plan = episode_plan(demo_args("--episodes", "6"), "models/lapa_tabletop")
+    assert [source for _, _, source in model_plan] == ["typed", "spoken", "typed", "typed", "typed", "typed"]
     assert Path(model_plan[1][0]).name == "reach_the_green_block.wav"
     typed = [text for text, _, source in model_plan if source == "typed"]
-    assert {parse_instruction(t).family for t in typed} == {"reach", "push"}
+    assert {parse_instruction(t).family for t in typed} == {"reach", "push", "pick"}
 
     expert_plan = episode_plan(demo_args("--episodes", "6"), "expert")
     families = {parse_instruction(text).family for text, _, source in expert_plan if source == "typed"}
