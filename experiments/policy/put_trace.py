@@ -1,0 +1,49 @@
+"""Step-by-step trace of a policy's rollouts: where the TCP is relative to the named block when the
+gripper closes (experiments/policy/README.md, fifth round).
+
+    python experiments/policy/put_trace.py --ckpt runs/policy/Z2_put_fade --family put --episodes 3
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from lapa.eval.closed_loop import ClosedLoopExecutor, eval_seeds
+from lapa.policy.torch_policy import TorchPolicy
+from lapa.policy.train import load_text_encoder, resolve_vla_checkpoint
+from lapa.sim.env import TabletopEnv, episode_task
+from lapa.sim.fast_driver import FastDriver
+from lapa.sim.scene import SceneConfig
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--family", default="put")
+    p.add_argument("--episodes", type=int, default=3)
+    p.add_argument("--steps", type=int, default=60)
+    args = p.parse_args()
+    policy = TorchPolicy(resolve_vla_checkpoint(args.ckpt), text_encoder=load_text_encoder(None))
+    executor = ClosedLoopExecutor(policy, "ensemble", 1, 0.5, image_size=policy.config.image_size,
+                                  state_history=policy.config.state_history)
+    with FastDriver(SceneConfig(image_size=128)) as driver:
+        env = TabletopEnv(driver)
+        for seed in eval_seeds(0, args.episodes):
+            task, instruction = episode_task(args.family, seed)
+            executor.reset()
+            obs = env.reset(task, seed, instruction)
+            named = driver.block_pose(task.colour)[0]  # (3,) the block to reach / lift
+            print(f"{seed} {instruction!r}")
+            for t in range(args.steps):
+                action = np.asarray(executor(obs))  # (7,)
+                offset_cm = (driver.robot_state().ee_pos_m - named) * 100
+                print(f"  t{t:02d} TCP - named block {np.round(offset_cm, 1)} cm  gripper command {action[6]:.2f}  "
+                      f"finger width {driver.gripper_width_m() * 100:.1f} cm")
+                obs = env.step(action)
+            print(f"  named block height at the end: {driver.block_pose(task.colour)[0][2]:.3f} m")
+
+
+if __name__ == "__main__":
+    main()
