@@ -104,8 +104,7 @@ done_at "$RUNS/W2_pick_wrist_cosine" 1500 || lapa train finetune --init "$RUNS/L
   --out "$RUNS/W2_pick_wrist_cosine" --steps 1500 $common $(resume "$RUNS/W2_pick_wrist_cosine")
 
 # -- fifth round: the DART noise faded near the expert's waypoints (--dart-fade 0.03), pick and put
-#    recorded again with the same seeds. Y: W's recipe on the new pick data; Z: the same on put;
-#    A4: all four families in one model (the shipped candidate), 3000 steps.
+#    recorded again with the same seeds. Y: W's recipe on the new pick data; Z: the same on put.
 seed=200000
 for fam in pick put; do
   [ -f "$DATA/${fam}_wrist_fade/meta/info.json" ] || lapa sim record --suite $fam --episodes 400 --seed $seed \
@@ -118,10 +117,17 @@ for fam in pick put; do
     --data "$DATA/${fam}_wrist_fade" --state-history 3,6,12 --wrist-camera --out "$RUNS/$row" --steps 1000 \
     $common $(resume "$RUNS/$row")
 done
-done_at "$RUNS/A4_all4_wrist" 3000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
-  --data "$DATA/reach_wrist" "$DATA/push_wrist" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" \
-  --state-history 3,6,12 --wrist-camera --out "$RUNS/A4_all4_wrist" --steps 3000 \
-  $common --ckpt-every 1000 $(resume "$RUNS/A4_all4_wrist")
+# V2: Y without the hand camera; Z2: Z without it, 3000 steps; A3: reach + push + pick in one
+# model, scene camera, 3000 steps (the shipped model is its step 2000)
+done_at "$RUNS/V2_pick_fade" 1000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+  --data "$DATA/pick_wrist_fade" --state-history 3,6,12 --out "$RUNS/V2_pick_fade" --steps 1000 \
+  $common $(resume "$RUNS/V2_pick_fade")
+done_at "$RUNS/Z2_put_fade" 3000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+  --data "$DATA/put_wrist_fade" --state-history 3,6,12 --out "$RUNS/Z2_put_fade" --steps 3000 \
+  $common --ckpt-every 1000 $(resume "$RUNS/Z2_put_fade")
+done_at "$RUNS/A3_rpp_fade" 3000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+  --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" --state-history 3,6,12 --out "$RUNS/A3_rpp_fade" \
+  --steps 3000 $common --ckpt-every 1000 $(resume "$RUNS/A3_rpp_fade")
 
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
@@ -160,7 +166,16 @@ evaluate W2_pick_wrist_cosine_ensemble0.5 "$RUNS/W2_pick_wrist_cosine" pick "${e
 evaluate Y_pick_wrist_fade_500_ensemble0.5 "$RUNS/Y_pick_wrist_fade/checkpoints/step_00000500" pick "${ensemble[@]}"
 evaluate Y_pick_wrist_fade_1000_ensemble0.5 "$RUNS/Y_pick_wrist_fade" pick "${ensemble[@]}"
 evaluate Z_put_wrist_fade_1000_ensemble0.5 "$RUNS/Z_put_wrist_fade" put "${ensemble[@]}"
-evaluate A4_all4_wrist_3000_ensemble0.5 "$RUNS/A4_all4_wrist" reach push pick put "${ensemble[@]}"
+evaluate V2_pick_fade_500_ensemble0.5 "$RUNS/V2_pick_fade/checkpoints/step_00000500" pick "${ensemble[@]}"
+evaluate V2_pick_fade_1000_ensemble0.5 "$RUNS/V2_pick_fade" pick "${ensemble[@]}"
+evaluate Z2_put_fade_2000_ensemble0.5 "$RUNS/Z2_put_fade/checkpoints/step_00002000" put "${ensemble[@]}"
+evaluate Z2_put_fade_3000_ensemble0.5 "$RUNS/Z2_put_fade" put "${ensemble[@]}"
+evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
+evaluate A3_rpp_fade_3000_ensemble0.5 "$RUNS/A3_rpp_fade" reach push pick "${ensemble[@]}"
+# the shipped model: A3 at step 2000 with its latent head (the intent preview; acting unchanged)
+done_at "$RUNS/A3_latent_head" 1000 || lapa train latent-head --ckpt "$RUNS/A3_rpp_fade/checkpoints/step_00002000" \
+  --labels "$RUNS/labels.parquet" --latent-init "$RUNS/pretrain" --out "$RUNS/A3_latent_head" --steps 1000 \
+  --lr 1e-3 --batch-size 64 --augment shift --threads 1 $(resume "$RUNS/A3_latent_head")
 for row in D_scratch L_lapa; do
   [ -f "$RUNS/eval/probe_$row.json" ] || lapa eval --ckpt "$RUNS/$row" --grounding-probe 20 --json "$RUNS/eval/probe_$row.json"
 done
