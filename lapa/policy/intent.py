@@ -71,17 +71,15 @@ class IntentModel:
         """From a model directory with an intent preview (its own latent head, or `intent/latent/`, and
         `intent/laq/`), or an intent directory (`latent/` + `laq/`)."""
         d = Path(directory)
-        if has_intent(d) and keeps_latent_head(d):
+        intent = d / INTENT_DIR if has_intent(d) else d
+        if keeps_latent_head(d) and intent != d:
             vla, _, _ = load_vla(d)
-            d = d / INTENT_DIR
+        elif (intent / LATENT_DIR).is_dir() and (intent / LAQ_DIR).is_dir():
+            vla, _, _ = load_vla(intent / LATENT_DIR)
         else:
-            if has_intent(d):
-                d = d / INTENT_DIR
-            if not ((d / LATENT_DIR).is_dir() and (d / LAQ_DIR).is_dir()):
-                raise CheckpointError(f"{directory}: no intent preview (a policy with a latent head, or "
-                                      f"{LATENT_DIR}/, and {LAQ_DIR}/ checkpoints)")
-            vla, _, _ = load_vla(d / LATENT_DIR)
-        laq = LAQ.from_checkpoint(d / LAQ_DIR)
+            raise CheckpointError(f"{directory}: no intent preview (a policy with a latent head, or "
+                                  f"{LATENT_DIR}/, and {LAQ_DIR}/ checkpoints)")
+        laq = LAQ.from_checkpoint(intent / LAQ_DIR)
         if text_encoder is None:
             from lapa.policy.text_encoder import TextEncoder
 

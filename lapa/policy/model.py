@@ -420,8 +420,9 @@ class VLA(nn.Module):
             nn.init.zeros_(self.history_proj.weight)
             nn.init.zeros_(self.history_proj.bias)
         self.register_buffer("attn_blocked", _attention_mask(config), persistent=False)  # (S, S)
-        self.register_buffer("latent_blocked", _attention_mask(config.replace(head="latent", latent_head=False)),
-                             persistent=False)  # (P + L, P + L): the latent head's pass
+        if config.head == "action" and config.latent_head:  # the latent head's own pass: (P + L, P + L)
+            self.register_buffer("latent_blocked", _attention_mask(config.replace(head="latent", latent_head=False)),
+                                 persistent=False)
 
     # ------------------------------------------------------------------ trunk
     def embed_prefix(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> Tensor:

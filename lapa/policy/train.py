@@ -41,7 +41,7 @@ from lapa.distributed import DistEnv, check_same_everywhere, resolve_device
 from lapa.errors import UserError
 from lapa.parallel import ParallelModel, choose_parallel
 from lapa.policy.action_tokenizer import ActionTokenizer
-from lapa.policy.checkpoint_io import load_vla, read_vla_config, save_vla
+from lapa.policy.checkpoint_io import checkpoint_extra, load_vla, read_vla_config, save_vla
 from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
 from lapa.policy.model import VLA, RegressionHead, action_loss, goal_features, l1_action_loss, latent_loss
@@ -477,9 +477,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     else:
         ckpt = resolve_vla_checkpoint(init)
         model, base, _ = load_vla(ckpt)
-        if base.text_dim != encoder.embedding_dim:
-            raise CheckpointError(f"{ckpt}: the model takes {base.text_dim}-d instruction embeddings, "
-                                  f"the text encoder makes {encoder.embedding_dim}-d ones")
+        _check_text_dim(ckpt, base, encoder)
         init_label = str(ckpt)
     head = {"chunk_size": chunk_size or base.chunk_size, "num_bins": num_bins or base.num_bins,
             "decoder": decoder or base.decoder, "action_output": action_output or base.action_output,
@@ -527,9 +525,7 @@ def train_latent_head(ckpt: str | os.PathLike, labels: str | os.PathLike, out_di
     policy, config, tokenizer = load_vla(path)
     if config.head != "action" or tokenizer is None:
         raise UserError(f"{path}: not a finetuned policy (an action head); the latent head goes beside one")
-    if config.text_dim != encoder.embedding_dim:
-        raise CheckpointError(f"{path}: the model takes {config.text_dim}-d instruction embeddings, "
-                              f"the text encoder makes {encoder.embedding_dim}-d ones")
+    _check_text_dim(path, config, encoder)
     data = LatentSet(labels, config.image_size, encoder, progress=opts.progress)
     if (data.latent_seq_len, data.codebook_size) != (config.latent_seq_len, config.latent_codebook_size):
         raise UserError(f"{labels}: {data.latent_seq_len} codes of {data.codebook_size}, the policy's lineage "
@@ -543,14 +539,15 @@ def train_latent_head(ckpt: str | os.PathLike, labels: str | os.PathLike, out_di
         param.requires_grad = name.startswith("latent_head.")
     provenance = {"stage": "latent_head", "init": str(path), "latent_init": str(latent_init) if latent_init else None,
                   "labels": str(labels), "datasets": data.sources, "laq_checkpoint": data.meta.get("laq_checkpoint"),
-                  "frozen": "everything but latent_head", "init_provenance": _provenance_of(path)}
+                  "frozen": "everything but latent_head", "init_provenance": checkpoint_extra(path).get("provenance")}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance,
                      desc="latent head", env=env)
 
 
-def _provenance_of(path: Path) -> Any:
-    """The `provenance` a checkpoint's config.json records (None when it has none)."""
-    return read_vla_config(path)[0].get("provenance")
+def _check_text_dim(ckpt: str | os.PathLike, config: VLAConfig, encoder: Any) -> None:
+    if config.text_dim != encoder.embedding_dim:
+        raise CheckpointError(f"{ckpt}: the model takes {config.text_dim}-d instruction embeddings, "
+                              f"the text encoder makes {encoder.embedding_dim}-d ones")
 
 
 @torch.no_grad()
