@@ -409,7 +409,7 @@ def int8_agreement(fp32: Any, int8: Any, config: Any, samples: int, fake_state, 
     rng = np.random.default_rng(seed)
     same_bins, near_bins, same_chunks, diffs = [], [], [], []
     for i in range(samples):
-        text = rng.normal(size=(1, config.text_dim)).astype(np.float32)
+        text = rng.normal(size=(1, config.text_input_dim)).astype(np.float32)
         feeds = {IMAGE_INPUT: rng.integers(0, 256, (1, config.image_size, config.image_size, 3), dtype=np.uint8),
                  TEXT_EMB_INPUT: text / np.linalg.norm(text)}
         if config.state_dim:

@@ -11,7 +11,9 @@ Two graphs, both with a dynamic batch:
   (the nearest bin centre of each action value, the token view), normalized_actions (the head's
   raw output, before clipping).
 - text_encoder.onnx, MiniLM (input_ids, attention_mask) -> unit embedding with dynamic batch and
-  sequence, run once per new instruction; its `tokenizer.json` is copied next to it.
+  sequence, run once per new instruction; its `tokenizer.json` is copied next to it. A model with
+  the token form of the instruction (text_tokens N) gets MiniLM's token features instead, (B, N * D)
+  from exactly N tokens.
 
 Only the parallel decoder is exported. An autoregressive checkpoint is refused: its chunk takes
 K*7 full passes with a Python loop around them, which belongs in a runtime loop over a step graph
@@ -62,7 +64,7 @@ from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import checkpoint_extra, load_vla, read_vla_config
 from lapa.policy.config import VLAConfig
 from lapa.policy.model import VLA, RegressionHead
-from lapa.policy.text_encoder import TextEncoder
+from lapa.policy.text_encoder import MiniLMTokens, TextEncoder, instruction_encoder
 
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = 19  # what GR00T's TensorRT path uses; TensorRT 10's parser reads it
@@ -199,11 +201,14 @@ def export_policy_graph(model: VLA, path: Path, exporter: str = "dynamo", opset:
 
 
 def export_text_graph(encoder: TextEncoder, path: Path, exporter: str = "dynamo", opset: int = DEFAULT_OPSET) -> None:
+    """Sentence form: dynamic batch and sequence. Token form (encoder.tokens N): the sequence is
+    fixed at N (the tokenizer pads and truncates to N), the output is (B, N * D)."""
     ids, mask = encoder.tokenize(["pick up the red block", "push the blue block to the left of the green one"])
     batch, seq = ("batch", 1, MAX_BATCH), ("seq", 2, encoder.model.config.max_seq_length)
-    export_graph(encoder.model, (torch.from_numpy(ids), torch.from_numpy(mask)), path, [INPUT_IDS, ATTENTION_MASK],
-                 [TEXT_EMB_OUTPUT], {INPUT_IDS: {0: batch, 1: seq}, ATTENTION_MASK: {0: batch, 1: seq}},
-                 exporter, opset)
+    axes = {0: batch} if encoder.tokens else {0: batch, 1: seq}
+    graph = MiniLMTokens(encoder.model) if encoder.tokens else encoder.model
+    export_graph(graph, (torch.from_numpy(ids), torch.from_numpy(mask)), path, [INPUT_IDS, ATTENTION_MASK],
+                 [TEXT_EMB_OUTPUT], {INPUT_IDS: axes, ATTENTION_MASK: axes}, exporter, opset)
 
 
 def _session(path: Path, threads: int | None):
@@ -275,10 +280,10 @@ def export_onnx(
     check_exportable(checkpoint, config, tokenizer)
     model, config, tokenizer = load_vla(checkpoint)
     assert tokenizer is not None
-    encoder = TextEncoder.load(text_encoder_dir)
-    if encoder.embedding_dim != config.text_dim:
-        raise ExportError(f"{checkpoint} takes {config.text_dim}-d instruction embeddings, the text encoder "
-                          f"makes {encoder.embedding_dim}-d ones")
+    encoder = instruction_encoder(TextEncoder.load(text_encoder_dir), config.text_tokens)
+    if encoder.embedding_dim != config.text_input_dim:
+        raise ExportError(f"{checkpoint} takes {config.text_input_dim}-float instruction embeddings, the text "
+                          f"encoder makes {encoder.embedding_dim}-float ones")
     tmp = _prepare_out(out)
     try:
         started = time.perf_counter()
@@ -365,7 +370,9 @@ def _metadata(
             "name": encoder.name,
             "source": str(encoder.model_dir),
             "embedding_dim": encoder.embedding_dim,
-            "max_seq_length": mc.max_seq_length,
+            "max_seq_length": encoder.tokens or mc.max_seq_length,
+            # 0: one sentence vector, pad to the longest; N: token features, pad and truncate to exactly N
+            "tokens": encoder.tokens,
             "tokenizer": TOKENIZER_FILE,
             "pad_id": 0 if pad_id is None else int(pad_id),
             "pad_token": "[PAD]",

@@ -161,7 +161,8 @@ def state_feed(state_dim: int, state: np.ndarray | None, batch: int) -> dict[str
 
 
 class OnnxTextEncoder(CachedLookup):
-    """tokenizer.json + text_encoder.onnx -> float32 unit embeddings, with an LRU cache per instruction."""
+    """tokenizer.json + text_encoder.onnx -> float32 unit embeddings (or flattened token features, in
+    the token form), with an LRU cache per instruction."""
 
     def __init__(self, export_dir: Path, meta: ExportMetadata, options: Any, providers: list[Any],
                  cache_size: int = 256) -> None:
@@ -175,7 +176,9 @@ class OnnxTextEncoder(CachedLookup):
             raise ExportError(f"{export_dir / TOKENIZER_FILE}: cannot read the tokenizer ({err})") from err
         text = meta.raw["text_encoder"]
         self.tokenizer.enable_truncation(max_length=meta.max_seq_length)
-        self.tokenizer.enable_padding(pad_id=int(text.get("pad_id", 0)), pad_token=str(text.get("pad_token", "[PAD]")))
+        fixed = int(text.get("tokens", 0)) or None  # the token form: exactly N tokens
+        self.tokenizer.enable_padding(pad_id=int(text.get("pad_id", 0)), pad_token=str(text.get("pad_token", "[PAD]")),
+                                      length=fixed)
         # a TensorRT provider would build an engine per sequence length: the text encoder runs rarely, skip it
         providers = [p for p in providers if (p[0] if isinstance(p, tuple) else p) != PROVIDER_ORDER[0]]
         self.session = open_session(export_dir / TEXT_ONNX, options, providers or ["CPUExecutionProvider"])

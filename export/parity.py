@@ -296,12 +296,15 @@ def text_parity(encoder: Any, session: Any, seed: int = 0) -> ParityReport:
 
     rng = np.random.default_rng(seed)
     vocab = encoder.model.config.vocab_size
-    batches = [encoder.tokenize(list(INSTRUCTIONS)), random_token_batch(vocab, 5, 9, rng),
-               random_token_batch(vocab, 2, 31, rng)]
+    tokens = getattr(encoder, "tokens", 0)  # the token form's graph takes exactly N tokens
+    batches = [encoder.tokenize(list(INSTRUCTIONS)), random_token_batch(vocab, 5, tokens or 9, rng),
+               random_token_batch(vocab, 2, tokens or 31, rng)]
     refs, gots, rows = [], [], 0
     for ids, mask in batches:
         with torch.no_grad():
-            refs.append(encoder.model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+            ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+            ref = encoder.model.token_features(ids_t, mask_t).flatten(1) if tokens else encoder.model(ids_t, mask_t)
+            refs.append(ref.numpy())
         gots.append(run_session(session, {INPUT_IDS: ids, ATTENTION_MASK: mask})[TEXT_EMB_OUTPUT])
         rows += ids.shape[0]
     return compare_embeddings("text_encoder.onnx vs torch", np.concatenate(refs), np.concatenate(gots), rows)

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "none); default: the init checkpoint's")
     f.add_argument("--wrist-camera", action="store_true",
                    help="add the hand camera (the datasets' observation.images.wrist) as a second image input")
+    f.add_argument("--text-tokens", type=int, metavar="N",
+                   help="take the instruction as the text encoder's features of its first N tokens (word order "
+                        "kept; N word tokens join the prefix) instead of one sentence vector; default: the init's")
     _common(f, steps=1000)
     f.set_defaults(func=_finetune)
 
@@ -167,7 +170,7 @@ def _finetune(args: argparse.Namespace) -> int:
                                        action_output=args.action_output, goal_aux=args.goal_aux or None,
                                        state_history=args.state_history,
                                        cameras=("scene", "wrist") if args.wrist_camera else None,
-                                       opts=_options(args, env),
+                                       text_tokens=args.text_tokens, opts=_options(args, env),
                                        resume=args.resume, env=env), env)
 
 

@@ -23,6 +23,7 @@ ENCODERS = ("patch", "conv")
 ACTION_OUTPUTS = ("bins", "l1")
 STATE_DIMS = (0, STATE_DIM)
 MAX_CHUNK_SIZE = 8
+MAX_TEXT_TOKENS = 128
 CAMERA_SETS = (("scene",), ("scene", "wrist"))
 
 
@@ -34,7 +35,11 @@ class VLAConfig:
     depth: int = 8  # transformer blocks
     heads: int = 6  # attention heads; dim % heads == 0
     mlp_ratio: float = 4.0
-    text_dim: int = 384  # instruction embedding width (all-MiniLM-L6-v2)
+    text_dim: int = 384  # instruction embedding width (all-MiniLM-L6-v2), per token in the token form
+    # instruction form: 0 = one pooled sentence vector (B, text_dim); N > 0 = the text encoder's
+    # features of the first N tokens, zero-padded and flattened (B, N * text_dim), which also join the
+    # prefix as N word tokens the patches and queries attend to (word order survives: who goes on whom)
+    text_tokens: int = 0
     latent_seq_len: int = 4  # LAQ latent tokens per transition
     latent_codebook_size: int = 8  # LAQ codebook entries
     chunk_size: int = 4  # K actions predicted per call
@@ -109,6 +114,8 @@ class VLAConfig:
             raise ValueError(f"action_output must be one of {ACTION_OUTPUTS}, got {self.action_output!r}")
         if not isinstance(self.goal_aux, bool):
             raise ValueError(f"goal_aux must be a bool, got {self.goal_aux!r}")
+        if not isinstance(self.text_tokens, int) or not 0 <= self.text_tokens <= MAX_TEXT_TOKENS:
+            raise ValueError(f"text_tokens must be an int in 0..{MAX_TEXT_TOKENS}, got {self.text_tokens!r}")
         check_lags(self.state_history)
         if self.state_history and not self.state_dim:
             raise ValueError("state_history needs a state input (state_dim 8)")
@@ -128,6 +135,11 @@ class VLAConfig:
         return state_input_dim(self.state_history) if self.state_dim else 0
 
     @property
+    def text_input_dim(self) -> int:
+        """Floats of the model's instruction input: text_dim, or text_tokens * text_dim in the token form."""
+        return self.text_dim * max(1, self.text_tokens)
+
+    @property
     def num_cameras(self) -> int:
         return len(self.cameras)
 
@@ -145,10 +157,10 @@ class VLAConfig:
 
     @property
     def prefix_len(self) -> int:
-        """Tokens before the queries: instruction, state (if any), keypoints (if any) and image patches
-        of each camera."""
+        """Tokens before the queries: instruction, its word tokens (if any), state (if any), keypoints
+        (if any) and image patches of each camera."""
         per_camera = (1 if self.keypoints else 0) + self.num_patches
-        return 1 + (1 if self.state_dim else 0) + self.num_cameras * per_camera
+        return 1 + self.text_tokens + (1 if self.state_dim else 0) + self.num_cameras * per_camera
 
     @property
     def num_action_tokens(self) -> int:
@@ -181,7 +193,8 @@ class VLAConfig:
 
     def fake_inputs(self, batch: int = 2, seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Random (images uint8 (B, H, W, 3) or (B, V, H, W, 3) with V > 1 cameras, unit-norm text
-        embeddings float32 (B, text_dim)).
+        embeddings float32 (B, text_dim); in the token form (B, text_tokens * text_dim), unit rows
+        with the last third zero, as padding).
 
         Random, never zeros: export parity checks on constant inputs hide bugs.
         """
@@ -189,9 +202,12 @@ class VLAConfig:
         cameras = (self.num_cameras,) if self.num_cameras > 1 else ()
         images = torch.randint(0, 256, (batch, *cameras, self.image_size, self.image_size, 3), dtype=torch.uint8,
                                generator=gen)
-        text = torch.randn(batch, self.text_dim, generator=gen)
+        rows = max(1, self.text_tokens)
+        text = torch.randn(batch, rows, self.text_dim, generator=gen)
         text = text / text.norm(dim=-1, keepdim=True)  # like the sentence encoder's output
-        return images, text
+        if self.text_tokens:
+            text[:, rows - rows // 3:] = 0.0  # padding rows
+        return images, text.reshape(batch, self.text_input_dim)
 
 
 PRESETS: dict[str, VLAConfig] = {

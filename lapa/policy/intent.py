@@ -33,6 +33,7 @@ from lapa.intent_layout import INTENT_DIR, LAQ_DIR, LATENT_DIR, has_intent, keep
 from lapa.laq.model import LAQ
 from lapa.policy.checkpoint_io import load_vla
 from lapa.policy.model import VLA
+from lapa.policy.text_encoder import instruction_encoder
 
 DEFAULT_STEPS = 4
 MAX_STEPS = 16
@@ -59,9 +60,10 @@ class IntentModel:
         if (vc.latent_seq_len, vc.latent_codebook_size) != (lc.latent_seq_len, lc.codebook_size):
             raise CheckpointError(f"the latent head predicts {vc.latent_seq_len} codes of {vc.latent_codebook_size}, "
                                   f"the LAQ decodes {lc.latent_seq_len} of {lc.codebook_size}: not the same codes")
-        if text_encoder.embedding_dim != vc.text_dim:
-            raise CheckpointError(f"the latent VLA takes {vc.text_dim}-d instructions, the text encoder makes "
-                                  f"{text_encoder.embedding_dim}-d ones")
+        text_encoder = instruction_encoder(text_encoder, vc.text_tokens)
+        if text_encoder.embedding_dim != vc.text_input_dim:
+            raise CheckpointError(f"the latent VLA takes {vc.text_input_dim}-float instructions, the text encoder "
+                                  f"makes {text_encoder.embedding_dim}-float ones")
         if not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {steps}")
         self.vla, self.laq, self.text_encoder, self.steps = latent_vla.eval(), laq.eval(), text_encoder, steps
@@ -104,7 +106,7 @@ class IntentModel:
         start = time.perf_counter()
         vla_size, laq_size = self.vla.config.image_size, self.laq.config.image_size
         with torch.inference_mode():
-            text = self.text_encoder.encode([instruction]).float()  # (1, text_dim)
+            text = self.text_encoder.encode([instruction]).float()  # (1, text_input_dim)
             frame = torch.from_numpy(np.array(image, copy=True)).unsqueeze(0).float() / 255.0  # (1, H, W, 3)
             codes_out, frames_out = [], []
             for _ in range(steps):

@@ -5,12 +5,15 @@
         encoder "conv":  strided 3x3 convs, the instruction FiLM-ed into every layer (as OFT+ and
                          FiLM-ed ResNets do: the instruction decides early which block matters)
     instruction embedding (B, 384), precomputed and cached --LayerNorm, Linear--> text (B, 1, D)
+        token form (config.text_tokens N): token features (B, N * 384); their masked mean, L2-normed,
+        is the sentence vector above (FiLM, text token), and each real token --LayerNorm, Linear,
+        + position--> a word token (B, N, D) (padding: a learned pad token), so the trunk sees word order
     proprio state (B, 8) (state_dim = 8) --features, Linear--> state (B, 1, D); absent (latent
         pretraining, a caller without state): a learned "no state" token instead
         with a state history (config.state_history, H lags): (B, 8 * (1 + H)), the displacements
         since each lag --Linear--> added to the state token
     head-specific learnable queries                                            --> queries (B, Q, D)
-    trunk: pre-norm transformer over [text, state, patches, queries], final LayerNorm
+    trunk: pre-norm transformer over [text, words, state, patches, queries], final LayerNorm
     head: Linear on the query outputs
         latent_head (stage 2): Q = latent_seq_len queries  -> logits (B, L, latent_codebook_size)
         action_head "bins" (stage 3): Q = K * 7 queries    -> logits (B, K, 7, num_bins)
@@ -397,6 +400,11 @@ class VLA(nn.Module):
         self.camera_emb = nn.Parameter(torch.randn(V, 1, D) * 0.02) if V > 1 else None  # (V, 1, D)
         self.text_norm = nn.LayerNorm(config.text_dim)  # unit-norm sentence vectors -> unit variance
         self.text_proj = nn.Linear(config.text_dim, D)
+        T = config.text_tokens
+        self.word_norm = nn.LayerNorm(config.text_dim) if T else None
+        self.word_proj = nn.Linear(config.text_dim, D) if T else None
+        self.word_pos = nn.Parameter(torch.randn(1, T, D) * 0.02) if T else None  # (1, N, D)
+        self.word_pad = nn.Parameter(torch.randn(1, 1, D) * 0.02) if T else None  # (1, 1, D)
         self.state_proj = nn.Linear(STATE_FEATURES, D) if config.state_dim else None
         self.no_state = nn.Parameter(torch.randn(1, 1, D) * 0.02) if config.state_dim else None  # (1, 1, D)
         # the state history joins the state token (zero-initialised: a model given a history starts
@@ -427,20 +435,22 @@ class VLA(nn.Module):
     # ------------------------------------------------------------------ trunk
     def embed_prefix(self, images: Tensor, text_emb: Tensor, state: Tensor | None = None) -> Tensor:
         """uint8 (B, H, W, 3) images (or floats in [0, 1]; (B, V, H, W, 3) for a model with V > 1
-        cameras, in config.cameras order) + (B, text_dim) [+ (B, 8) state]
-        -> prefix (B, P, D): [text, state (if state_dim), keypoints per camera (if any), patches per camera]."""
+        cameras, in config.cameras order) + (B, text_input_dim) [+ (B, 8) state]
+        -> prefix (B, P, D): [text, words (if text_tokens), state (if state_dim), keypoints per camera
+        (if any), patches per camera]."""
         c = self.config
         H = W = c.image_size
         V = c.num_cameras
         shape = (H, W, 3) if V == 1 else (V, H, W, 3)
         if images.dim() != 1 + len(shape) or tuple(images.shape[1:]) != shape:
             raise ValueError(f"images must be (B, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
-        if text_emb.dim() != 2 or text_emb.shape[1] != c.text_dim:
-            raise ValueError(f"text_emb must be (B, {c.text_dim}), got {tuple(text_emb.shape)}")
+        if text_emb.dim() != 2 or text_emb.shape[1] != c.text_input_dim:
+            raise ValueError(f"text_emb must be (B, {c.text_input_dim}), got {tuple(text_emb.shape)}")
         B = images.shape[0]
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # (B[, V], H, W, 3) in [0, 1]
         x = (x - 0.5) / 0.5  # [-1, 1]
-        text_n = self.text_norm(text_emb.float())  # (B, text_dim)
+        sentence, words = self._instruction(text_emb.float())  # (B, text_dim), (B, N, D) or None
+        text_n = self.text_norm(sentence)  # (B, text_dim)
         if V > 1:  # every camera through the same encoder, with its instruction
             x = x.reshape(B * V, H, W, 3)
             text_images = text_n.repeat_interleave(V, dim=0)  # (B * V, text_dim)
@@ -461,6 +471,8 @@ class VLA(nn.Module):
             if keypoint_token is not None:
                 keypoint_token = keypoint_token.reshape(B, V, D) + self.camera_emb[:, 0]  # (B, V, D)
         tokens = [self.text_proj(text_n).unsqueeze(1)]  # [(B, 1, D)]
+        if words is not None:
+            tokens.append(words)  # (B, N, D)
         if self.state_proj is None:
             if state is not None:
                 raise ValueError("this VLA has no state input (state_dim 0)")
@@ -477,6 +489,22 @@ class VLA(nn.Module):
         if keypoint_token is not None:
             tokens.append(keypoint_token)  # (B, V, D)
         return torch.cat([*tokens, patches], dim=1)  # (B, P, D)
+
+    def _instruction(self, text_emb: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(B, text_input_dim) -> the sentence vector (B, text_dim) and, in the token form, word tokens (B, N, D).
+
+        The sentence vector of token features is their mean over real (nonzero) rows, L2-normalised:
+        exactly the sentence encoder's output, so a trunk pretrained on sentence vectors keeps its input."""
+        N = self.config.text_tokens
+        if not N:
+            return text_emb, None
+        feats = text_emb.reshape(text_emb.shape[0], N, self.config.text_dim)  # (B, N, text_dim)
+        real = (feats.abs().sum(dim=-1, keepdim=True) > 0).to(feats.dtype)  # (B, N, 1) 1 = token, 0 = padding
+        mean = feats.sum(dim=1) / real.sum(dim=1).clamp(min=1.0)  # (B, text_dim)
+        sentence = F.normalize(mean, p=2.0, dim=-1, eps=1e-12)  # (B, text_dim)
+        words = self.word_proj(self.word_norm(feats)) + self.word_pos  # (B, N, D)
+        words = real * words + (1.0 - real) * self.word_pad  # (B, N, D)
+        return sentence, words
 
     def run_trunk(self, prefix: Tensor, queries: Tensor, blocked: Tensor | None = None) -> Tensor:
         """prefix (B, P, D) + queries (B, Q, D) -> normalised query outputs (B, Q, D). `blocked` (S, S):
@@ -639,11 +667,21 @@ class VLA(nn.Module):
         model.load_state_dict({k: fresh[k] if k.startswith("history_proj.") else own[k] for k in fresh})
         return model
 
+    def with_text_tokens(self, tokens: int) -> VLA:
+        """The same model taking the token form of the instruction with `tokens` tokens (a new VLA;
+        self is unchanged). Its sentence path is the same; the word tokens are new. An action model's
+        tokenizer is set again by the caller (`set_action_tokenizer`)."""
+        return self._rebuilt(self.config.replace(text_tokens=tokens))
+
     def with_cameras(self, cameras: tuple[str, ...]) -> VLA:
         """The same model seeing these cameras (a new VLA; self is unchanged): the encoder, position
         embedding and trunk are shared by every camera, the camera embedding is new. An action
         model's tokenizer is set again by the caller (`set_action_tokenizer`)."""
-        model = VLA(self.config.replace(cameras=tuple(cameras)))
+        return self._rebuilt(self.config.replace(cameras=tuple(cameras)))
+
+    def _rebuilt(self, config: VLAConfig) -> VLA:
+        """A new VLA of `config` holding this model's parameters wherever the name and shape match."""
+        model = VLA(config)
         fresh = model.state_dict()
         own = self.state_dict()
         model.load_state_dict({k: own[k] if k in own and own[k].shape == fresh[k].shape else fresh[k]

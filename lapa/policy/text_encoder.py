@@ -13,6 +13,7 @@ encoder in an `InstructionCache` and encode each string once.
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 import json
 import math
@@ -21,6 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,6 +126,14 @@ class MiniLM(nn.Module):
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        x = self.token_features(input_ids, attention_mask)  # (B, T, D), zero on padding
+        mask = attention_mask.to(torch.float32)  # (B, T)
+        # mean over real tokens, then L2 normalise (sentence-transformers' Pooling + Normalize)
+        count = mask.sum(dim=1, keepdim=True).clamp(min=1e-9)  # (B, 1)
+        return F.normalize(x.sum(dim=1) / count, p=2.0, dim=-1, eps=1e-12)  # (B, D)
+
+    def token_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Contextual token features of the last layer (B, T, D), rows of padding set to zero."""
         T = input_ids.shape[1]
         positions = torch.arange(T, device=input_ids.device)  # (T,)
         x = self.tok_emb(input_ids) + self.pos_emb(positions) + self.type_emb.weight[0]  # (B, T, D)
@@ -132,10 +142,19 @@ class MiniLM(nn.Module):
         key_bias = ((1.0 - mask) * torch.finfo(torch.float32).min)[:, None, None, :]  # (B, 1, 1, T)
         for layer in self.layers:
             x = layer(x, key_bias)
-        # mean over real tokens, then L2 normalise (sentence-transformers' Pooling + Normalize)
-        summed = (x * mask[:, :, None]).sum(dim=1)  # (B, D)
-        count = mask.sum(dim=1, keepdim=True).clamp(min=1e-9)  # (B, 1)
-        return F.normalize(summed / count, p=2.0, dim=-1, eps=1e-12)  # (B, D)
+        return x * mask[:, :, None]  # (B, T, D)
+
+
+class MiniLMTokens(nn.Module):
+    """The token-level instruction graph: (input_ids, attention_mask) int64 (B, N), padded to the
+    model's N tokens -> token features flattened to one row per instruction (B, N * D)."""
+
+    def __init__(self, minilm: MiniLM) -> None:
+        super().__init__()
+        self.minilm = minilm
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.minilm.token_features(input_ids, attention_mask).flatten(1)  # (B, N * D)
 
 
 # Hugging Face BertModel names -> ours (embeddings.position_ids and the pooler are not used)
@@ -187,14 +206,35 @@ def default_model_dir() -> Path:
 
 
 class TextEncoder:
-    """Tokenizer + frozen MiniLM. `encode(list[str]) -> float32 (B, 384)` unit vectors."""
+    """Tokenizer + frozen MiniLM. `encode(list[str])`: float32 (B, 384) unit sentence vectors, or
+    with `tokens` N > 0 the token features of the first N tokens, zero-padded and flattened, (B, N * 384).
+
+    Token features keep word order, which a mean-pooled sentence vector all but loses: "put the red
+    block on the blue block" and its role swap have sentence vectors of cosine 0.996. A model with
+    `text_tokens` N (lapa/policy/config.py) takes the token form; `for_tokens(N)` makes it.
+    """
 
     name = TEXT_ENCODER_NAME
 
-    def __init__(self, model: MiniLM, tokenizer, model_dir: Path | None = None) -> None:
+    def __init__(self, model: MiniLM, tokenizer, model_dir: Path | None = None, tokens: int = 0) -> None:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer  # tokenizers.Tokenizer with truncation + pad-to-longest set up
         self.model_dir = model_dir
+        if not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"tokens must be an int >= 0, got {tokens!r}")
+        self.tokens = tokens
+        if tokens:
+            self.tokenizer = copy.deepcopy(tokenizer)
+            self.tokenizer.enable_truncation(max_length=tokens)
+            pad_id = self.tokenizer.token_to_id("[PAD]")
+            self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]", length=tokens)
+
+    def for_tokens(self, tokens: int) -> TextEncoder:
+        """This encoder making sentence vectors (0) or the features of `tokens` tokens (shares the weights)."""
+        if tokens == self.tokens:
+            return self
+        base = self.tokenizer if not self.tokens else _sentence_tokenizer(self.tokenizer, self.model.config)
+        return TextEncoder(self.model, base, self.model_dir, tokens)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike | None = None) -> TextEncoder:
@@ -226,8 +266,13 @@ class TextEncoder:
         return cls(model, tokenizer, model_dir)
 
     @property
-    def embedding_dim(self) -> int:
+    def token_dim(self) -> int:
         return self.model.config.hidden_size
+
+    @property
+    def embedding_dim(self) -> int:
+        """Floats per instruction row: hidden size, times N in the token form."""
+        return self.token_dim * max(1, self.tokens)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), both int64 (B, T), padded to the longest text."""
@@ -245,7 +290,29 @@ class TextEncoder:
         if ids.shape[0] == 0:
             return torch.zeros(0, self.embedding_dim)
         with torch.inference_mode():
-            return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).float()
+            ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+            if self.tokens:
+                return self.model.token_features(ids_t, mask_t).flatten(1).float()  # (B, N * D)
+            return self.model(ids_t, mask_t).float()  # (B, D)
+
+
+def _sentence_tokenizer(tokenizer, config: MiniLMConfig):
+    """A copy of a fixed-length tokenizer set back to truncation at max_seq_length, pad to the longest."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.enable_truncation(max_length=config.max_seq_length)
+    pad_id = tokenizer.token_to_id("[PAD]")
+    tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+    return tokenizer
+
+
+def instruction_encoder(encoder: Any, tokens: int) -> Any:
+    """`encoder` in the instruction form a model with `text_tokens` = tokens takes (0: sentence vectors)."""
+    if tokens == getattr(encoder, "tokens", 0):
+        return encoder
+    if not hasattr(encoder, "for_tokens"):
+        raise TextEncoderError(f"the model takes the features of {tokens} instruction tokens; "
+                               f"{type(encoder).__name__} makes only sentence vectors")
+    return encoder.for_tokens(tokens)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

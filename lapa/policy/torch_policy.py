@@ -25,7 +25,7 @@ from lapa.checkpoint import MODEL_FILE, CheckpointError
 from lapa.file_hash import file_sha256
 from lapa.policy.checkpoint_io import load_vla
 from lapa.policy.config import DECODERS
-from lapa.policy.text_encoder import TEXT_ENCODER_NAME, InstructionCache, TextEncoder
+from lapa.policy.text_encoder import TEXT_ENCODER_NAME, InstructionCache, TextEncoder, instruction_encoder
 from lapa.policy_protocol import REPLY_ACTIONS, REPLY_MODEL_MS, camera_images, check_observation, require_state
 
 REPLY_BINS = "bins"  # int64 (K, 7): the action tokens the actions were decoded from
@@ -69,9 +69,10 @@ class TorchPolicy:
             raise ValueError(f"{checkpoint}: an l1 (regression) model predicts the chunk in one pass: "
                              "decoder must be 'parallel'")
         encoder = text_encoder if text_encoder is not None else TextEncoder.load()
-        if encoder.embedding_dim != self.config.text_dim:
-            raise CheckpointError(f"{checkpoint}: the model takes {self.config.text_dim}-d instruction "
-                                  f"embeddings, the text encoder makes {encoder.embedding_dim}-d ones")
+        encoder = instruction_encoder(encoder, self.config.text_tokens)
+        if encoder.embedding_dim != self.config.text_input_dim:
+            raise CheckpointError(f"{checkpoint}: the model takes {self.config.text_input_dim}-float instruction "
+                                  f"embeddings, the text encoder makes {encoder.embedding_dim}-float ones")
         self.instructions = InstructionCache(encoder, max_size=cache_size)
         c = self.config
         self._metadata: dict[str, Any] = {
@@ -89,6 +90,7 @@ class TorchPolicy:
             "cameras": list(c.cameras),
             "action_output": c.action_output,
             "text_encoder": getattr(encoder, "name", TEXT_ENCODER_NAME),
+            "text_tokens": c.text_tokens,
             "device": str(self.device),
             "num_threads": torch.get_num_threads(),
         }
@@ -106,7 +108,7 @@ class TorchPolicy:
             image = image.copy()  # msgpack buffers are read-only; torch wants a writable array
         start = time.perf_counter()
         with torch.inference_mode():
-            text = self.instructions.get(instruction).to(self.device).unsqueeze(0)  # (1, text_dim)
+            text = self.instructions.get(instruction).to(self.device).unsqueeze(0)  # (1, text_input_dim)
             images = torch.from_numpy(image).to(self.device).unsqueeze(0)  # (1[, V], H, W, 3) uint8
             states = None if state is None else torch.from_numpy(state).to(self.device).unsqueeze(0)  # (1, 8)
             bins, actions = self.model.predict_actions(images, text, decoder=self.decoder,

@@ -46,6 +46,7 @@ from lapa.policy.config import VLAConfig
 from lapa.policy.datasets import ActionSet, Batch, LatentSet
 from lapa.policy.model import VLA, RegressionHead, action_loss, goal_features, l1_action_loss, latent_loss
 from lapa.policy.streaming import StepLoader, streaming_action_set, streaming_latent_set
+from lapa.policy.text_encoder import instruction_encoder
 from lapa.training import (
     LoopOptions,
     MetricsWindow,
@@ -393,7 +394,7 @@ def load_text_encoder(encoder: Any | None = None) -> Any:
 
 def _base_config(config: VLAConfig | None, preset: str, encoder: Any, **changes: Any) -> VLAConfig:
     config = config if config is not None else VLAConfig.preset(preset)
-    return config.replace(text_dim=encoder.embedding_dim, **changes)
+    return config.replace(text_dim=getattr(encoder, "token_dim", encoder.embedding_dim), **changes)
 
 
 def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, config: VLAConfig | None = None,
@@ -401,8 +402,8 @@ def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, co
                     encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """LAPA stage 2 on a label file (lapa laq label): latent head, cross-entropy on the LAQ codes."""
     opts = opts or TrainOptions()
-    encoder = load_text_encoder(encoder)
     base = config if config is not None else VLAConfig.preset(preset)
+    encoder = instruction_encoder(load_text_encoder(encoder), base.text_tokens)
     if opts.stream:
         data = streaming_latent_set(labels, base.image_size, encoder)
     else:
@@ -443,6 +444,7 @@ def pretrain_actions(data: ActionSet | list[str | os.PathLike], out_dir: str | o
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
     config = _base_config(config, preset, encoder, head="action")
+    encoder = instruction_encoder(encoder, config.text_tokens)
     data = _action_data(data, config.image_size, config.chunk_size, encoder, opts.progress, opts.paraphrase,
                         opts.stream)
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=config.num_bins)
@@ -458,7 +460,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
                      *, config: VLAConfig | None = None, preset: str = "tiny", chunk_size: int | None = None,
                      num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
                      goal_aux: bool | None = None, state_history: tuple[int, ...] | None = None,
-                     cameras: tuple[str, ...] | None = None,
+                     cameras: tuple[str, ...] | None = None, text_tokens: int | None = None,
                      opts: TrainOptions | None = None, resume: bool = False,
                      encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
@@ -466,7 +468,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     `config`/`preset` only matter from scratch; chunk_size, num_bins, decoder default to the
     init checkpoint's (or the config's) values. `state_history` (lags in ticks) gives the model a
     state history (lapa/state_history.py); None keeps the init's. `cameras` (e.g. ("scene", "wrist"))
-    gives the model more cameras (VLA.with_cameras); None keeps the init's.
+    gives the model more cameras (VLA.with_cameras); None keeps the init's. `text_tokens` N gives the
+    model the token form of the instruction (VLA.with_text_tokens); None keeps the init's.
     """
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
@@ -479,6 +482,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
         model, base, _ = load_vla(ckpt)
         _check_text_dim(ckpt, base, encoder)
         init_label = str(ckpt)
+    text_tokens = base.text_tokens if text_tokens is None else text_tokens
+    encoder = instruction_encoder(encoder, text_tokens)
     head = {"chunk_size": chunk_size or base.chunk_size, "num_bins": num_bins or base.num_bins,
             "decoder": decoder or base.decoder, "action_output": action_output or base.action_output,
             "goal_aux": base.goal_aux if goal_aux is None else goal_aux}
@@ -488,7 +493,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=head["num_bins"])
     data.set_tokenizer(tokenizer)
     if model is None:
-        model = VLA(base.replace(head="action", cameras=cameras, **head), tokenizer)
+        model = VLA(base.replace(head="action", cameras=cameras, text_tokens=text_tokens, **head), tokenizer)
     elif base.head == "action" and all(getattr(base, k) == v for k, v in head.items()):
         model.set_action_tokenizer(tokenizer)  # keep the pretrained action head, re-fitted bins
         head_choice = "kept (re-fitted bins)"
@@ -501,9 +506,13 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     if cameras != model.config.cameras:
         model = model.with_cameras(cameras)
         model.set_action_tokenizer(tokenizer)
+    if text_tokens != model.config.text_tokens:
+        model = model.with_text_tokens(text_tokens)
+        model.set_action_tokenizer(tokenizer)
     data.state_lags = model.config.state_history
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources,
-                  "state_history": list(model.config.state_history), "cameras": list(model.config.cameras)}
+                  "state_history": list(model.config.state_history), "cameras": list(model.config.cameras),
+                  "text_tokens": model.config.text_tokens}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
                      env=env, preset=preset)
 
@@ -525,6 +534,7 @@ def train_latent_head(ckpt: str | os.PathLike, labels: str | os.PathLike, out_di
     policy, config, tokenizer = load_vla(path)
     if config.head != "action" or tokenizer is None:
         raise UserError(f"{path}: not a finetuned policy (an action head); the latent head goes beside one")
+    encoder = instruction_encoder(encoder, config.text_tokens)
     _check_text_dim(path, config, encoder)
     data = LatentSet(labels, config.image_size, encoder, progress=opts.progress)
     if (data.latent_seq_len, data.codebook_size) != (config.latent_seq_len, config.latent_codebook_size):
@@ -545,9 +555,11 @@ def train_latent_head(ckpt: str | os.PathLike, labels: str | os.PathLike, out_di
 
 
 def _check_text_dim(ckpt: str | os.PathLike, config: VLAConfig, encoder: Any) -> None:
-    if config.text_dim != encoder.embedding_dim:
+    """The encoder's per-token width against the model's (the token form is chosen afterwards)."""
+    width = getattr(encoder, "token_dim", encoder.embedding_dim)
+    if config.text_dim != width:
         raise CheckpointError(f"{ckpt}: the model takes {config.text_dim}-d instruction embeddings, "
-                              f"the text encoder makes {encoder.embedding_dim}-d ones")
+                              f"the text encoder makes {width}-d ones")
 
 
 @torch.no_grad()
@@ -565,7 +577,7 @@ def evaluate_actions(ckpt: str | os.PathLike, data: list[str | os.PathLike], *, 
     model, config, tokenizer = load_vla(path)
     if tokenizer is None:
         raise CheckpointError(f"{path}: a latent-pretraining checkpoint has no actions to evaluate")
-    encoder = load_text_encoder(encoder)
+    encoder = instruction_encoder(load_text_encoder(encoder), config.text_tokens)
     actions = ActionSet.from_lerobot(data, config.image_size, config.chunk_size, encoder, cameras=config.cameras)
     actions.set_tokenizer(tokenizer)
     actions.state_lags = config.state_history
