@@ -77,6 +77,30 @@ def test_a_model_given_word_tokens_keeps_the_trunk_and_reads_word_order():
     assert VLAConfig.from_dict(words.config.to_dict()).text_tokens == 6
 
 
+def test_word_pool_starts_as_the_token_model_and_then_films_the_words_into_the_image_encoder():
+    torch.manual_seed(0)
+    tokens = VLA(VLAConfig.preset("tabletop", head="action", text_tokens=6, **SMALL), fit_tokenizer(num_bins=16))
+    pooled = tokens.with_text_tokens(6, pool=2).eval()
+    tokens.eval()
+    images, text = pooled.config.fake_inputs(2)
+    state = torch.from_numpy(fake_state(2))
+    rows = text.reshape(2, 6, -1).clone()
+    shift = torch.randn(rows.shape[-1]) * 0.3
+    rows[:, 0] += shift
+    rows[:, 1] -= shift  # other words, the same mean: the same sentence vector
+    same_sentence = rows.reshape(2, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(pooled(images, text, state=state), tokens(images, text, state=state))
+        for film in pooled.conv_encoder.films:
+            torch.nn.init.normal_(film.pool_proj.weight, std=0.5)  # as if trained
+        pooled.word_pool.queries.normal_(std=3.0)
+        image_tokens = pooled.embed_prefix(images, text, state)[:, 1 + 6 + 1:]  # the keypoint and patch tokens
+        other = pooled.embed_prefix(images, same_sentence, state)[:, 1 + 6 + 1:]
+    assert not torch.allclose(image_tokens, other), "the words, not only their mean, reach the image encoder"
+    with pytest.raises(ValueError, match="text_pool"):
+        VLAConfig.preset("tabletop", text_pool=2)  # needs the token form
+
+
 @pytest.fixture(scope="module")
 def small_minilm(tmp_path_factory):
     from bench.random_models import random_text_encoder
@@ -93,14 +117,14 @@ def token_policy(tmp_path_factory, small_minilm):
     opts = TrainOptions(steps=1, batch_size=2, ckpt_every=1, log_every=1, progress=False)
     config = VLAConfig.preset("tabletop", **SMALL)
     base = finetune_actions("scratch", [root / "robot"], root / "a", config=config, opts=opts, encoder=small_minilm)
-    run = finetune_actions(base.checkpoint, [root / "robot"], root / "b", text_tokens=8, opts=opts,
+    run = finetune_actions(base.checkpoint, [root / "robot"], root / "b", text_tokens=8, text_pool=2, opts=opts,
                            encoder=small_minilm)
     return run.checkpoint
 
 
 def test_finetune_turns_a_sentence_model_into_the_token_form_and_the_policy_runs_it(token_policy, small_minilm):
     _, config, _ = load_vla(token_policy)
-    assert config.text_tokens == 8 and config.text_dim == 32
+    assert config.text_tokens == 8 and config.text_pool == 2 and config.text_dim == 32
     policy = TorchPolicy(token_policy, text_encoder=small_minilm, num_threads=1)
     assert policy.metadata["text_tokens"] == 8
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)

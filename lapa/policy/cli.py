@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--text-tokens", type=int, metavar="N",
                    help="take the instruction as the text encoder's features of its first N tokens (word order "
                         "kept; N word tokens join the prefix) instead of one sentence vector; default: the init's")
+    f.add_argument("--text-pool", type=int, metavar="P",
+                   help="with --text-tokens: P learned queries read words of the instruction by their role and "
+                        "FiLM them into the image encoder (e.g. 2: the block to lift, the block to put it on)")
     _common(f, steps=1000)
     f.set_defaults(func=_finetune)
 
@@ -170,7 +173,7 @@ def _finetune(args: argparse.Namespace) -> int:
                                        action_output=args.action_output, goal_aux=args.goal_aux or None,
                                        state_history=args.state_history,
                                        cameras=("scene", "wrist") if args.wrist_camera else None,
-                                       text_tokens=args.text_tokens, opts=_options(args, env),
+                                       text_tokens=args.text_tokens, text_pool=args.text_pool, opts=_options(args, env),
                                        resume=args.resume, env=env), env)
 
 

@@ -40,6 +40,10 @@ class VLAConfig:
     # features of the first N tokens, zero-padded and flattened (B, N * text_dim), which also join the
     # prefix as N word tokens the patches and queries attend to (word order survives: who goes on whom)
     text_tokens: int = 0
+    # token form only: P learned queries attend over the instruction's tokens (each learns a word's
+    # role, e.g. the block to lift and the block to put it on); the P pooled vectors join the sentence
+    # in every FiLM of the conv encoder (0: none)
+    text_pool: int = 0
     latent_seq_len: int = 4  # LAQ latent tokens per transition
     latent_codebook_size: int = 8  # LAQ codebook entries
     chunk_size: int = 4  # K actions predicted per call
@@ -116,6 +120,11 @@ class VLAConfig:
             raise ValueError(f"goal_aux must be a bool, got {self.goal_aux!r}")
         if not isinstance(self.text_tokens, int) or not 0 <= self.text_tokens <= MAX_TEXT_TOKENS:
             raise ValueError(f"text_tokens must be an int in 0..{MAX_TEXT_TOKENS}, got {self.text_tokens!r}")
+        if not isinstance(self.text_pool, int) or not 0 <= self.text_pool <= 8:
+            raise ValueError(f"text_pool must be an int in 0..8, got {self.text_pool!r}")
+        if self.text_pool and not (self.text_tokens and self.encoder == "conv" and self.film):
+            raise ValueError("text_pool FiLMs pooled instruction tokens into the conv encoder: it needs text_tokens, "
+                             "encoder 'conv' and film")
         check_lags(self.state_history)
         if self.state_history and not self.state_dim:
             raise ValueError("state_history needs a state input (state_dim 8)")

@@ -116,19 +116,46 @@ class Block(nn.Module):
 
 
 class FiLM(nn.Module):
-    """Feature-wise affine modulation by the instruction: x * (1 + gamma(t)) + beta(t), identity at init."""
+    """Feature-wise affine modulation by the instruction: x * (1 + gamma(t)) + beta(t), identity at init.
+    With `pooled` (config.text_pool), the pooled instruction vectors add their own term to gamma and beta."""
 
-    def __init__(self, text_dim: int, channels: int) -> None:
+    def __init__(self, text_dim: int, channels: int, pooled_dim: int = 0) -> None:
         super().__init__()
         self.proj = nn.Linear(text_dim, 2 * channels)
+        self.pool_proj = nn.Linear(pooled_dim, 2 * channels) if pooled_dim else None
 
     def reset_to_identity(self) -> None:
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        for proj in (self.proj, self.pool_proj):
+            if proj is not None:
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
 
-    def forward(self, x: Tensor, text: Tensor) -> Tensor:
-        gamma, beta = self.proj(text).chunk(2, dim=-1)  # (B, C) each
+    def forward(self, x: Tensor, text: Tensor, pooled: Tensor | None = None) -> Tensor:
+        film = self.proj(text)  # (B, 2C)
+        if self.pool_proj is not None:
+            film = film + self.pool_proj(pooled)  # (B, 2C)
+        gamma, beta = film.chunk(2, dim=-1)  # (B, C) each
         return x * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]  # (B, C, H, W)
+
+
+class WordPool(nn.Module):
+    """Learned queries attending over the instruction's token features (B, N, text_dim) -> (B, P * text_dim).
+
+    Each query learns which word to read, by the word's role in the sentence (contextual features:
+    "yellow" in "put the yellow block on ..." differs from "... on the yellow block"), so the conv
+    encoder's FiLM can be told the block to lift and the block to put it on apart."""
+
+    def __init__(self, text_dim: int, queries: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(text_dim)
+        self.queries = nn.Parameter(torch.randn(queries, text_dim) * 0.02)  # (P, text_dim)
+
+    def forward(self, feats: Tensor, real: Tensor) -> Tensor:
+        keys = self.norm(feats)  # (B, N, T)
+        scores = torch.einsum("pt,bnt->bpn", self.queries, keys).float() / math.sqrt(keys.shape[-1])  # (B, P, N)
+        scores = scores + (1.0 - real.transpose(1, 2).float()) * -1e9  # padding never read
+        pooled = scores.softmax(dim=-1).to(keys.dtype) @ keys  # (B, P, T)
+        return pooled.flatten(1)  # (B, P * T)
 
 
 class ConvEncoder(nn.Module):
@@ -146,19 +173,22 @@ class ConvEncoder(nn.Module):
         layers += [(widths[i - 1], widths[i], 2) for i in range(1, halvings)]
         self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, stride=s, padding=1) for i, o, s in layers)
         self.norms = nn.ModuleList(nn.GroupNorm(min(8, o), o) for _, o, _ in layers)
-        self.films = nn.ModuleList(FiLM(config.text_dim, o) for _, o, _ in layers) if config.film else None
+        pooled_dim = config.text_pool * config.text_dim
+        self.films = (nn.ModuleList(FiLM(config.text_dim, o, pooled_dim) for _, o, _ in layers)
+                      if config.film else None)
         self.out = nn.Conv2d(widths[-1], config.dim, 1)
         # keypoints: read from the output of layer 2 (stride 4)
         self.keypoint_layer = 2 if config.keypoints else None
         self.keypoints = SpatialSoftmax(widths[1], config.keypoints, config.dim) if config.keypoints else None
 
-    def forward(self, x: Tensor, text: Tensor) -> tuple[Tensor, Tensor | None]:
-        """-> (patch tokens (B, g*g, D), keypoint token (B, 1, D) or None)."""
+    def forward(self, x: Tensor, text: Tensor, pooled: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """-> (patch tokens (B, g*g, D), keypoint token (B, 1, D) or None). `pooled` (B, P * text_dim):
+        the WordPool vectors, with config.text_pool."""
         keypoint_token = None
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             x = norm(conv(x))  # (B, C_i, H_i, W_i)
             if self.films is not None:
-                x = self.films[i](x, text)
+                x = self.films[i](x, text, pooled)
             x = F.relu(x)
             if i == self.keypoint_layer:
                 keypoint_token = self.keypoints(x)  # (B, 1, D)
@@ -405,6 +435,7 @@ class VLA(nn.Module):
         self.word_proj = nn.Linear(config.text_dim, D) if T else None
         self.word_pos = nn.Parameter(torch.randn(1, T, D) * 0.02) if T else None  # (1, N, D)
         self.word_pad = nn.Parameter(torch.randn(1, 1, D) * 0.02) if T else None  # (1, 1, D)
+        self.word_pool = WordPool(config.text_dim, config.text_pool) if config.text_pool else None
         self.state_proj = nn.Linear(STATE_FEATURES, D) if config.state_dim else None
         self.no_state = nn.Parameter(torch.randn(1, 1, D) * 0.02) if config.state_dim else None  # (1, 1, D)
         # the state history joins the state token (zero-initialised: a model given a history starts
@@ -449,16 +480,18 @@ class VLA(nn.Module):
         B = images.shape[0]
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()  # (B[, V], H, W, 3) in [0, 1]
         x = (x - 0.5) / 0.5  # [-1, 1]
-        sentence, words = self._instruction(text_emb.float())  # (B, text_dim), (B, N, D) or None
+        sentence, words, pooled = self._instruction(text_emb.float())  # (B, text_dim), (B, N, D), (B, P * text_dim)
         text_n = self.text_norm(sentence)  # (B, text_dim)
         if V > 1:  # every camera through the same encoder, with its instruction
             x = x.reshape(B * V, H, W, 3)
             text_images = text_n.repeat_interleave(V, dim=0)  # (B * V, text_dim)
+            pooled = pooled.repeat_interleave(V, dim=0) if pooled is not None else None  # (B * V, P * text_dim)
         else:
             text_images = text_n
         keypoint_token = None
         if self.conv_encoder is not None:
-            patches, keypoint_token = self.conv_encoder(x.permute(0, 3, 1, 2), text_images)  # (BV, N, D), (BV, 1, D)
+            patches, keypoint_token = self.conv_encoder(x.permute(0, 3, 1, 2), text_images,
+                                                        pooled)  # (BV, N, D), (BV, 1, D)
         else:
             g, p = c.grid_size, c.patch_size
             x = x.reshape(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5)  # (BV, g, g, p, p, 3)
@@ -490,21 +523,23 @@ class VLA(nn.Module):
             tokens.append(keypoint_token)  # (B, V, D)
         return torch.cat([*tokens, patches], dim=1)  # (B, P, D)
 
-    def _instruction(self, text_emb: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(B, text_input_dim) -> the sentence vector (B, text_dim) and, in the token form, word tokens (B, N, D).
+    def _instruction(self, text_emb: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(B, text_input_dim) -> the sentence vector (B, text_dim) and, in the token form, word tokens
+        (B, N, D) and (with text_pool P) the WordPool vectors (B, P * text_dim).
 
         The sentence vector of token features is their mean over real (nonzero) rows, L2-normalised:
         exactly the sentence encoder's output, so a trunk pretrained on sentence vectors keeps its input."""
         N = self.config.text_tokens
         if not N:
-            return text_emb, None
+            return text_emb, None, None
         feats = text_emb.reshape(text_emb.shape[0], N, self.config.text_dim)  # (B, N, text_dim)
         real = (feats.abs().sum(dim=-1, keepdim=True) > 0).to(feats.dtype)  # (B, N, 1) 1 = token, 0 = padding
         mean = feats.sum(dim=1) / real.sum(dim=1).clamp(min=1.0)  # (B, text_dim)
         sentence = F.normalize(mean, p=2.0, dim=-1, eps=1e-12)  # (B, text_dim)
         words = self.word_proj(self.word_norm(feats)) + self.word_pos  # (B, N, D)
         words = real * words + (1.0 - real) * self.word_pad  # (B, N, D)
-        return sentence, words
+        pooled = self.word_pool(feats, real) if self.word_pool is not None else None  # (B, P * text_dim)
+        return sentence, words, pooled
 
     def run_trunk(self, prefix: Tensor, queries: Tensor, blocked: Tensor | None = None) -> Tensor:
         """prefix (B, P, D) + queries (B, Q, D) -> normalised query outputs (B, Q, D). `blocked` (S, S):
@@ -667,11 +702,12 @@ class VLA(nn.Module):
         model.load_state_dict({k: fresh[k] if k.startswith("history_proj.") else own[k] for k in fresh})
         return model
 
-    def with_text_tokens(self, tokens: int) -> VLA:
-        """The same model taking the token form of the instruction with `tokens` tokens (a new VLA;
-        self is unchanged). Its sentence path is the same; the word tokens are new. An action model's
-        tokenizer is set again by the caller (`set_action_tokenizer`)."""
-        return self._rebuilt(self.config.replace(text_tokens=tokens))
+    def with_text_tokens(self, tokens: int, pool: int = 0) -> VLA:
+        """The same model taking the token form of the instruction with `tokens` tokens and `pool`
+        WordPool queries (a new VLA; self is unchanged). Its sentence path is the same; the word tokens
+        are new and the pooled FiLM term starts at zero. An action model's tokenizer is set again by
+        the caller (`set_action_tokenizer`)."""
+        return self._rebuilt(self.config.replace(text_tokens=tokens, text_pool=pool))
 
     def with_cameras(self, cameras: tuple[str, ...]) -> VLA:
         """The same model seeing these cameras (a new VLA; self is unchanged): the encoder, position

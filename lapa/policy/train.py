@@ -461,6 +461,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
                      num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
                      goal_aux: bool | None = None, state_history: tuple[int, ...] | None = None,
                      cameras: tuple[str, ...] | None = None, text_tokens: int | None = None,
+                     text_pool: int | None = None,
                      opts: TrainOptions | None = None, resume: bool = False,
                      encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
@@ -469,7 +470,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     init checkpoint's (or the config's) values. `state_history` (lags in ticks) gives the model a
     state history (lapa/state_history.py); None keeps the init's. `cameras` (e.g. ("scene", "wrist"))
     gives the model more cameras (VLA.with_cameras); None keeps the init's. `text_tokens` N gives the
-    model the token form of the instruction (VLA.with_text_tokens); None keeps the init's.
+    model the token form of the instruction (VLA.with_text_tokens), `text_pool` P its WordPool queries;
+    None keeps the init's.
     """
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
@@ -483,6 +485,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
         _check_text_dim(ckpt, base, encoder)
         init_label = str(ckpt)
     text_tokens = base.text_tokens if text_tokens is None else text_tokens
+    text_pool = base.text_pool if text_pool is None else text_pool
     encoder = instruction_encoder(encoder, text_tokens)
     head = {"chunk_size": chunk_size or base.chunk_size, "num_bins": num_bins or base.num_bins,
             "decoder": decoder or base.decoder, "action_output": action_output or base.action_output,
@@ -493,7 +496,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     tokenizer = ActionTokenizer.fit_new(data.all_actions(), num_bins=head["num_bins"])
     data.set_tokenizer(tokenizer)
     if model is None:
-        model = VLA(base.replace(head="action", cameras=cameras, text_tokens=text_tokens, **head), tokenizer)
+        model = VLA(base.replace(head="action", cameras=cameras, text_tokens=text_tokens, text_pool=text_pool, **head),
+                    tokenizer)
     elif base.head == "action" and all(getattr(base, k) == v for k, v in head.items()):
         model.set_action_tokenizer(tokenizer)  # keep the pretrained action head, re-fitted bins
         head_choice = "kept (re-fitted bins)"
@@ -506,13 +510,13 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     if cameras != model.config.cameras:
         model = model.with_cameras(cameras)
         model.set_action_tokenizer(tokenizer)
-    if text_tokens != model.config.text_tokens:
-        model = model.with_text_tokens(text_tokens)
+    if (text_tokens, text_pool) != (model.config.text_tokens, model.config.text_pool):
+        model = model.with_text_tokens(text_tokens, text_pool)
         model.set_action_tokenizer(tokenizer)
     data.state_lags = model.config.state_history
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources,
                   "state_history": list(model.config.state_history), "cameras": list(model.config.cameras),
-                  "text_tokens": model.config.text_tokens}
+                  "text_tokens": model.config.text_tokens, "text_pool": model.config.text_pool}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
                      env=env, preset=preset)
 
