@@ -199,9 +199,32 @@ def test_action_set_carries_states_and_episode_goals(robot):
     batch = data.batch(np.arange(len(data)))
     assert batch.states.shape == (len(data), 8) and batch.goals.shape == (len(data), 3)
     # every sample of an episode has that episode's last EE position as its goal
-    first_episode = data.last_rows == data.last_rows[0]
+    first_episode = data.goal_rows == data.goal_rows[0]
     assert torch.all(batch.goals[first_episode] == batch.goals[0])
-    assert torch.allclose(batch.goals[0], torch.from_numpy(data.clips.states[data.last_rows[0], :3]))
+    assert torch.allclose(batch.goals[0], torch.from_numpy(data.clips.states[data.goal_rows[0], :3]))
+    assert data.goal_target == "final"
+    before = data.goal_rows.copy()
+    data.use_keyframe_goals()  # reach never moves the gripper: the goal stays the episode's end
+    np.testing.assert_array_equal(data.goal_rows, before)
+
+
+def test_keyframe_goals_are_the_grasp_until_it_happens_then_the_end(tmp_path):
+    root = tmp_path / "pick"
+    record_dataset("pick", 2, root, seed=3, image_size=32, progress=False,
+                   expert=ExpertOptions(noise_m=0.0, until_done=True))
+    data = ActionSet.from_lerobot([root], 32, 2, FakeEncoder())
+    data.use_keyframe_goals()
+    assert data.goal_target == "keyframe"
+    acts = data.actions[0]  # (n, 7) the first episode
+    grasp = int(np.flatnonzero(acts[:, 6] < 0.5)[0])  # the first frame commanding a closed gripper
+    start, last = data.clips.offsets[0], data.clips.offsets[1] - 1
+    goals = data.goal_rows[: len(acts)]
+    assert np.all(goals[:grasp] == start + grasp)  # approaching: where it will grasp
+    assert goals[grasp] != start + grasp and np.all(goals[grasp:] > start + grasp)  # then the next event or the end
+    assert goals[-1] == last
+    grasp_xyz = data.clips.states[start + grasp, :3]
+    block_height_m = grasp_xyz[2]
+    assert block_height_m < data.clips.states[last, 2]  # the grasp is lower than the lifted end
 
 
 def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--text-pool", type=int, metavar="P",
                    help="with --text-tokens: P learned queries read words of the instruction by their role and "
                         "FiLM them into the image encoder (e.g. 2: the block to lift, the block to put it on)")
+    f.add_argument("--goal-target", choices=("final", "keyframe"), default="final",
+                   help="what the goal query (--goal-aux) predicts: the episode's final EE position, or the next "
+                        "gripper event's (the grasp, then the release)")
     _common(f, steps=1000)
     f.set_defaults(func=_finetune)
 
@@ -173,7 +176,8 @@ def _finetune(args: argparse.Namespace) -> int:
                                        action_output=args.action_output, goal_aux=args.goal_aux or None,
                                        state_history=args.state_history,
                                        cameras=("scene", "wrist") if args.wrist_camera else None,
-                                       text_tokens=args.text_tokens, text_pool=args.text_pool, opts=_options(args, env),
+                                       text_tokens=args.text_tokens, text_pool=args.text_pool,
+                                       goal_target=args.goal_target, opts=_options(args, env),
                                        resume=args.resume, env=env), env)
 
 

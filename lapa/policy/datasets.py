@@ -50,7 +50,7 @@ class Batch:
     mask: torch.Tensor | None = None  # (B, K) bool: False past the episode end
     actions: torch.Tensor | None = None  # (B, K, 7) float32 true chunk (targets of an l1 head, error metrics)
     states: torch.Tensor | None = None  # (B, 8 * (1 + H)) float32 proprio at x_t [+ history] (None: no states)
-    goals: torch.Tensor | None = None  # (B, 3) float32 EE xyz at the episode's last frame (goal_aux)
+    goals: torch.Tensor | None = None  # (B, 3) float32 EE xyz at the goal frame (goal_aux; ActionSet.goal_target)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -277,8 +277,10 @@ class ActionSet:
             kept.append(acts[:n])
             clip_ids.append(np.full(n, c))
         self.frame_rows = np.concatenate(rows)  # (N,)
-        # the episode's last frame of every sample: its EE position is the goal_aux target
-        self.last_rows = clips.offsets[np.concatenate(clip_ids) + 1] - 1  # (N,)
+        # the goal frame of every sample, whose EE position is the goal_aux target: the episode's last
+        # frame ("final"), or the next gripper event ("keyframe", use_keyframe_goals)
+        self.goal_rows = clips.offsets[np.concatenate(clip_ids) + 1] - 1  # (N,)
+        self.goal_target = "final"
         self.chunks = np.concatenate(chunks).astype(np.float32)  # (N, K, 7)
         self.masks = torch.from_numpy(np.concatenate(masks))  # (N, K) bool
         self.actions = kept  # per clip (n_c, 7): what the tokenizer is fitted on
@@ -293,6 +295,24 @@ class ActionSet:
         self.state_lags: tuple[int, ...] = ()  # the model's state history (lapa/state_history.py)
         self.bins: torch.Tensor | None = None
         self.tokenizer: ActionTokenizer | None = None
+
+    def use_keyframe_goals(self) -> None:
+        """goal_aux targets the next keyframe: the EE position where the gripper command next flips
+        (the grasp, then the release), the episode's last frame after the last flip. Before a pick's or
+        a put's grasp, the goal is the block to lift, not where the episode ends (C2F-ARM's and
+        PerAct's next key pose, as an auxiliary target)."""
+        rows = []
+        for c, acts in enumerate(self.actions):  # (n_c, 7) per clip, in sample order
+            start, last = self.clips.offsets[c], self.clips.offsets[c + 1] - 1
+            closed = acts[:, 6] < 0.5  # (n_c,) gripper commands: >= 0.5 is open
+            flips = np.flatnonzero(closed[1:] != closed[:-1]) + 1  # frames whose command differs from the last
+            nxt = np.searchsorted(flips, np.arange(len(acts)), side="right")  # (n_c,) the first flip after each frame
+            goal = np.full(len(acts), last, dtype=np.int64)  # (n_c,)
+            ahead = nxt < len(flips)
+            goal[ahead] = start + flips[nxt[ahead]]
+            rows.append(goal)
+        self.goal_rows = np.concatenate(rows).astype(np.int64)  # (N,)
+        self.goal_target = "keyframe"
 
     # -- constructors
     @classmethod
@@ -349,7 +369,7 @@ class ActionSet:
             starts = self.clips.offsets[self.sample_clip[idx]]  # (B,) each sample's episode start
             past = history_rows(rows, starts, self.state_lags)  # (B, 1 + H) [now, lag 1, ...]
             states = torch.from_numpy(self.clips.states[past].reshape(len(idx), -1))  # (B, 8 * (1 + H))
-            goals = torch.from_numpy(self.clips.states[self.last_rows[idx], :3])  # (B, 3)
+            goals = torch.from_numpy(self.clips.states[self.goal_rows[idx], :3])  # (B, 3)
         return Batch(images, self.table.embeddings[self.text_ids[idx]], bins=self.bins[idx],
                      mask=self.masks[idx], actions=torch.from_numpy(self.chunks[idx]), states=states,
                      goals=goals)

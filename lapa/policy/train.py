@@ -461,7 +461,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
                      num_bins: int | None = None, decoder: str | None = None, action_output: str | None = None,
                      goal_aux: bool | None = None, state_history: tuple[int, ...] | None = None,
                      cameras: tuple[str, ...] | None = None, text_tokens: int | None = None,
-                     text_pool: int | None = None,
+                     text_pool: int | None = None, goal_target: str = "final",
                      opts: TrainOptions | None = None, resume: bool = False,
                      encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
@@ -471,7 +471,8 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     state history (lapa/state_history.py); None keeps the init's. `cameras` (e.g. ("scene", "wrist"))
     gives the model more cameras (VLA.with_cameras); None keeps the init's. `text_tokens` N gives the
     model the token form of the instruction (VLA.with_text_tokens), `text_pool` P its WordPool queries;
-    None keeps the init's.
+    None keeps the init's. `goal_target` "keyframe": goal_aux predicts the next gripper event's EE
+    position instead of the episode's last (ActionSet.use_keyframe_goals).
     """
     opts = opts or TrainOptions()
     encoder = load_text_encoder(encoder)
@@ -514,9 +515,16 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
         model = model.with_text_tokens(text_tokens, text_pool)
         model.set_action_tokenizer(tokenizer)
     data.state_lags = model.config.state_history
+    if goal_target not in ("final", "keyframe"):
+        raise ValueError(f"goal_target must be 'final' or 'keyframe', got {goal_target!r}")
+    if goal_target == "keyframe":
+        if not hasattr(data, "use_keyframe_goals"):
+            raise UserError("--goal-target keyframe needs the decoded data set: train without --stream")
+        data.use_keyframe_goals()
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources,
                   "state_history": list(model.config.state_history), "cameras": list(model.config.cameras),
-                  "text_tokens": model.config.text_tokens, "text_pool": model.config.text_pool}
+                  "text_tokens": model.config.text_tokens, "text_pool": model.config.text_pool,
+                  "goal_target": goal_target}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
                      env=env, preset=preset)
 
