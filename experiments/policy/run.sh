@@ -128,6 +128,16 @@ done_at "$RUNS/Z2_put_fade" 3000 || lapa train finetune --init "$RUNS/L_lapa" --
 done_at "$RUNS/A3_rpp_fade" 3000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
   --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" --state-history 3,6,12 --out "$RUNS/A3_rpp_fade" \
   --steps 3000 $common --ckpt-every 1000 $(resume "$RUNS/A3_rpp_fade")
+# P1-P3 (seventh round): put alone, one change at a time against Z2 at 2000 steps: the token form of
+# the instruction, then WordPool queries, then the goal query on the next gripper event
+put_args="--data $DATA/put_wrist_fade --state-history 3,6,12 --steps 2000 --ckpt-every 1000"
+done_at "$RUNS/P1_put_tokens" 2000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad $put_args \
+  --text-tokens 24 --out "$RUNS/P1_put_tokens" $common $(resume "$RUNS/P1_put_tokens")
+done_at "$RUNS/P2_put_pool" 2000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad $put_args \
+  --text-tokens 24 --text-pool 2 --out "$RUNS/P2_put_pool" $common $(resume "$RUNS/P2_put_pool")
+done_at "$RUNS/P3_put_keyframe" 2000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad $put_args \
+  --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/P3_put_keyframe" $common \
+  $(resume "$RUNS/P3_put_keyframe")
 
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
@@ -170,6 +180,9 @@ evaluate V2_pick_fade_500_ensemble0.5 "$RUNS/V2_pick_fade/checkpoints/step_00000
 evaluate V2_pick_fade_1000_ensemble0.5 "$RUNS/V2_pick_fade" pick "${ensemble[@]}"
 evaluate Z2_put_fade_2000_ensemble0.5 "$RUNS/Z2_put_fade/checkpoints/step_00002000" put "${ensemble[@]}"
 evaluate Z2_put_fade_3000_ensemble0.5 "$RUNS/Z2_put_fade" put "${ensemble[@]}"
+for row in P1_put_tokens P2_put_pool P3_put_keyframe; do
+  evaluate ${row}_2000_ensemble0.5 "$RUNS/$row" put "${ensemble[@]}"
+done
 evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
 evaluate A3_rpp_fade_3000_ensemble0.5 "$RUNS/A3_rpp_fade" reach push pick "${ensemble[@]}"
 # the shipped model: A3 at step 2000 with its latent head (the intent preview; acting unchanged)
