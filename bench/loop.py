@@ -7,7 +7,7 @@ For each control rate (default 10 and 30 Hz): the policy server with the default
   - camera-to-command latency: wall time from the camera frame's capture (its header stamp, taken
     before rendering) to the franky command computed from it, p50/p90/p99, and a histogram PNG.
 Then (`--episodes N`, 0 to skip) the demo's episodes, N per task, give success rates for each of
-`--success-models`: the default model on the families it was trained for (`reach_push_pick`), and `expert`
+`--success-models`: the default model on the families it was trained for (`default`: all four), and `expert`
 (the scripted expert served by the policy server) on the full `default` suite.
 
 The default model is `models/lapa_tabletop` when present. Without it, latency is measured with a
@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--success-models", nargs="+", default=["default", EXPERT_MODEL],
                         help="models for the success episodes: 'default' (models/lapa_tabletop), 'expert', or a "
                              "checkpoint directory (default: %(default)s)")
-    parser.add_argument("--suite", help="task suite for the success episodes (default: reach_push_pick for the default "
-                                        "model, the full default suite otherwise)")
+    parser.add_argument("--suite", help="task suite for the success episodes (default: the default model's suite, "
+                                        "the full default suite otherwise)")
     parser.add_argument("--model", help="checkpoint for the latency runs (default: models/lapa_tabletop, else a "
                                         "random-weight VLA of its preset)")
     parser.add_argument("--camera-hz", type=float, default=30.0)

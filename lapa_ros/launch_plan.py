@@ -22,7 +22,7 @@ from lapa.intent_layout import has_intent
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "lapa_tabletop"
-DEFAULT_MODEL_SUITE = "reach_push_pick"  # the task families the shipped model was finetuned on (its README.md)
+DEFAULT_MODEL_SUITE = "default"  # the task families the shipped model was finetuned on (its README.md)
 EXPERT_MODEL = "expert"  # model:=expert serves the scripted expert (simulation only)
 # How the policy node executes the shipped model's action chunks: the best measured mode (its
 # README.md: temporal ensembling, decay 0.5, lifts push from 76% to 82% and held-out paraphrases on

@@ -138,6 +138,12 @@ done_at "$RUNS/P2_put_pool" 2000 || lapa train finetune --init "$RUNS/L_lapa" --
 done_at "$RUNS/P3_put_keyframe" 2000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad $put_args \
   --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/P3_put_keyframe" $common \
   $(resume "$RUNS/P3_put_keyframe")
+# B4: the four families in one model with P3's recipe, 4000 steps (shipped; the README's 5000 and
+# 6000 rows continue this run with --resume --steps 6000)
+done_at "$RUNS/B4_all_tokens" 4000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+  --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" --state-history 3,6,12 \
+  --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/B4_all_tokens" --steps 4000 $common \
+  --ckpt-every 1000 $(resume "$RUNS/B4_all_tokens")
 
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
@@ -183,6 +189,7 @@ evaluate Z2_put_fade_3000_ensemble0.5 "$RUNS/Z2_put_fade" put "${ensemble[@]}"
 for row in P1_put_tokens P2_put_pool P3_put_keyframe; do
   evaluate ${row}_2000_ensemble0.5 "$RUNS/$row" put "${ensemble[@]}"
 done
+evaluate B4_all_tokens_4000_ensemble0.5 "$RUNS/B4_all_tokens" reach push pick put "${ensemble[@]}"
 evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
 evaluate A3_rpp_fade_3000_ensemble0.5 "$RUNS/A3_rpp_fade" reach push pick "${ensemble[@]}"
 # the shipped model: A3 at step 2000 with its latent head (the intent preview; acting unchanged)
