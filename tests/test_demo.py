@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lapa.vocabulary import parse_instruction
+from lapa.vocabulary import get_suite, parse_instruction
 from lapa_ros.demo import EXPERT_SCRIPT, MODEL_SCRIPT, SPEECH_FIXTURES, demo_script, episode_plan, register
+from lapa_ros.launch_plan import DEFAULT_MODEL_SUITE
 
 
 def demo_args(*argv: str) -> argparse.Namespace:
@@ -25,7 +26,7 @@ def test_the_trained_model_gets_its_families_and_the_expert_every_family():
     assert [source for _, _, source in model_plan] == ["typed", "spoken", "typed", "typed", "typed", "typed"]
     assert Path(model_plan[1][0]).name == "reach_the_green_block.wav"
     typed = [text for text, _, source in model_plan if source == "typed"]
-    assert {parse_instruction(t).family for t in typed} == {"reach", "push", "pick"}
+    assert {parse_instruction(t).family for t in typed} == set(get_suite(DEFAULT_MODEL_SUITE))
 
     expert_plan = episode_plan(demo_args("--episodes", "6"), "expert")
     families = {parse_instruction(text).family for text, _, source in expert_plan if source == "typed"}

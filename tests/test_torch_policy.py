@@ -113,7 +113,7 @@ def test_refuses_latent_checkpoints_and_wrong_encoders(checkpoint, tmp_path):
         TorchPolicy(tmp_path / "latent", text_encoder=FakeEncoder())
     small = FakeEncoder()
     small.embedding_dim = 128
-    with pytest.raises(CheckpointError, match="384-d"):
+    with pytest.raises(CheckpointError, match="384-float"):
         TorchPolicy(checkpoint, text_encoder=small)
 
 
