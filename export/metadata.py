@@ -8,7 +8,9 @@ An export directory holds
                         -> actions float32 (B, K, 7), bins int64 (B, K, 7), then by action head:
                            "bins": logits float32 (B, K, 7, nb)
                            "l1":   normalized_actions float32 (B, K, 7) (the head's raw output)
-    text_encoder.onnx   input_ids, attention_mask int64 (B, T) -> text_emb float32 (B, D)
+    text_encoder.onnx   input_ids, attention_mask int64 (B, T) -> text_emb float32 (B, D); a model
+                        with the token form (metadata text_encoder.tokens N > 0) takes exactly
+                        T = N tokens and gives their features, D = N * 384 (zero rows = padding)
     tokenizer.json      the text encoder's tokenizer (the `tokenizers` library reads it, no torch)
     metadata.json       everything a backend needs to feed bytes and read actions (below)
     policy.plan         optional: a TensorRT engine built from policy.onnx on the target GPU
