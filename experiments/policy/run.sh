@@ -138,6 +138,9 @@ done_at "$RUNS/P2_put_pool" 2000 || lapa train finetune --init "$RUNS/L_lapa" --
 done_at "$RUNS/P3_put_keyframe" 2000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad $put_args \
   --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/P3_put_keyframe" $common \
   $(resume "$RUNS/P3_put_keyframe")
+done_at "$RUNS/P4_put_keyframe_sentence" 2000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+  $put_args --goal-target keyframe --out "$RUNS/P4_put_keyframe_sentence" $common \
+  $(resume "$RUNS/P4_put_keyframe_sentence")
 # B4: the four families in one model with P3's recipe, 4000 steps (shipped; the README's 5000 and
 # 6000 rows continue this run with --resume --steps 6000)
 done_at "$RUNS/B4_all_tokens" 4000 || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
@@ -186,7 +189,7 @@ evaluate V2_pick_fade_500_ensemble0.5 "$RUNS/V2_pick_fade/checkpoints/step_00000
 evaluate V2_pick_fade_1000_ensemble0.5 "$RUNS/V2_pick_fade" pick "${ensemble[@]}"
 evaluate Z2_put_fade_2000_ensemble0.5 "$RUNS/Z2_put_fade/checkpoints/step_00002000" put "${ensemble[@]}"
 evaluate Z2_put_fade_3000_ensemble0.5 "$RUNS/Z2_put_fade" put "${ensemble[@]}"
-for row in P1_put_tokens P2_put_pool P3_put_keyframe; do
+for row in P1_put_tokens P2_put_pool P3_put_keyframe P4_put_keyframe_sentence; do
   evaluate ${row}_2000_ensemble0.5 "$RUNS/$row" put "${ensemble[@]}"
 done
 evaluate B4_all_tokens_4000_ensemble0.5 "$RUNS/B4_all_tokens" reach push pick put "${ensemble[@]}"
