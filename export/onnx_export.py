@@ -64,7 +64,7 @@ from lapa.policy.action_tokenizer import ActionTokenizer
 from lapa.policy.checkpoint_io import checkpoint_extra, load_vla, read_vla_config
 from lapa.policy.config import VLAConfig
 from lapa.policy.model import VLA, RegressionHead
-from lapa.policy.text_encoder import MiniLMTokens, TextEncoder, instruction_encoder
+from lapa.policy.text_encoder import TextEncoder, instruction_encoder
 
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = 19  # what GR00T's TensorRT path uses; TensorRT 10's parser reads it
@@ -206,8 +206,7 @@ def export_text_graph(encoder: TextEncoder, path: Path, exporter: str = "dynamo"
     ids, mask = encoder.tokenize(["pick up the red block", "push the blue block to the left of the green one"])
     batch, seq = ("batch", 1, MAX_BATCH), ("seq", 2, encoder.model.config.max_seq_length)
     axes = {0: batch} if encoder.tokens else {0: batch, 1: seq}
-    graph = MiniLMTokens(encoder.model) if encoder.tokens else encoder.model
-    export_graph(graph, (torch.from_numpy(ids), torch.from_numpy(mask)), path, [INPUT_IDS, ATTENTION_MASK],
+    export_graph(encoder.graph, (torch.from_numpy(ids), torch.from_numpy(mask)), path, [INPUT_IDS, ATTENTION_MASK],
                  [TEXT_EMB_OUTPUT], {INPUT_IDS: axes, ATTENTION_MASK: axes}, exporter, opset)
 
 

@@ -302,9 +302,7 @@ def text_parity(encoder: Any, session: Any, seed: int = 0) -> ParityReport:
     refs, gots, rows = [], [], 0
     for ids, mask in batches:
         with torch.no_grad():
-            ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-            ref = encoder.model.token_features(ids_t, mask_t).flatten(1) if tokens else encoder.model(ids_t, mask_t)
-            refs.append(ref.numpy())
+            refs.append(encoder.graph(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
         gots.append(run_session(session, {INPUT_IDS: ids, ATTENTION_MASK: mask})[TEXT_EMB_OUTPUT])
         rows += ids.shape[0]
     return compare_embeddings("text_encoder.onnx vs torch", np.concatenate(refs), np.concatenate(gots), rows)

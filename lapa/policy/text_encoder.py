@@ -217,24 +217,25 @@ class TextEncoder:
     name = TEXT_ENCODER_NAME
 
     def __init__(self, model: MiniLM, tokenizer, model_dir: Path | None = None, tokens: int = 0) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer  # tokenizers.Tokenizer with truncation + pad-to-longest set up
-        self.model_dir = model_dir
         if not isinstance(tokens, int) or tokens < 0:
             raise ValueError(f"tokens must be an int >= 0, got {tokens!r}")
+        self.model = model.eval().requires_grad_(False)
+        self.model_dir = model_dir
         self.tokens = tokens
-        if tokens:
-            self.tokenizer = copy.deepcopy(tokenizer)
-            self.tokenizer.enable_truncation(max_length=tokens)
-            pad_id = self.tokenizer.token_to_id("[PAD]")
-            self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]", length=tokens)
+        self._file_tokenizer = tokenizer  # as read from tokenizer.json; for_tokens sets up its own copy
+        # sentence form: truncate at max_seq_length, pad to the longest; token form: exactly N tokens
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.tokenizer.enable_truncation(max_length=tokens or model.config.max_seq_length)
+        pad_id = self.tokenizer.token_to_id("[PAD]")
+        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]", length=tokens or None)
+        # the network of this form: (input_ids, attention_mask) -> (B, D), or (B, N * D) in the token form
+        self.graph: nn.Module = MiniLMTokens(self.model) if tokens else self.model
 
     def for_tokens(self, tokens: int) -> TextEncoder:
         """This encoder making sentence vectors (0) or the features of `tokens` tokens (shares the weights)."""
         if tokens == self.tokens:
             return self
-        base = self.tokenizer if not self.tokens else _sentence_tokenizer(self.tokenizer, self.model.config)
-        return TextEncoder(self.model, base, self.model_dir, tokens)
+        return TextEncoder(self.model, self._file_tokenizer, self.model_dir, tokens)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike | None = None) -> TextEncoder:
@@ -259,11 +260,7 @@ class TextEncoder:
         except CheckpointError as err:
             raise TextEncoderError(str(err)) from err
 
-        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        tokenizer.enable_truncation(max_length=config.max_seq_length)
-        pad_id = tokenizer.token_to_id("[PAD]")
-        tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")  # to the longest
-        return cls(model, tokenizer, model_dir)
+        return cls(model, Tokenizer.from_file(str(model_dir / "tokenizer.json")), model_dir)
 
     @property
     def token_dim(self) -> int:
@@ -290,19 +287,7 @@ class TextEncoder:
         if ids.shape[0] == 0:
             return torch.zeros(0, self.embedding_dim)
         with torch.inference_mode():
-            ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-            if self.tokens:
-                return self.model.token_features(ids_t, mask_t).flatten(1).float()  # (B, N * D)
-            return self.model(ids_t, mask_t).float()  # (B, D)
-
-
-def _sentence_tokenizer(tokenizer, config: MiniLMConfig):
-    """A copy of a fixed-length tokenizer set back to truncation at max_seq_length, pad to the longest."""
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.enable_truncation(max_length=config.max_seq_length)
-    pad_id = tokenizer.token_to_id("[PAD]")
-    tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
-    return tokenizer
+            return self.graph(torch.from_numpy(ids), torch.from_numpy(mask)).float()  # (B, D) or (B, N * D)
 
 
 def instruction_encoder(encoder: Any, tokens: int) -> Any:

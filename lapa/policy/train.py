@@ -394,7 +394,12 @@ def load_text_encoder(encoder: Any | None = None) -> Any:
 
 def _base_config(config: VLAConfig | None, preset: str, encoder: Any, **changes: Any) -> VLAConfig:
     config = config if config is not None else VLAConfig.preset(preset)
-    return config.replace(text_dim=getattr(encoder, "token_dim", encoder.embedding_dim), **changes)
+    return config.replace(text_dim=_token_width(encoder), **changes)
+
+
+def _token_width(encoder: Any) -> int:
+    """Floats per instruction token: the sentence width, whichever form the encoder is in."""
+    return getattr(encoder, "token_dim", encoder.embedding_dim)
 
 
 def pretrain_latent(labels: str | os.PathLike, out_dir: str | os.PathLike, *, config: VLAConfig | None = None,
@@ -568,7 +573,7 @@ def train_latent_head(ckpt: str | os.PathLike, labels: str | os.PathLike, out_di
 
 def _check_text_dim(ckpt: str | os.PathLike, config: VLAConfig, encoder: Any) -> None:
     """The encoder's per-token width against the model's (the token form is chosen afterwards)."""
-    width = getattr(encoder, "token_dim", encoder.embedding_dim)
+    width = _token_width(encoder)
     if config.text_dim != width:
         raise CheckpointError(f"{ckpt}: the model takes {config.text_dim}-d instruction embeddings, "
                               f"the text encoder makes {width}-d ones")
