@@ -227,6 +227,35 @@ def test_keyframe_goals_are_the_grasp_until_it_happens_then_the_end(tmp_path):
     assert block_height_m < data.clips.states[last, 2]  # the grasp is lower than the lifted end
 
 
+def test_mixture_weights_set_each_dataset_share_of_the_batches(tmp_path):
+    from lapa.errors import UserError
+
+    roots = [tmp_path / "reach", tmp_path / "pick"]
+    for family, root in zip(("reach", "pick"), roots, strict=True):
+        record_dataset(family, 2, root, seed=5, image_size=32, progress=False)
+    data = ActionSet.from_lerobot(roots, 32, 2, FakeEncoder())
+    data.set_tokenizer(fit_tokenizer(num_bins=16))
+    reach, pick = (str(r) for r in roots)
+    assert data.share_of(reach) + data.share_of(pick) == pytest.approx(1.0)
+    data.set_mixture({reach: 1.0, pick: 3.0})
+    assert data.share_of(pick) == pytest.approx(0.75)
+    drawn = []  # the sample indices every draw asks for
+    batch = data.batch
+    data.batch = lambda idx: (drawn.append(idx), batch(idx))[1]
+    for seed in range(20):
+        data.sample(np.random.default_rng(seed), 64)
+    roots_drawn = np.array([data.clips.keys[c][0] for c in data.sample_clip[np.concatenate(drawn)]])  # (1280,)
+    assert 0.7 < np.mean(roots_drawn == pick) < 0.8
+    with pytest.raises(UserError, match="mixture weights name"):
+        data.set_mixture({reach: 1.0})
+    with pytest.raises(UserError, match="> 0"):
+        data.set_mixture({reach: 1.0, pick: 0.0})
+    from lapa.policy.train import finetune_actions
+
+    with pytest.raises(UserError, match="one data weight per dataset"):
+        finetune_actions("scratch", roots, tmp_path / "run", data_weights=[1.0], encoder=FakeEncoder())
+
+
 def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):
     config = VLAConfig.preset("tabletop", **{**SMALL, "goal_aux": True, "keypoints": 4})
     opts = TrainOptions(steps=2, batch_size=4, ckpt_every=2, log_every=1, progress=False, augment="shift")

@@ -248,6 +248,19 @@ def test_cosine_schedule_decays_to_a_tenth_and_constant_stays():
         TrainOptions(lr_schedule="step")
 
 
+def test_decay_start_holds_the_rate_then_decays_to_a_tenth():
+    from lapa.policy.train import MIN_LR_FRACTION, TrainOptions
+
+    wsd = TrainOptions(steps=201, lr=1e-3, lr_schedule="cosine", lr_decay_start=100)
+    assert [wsd.lr_at(s) for s in (0, 50, 100)] == pytest.approx([1e-3] * 3)
+    assert wsd.lr_at(150) == pytest.approx(0.5 * (1e-3 + MIN_LR_FRACTION * 1e-3))
+    assert wsd.lr_at(200) == pytest.approx(MIN_LR_FRACTION * 1e-3)
+    decay = [wsd.lr_at(s) for s in range(100, 201)]
+    assert all(a > b for a, b in zip(decay[:-1], decay[1:], strict=True))
+    with pytest.raises(ValueError, match="lr_decay_start"):
+        TrainOptions(steps=100, lr_schedule="cosine", lr_decay_start=100)
+
+
 # ----------------------------------------------------------------------------- a latent head beside the action head
 
 

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--text-pool", type=int, metavar="P",
                    help="with --text-tokens: P learned queries read words of the instruction by their role and "
                         "FiLM them into the image encoder (e.g. 2: the block to lift, the block to put it on)")
+    f.add_argument("--data-weights", type=float, nargs="+", metavar="W",
+                   help="one weight per --data dataset: its share of the batches (e.g. 1 1 1 2 draws the fourth "
+                        "twice as often as each other); default: each dataset's share is its size")
     f.add_argument("--goal-target", choices=("final", "keyframe"), default="final",
                    help="what the goal query (--goal-aux) predicts: the episode's final EE position, or the next "
                         "gripper event's (the grasp, then the release)")
@@ -72,6 +75,9 @@ def _common(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                    help="constant, or cosine: a half-cosine decay to 0.1 x --lr at --steps (default: %(default)s)")
+    p.add_argument("--lr-decay-start", type=int, default=0, metavar="STEP",
+                   help="cosine: hold --lr until STEP, then decay (warmup-stable-decay: resume a constant-rate "
+                        "run with --steps beyond it to add only a decay phase; default: %(default)s)")
     p.add_argument("--preset", default="tiny", choices=("tiny", "base", "tabletop"),
                    help="model (from scratch): tiny, base, or tabletop (conv+FiLM encoder, state, l1 head)")
     p.add_argument("--image-size", type=int, help="override the preset's image size (from scratch)")
@@ -111,6 +117,7 @@ def _options(args: argparse.Namespace, env: Any = None):
     from lapa.policy.train import TrainOptions
 
     return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                        lr_decay_start=args.lr_decay_start,
                         augment=args.augment,
                         paraphrase=args.paraphrase,
                         ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads,
@@ -177,7 +184,8 @@ def _finetune(args: argparse.Namespace) -> int:
                                        state_history=args.state_history,
                                        cameras=("scene", "wrist") if args.wrist_camera else None,
                                        text_tokens=args.text_tokens, text_pool=args.text_pool,
-                                       goal_target=args.goal_target, opts=_options(args, env),
+                                       goal_target=args.goal_target, data_weights=args.data_weights,
+                                       opts=_options(args, env),
                                        resume=args.resume, env=env), env)
 
 

@@ -295,6 +295,32 @@ class ActionSet:
         self.state_lags: tuple[int, ...] = ()  # the model's state history (lapa/state_history.py)
         self.bins: torch.Tensor | None = None
         self.tokenizer: ActionTokenizer | None = None
+        self.sample_cdf: np.ndarray | None = None  # (N,) set by set_mixture; None: every sample equally likely
+
+    def set_mixture(self, weights: dict[str, float]) -> None:
+        """Draw each dataset's samples with its share of `weights` (root -> weight, as Octo's dataset
+        sampling weights), uniformly within a dataset; without it, every sample is equally likely, so
+        a dataset's share is its size."""
+        roots = np.array([k[0] for k in self.clips.keys])[self.sample_clip]  # (N,) each sample's dataset
+        unknown = set(weights) - set(roots.tolist())
+        if unknown or set(roots.tolist()) - set(weights):
+            raise UserError(f"mixture weights name {sorted(weights)}, the data holds {self.sources}")
+        if not all(np.isfinite(w) and w > 0 for w in weights.values()):
+            raise UserError(f"mixture weights must be finite and > 0, got {weights}")
+        probs = np.zeros(len(self), np.float64)  # (N,)
+        for root, w in weights.items():
+            mine = roots == root
+            probs[mine] = w / mine.sum()
+        cdf = np.cumsum(probs)
+        self.sample_cdf = cdf / cdf[-1]
+
+    def share_of(self, root: str) -> float:
+        """The fraction of drawn samples that come from dataset `root`."""
+        mine = np.array([k[0] == root for k in self.clips.keys])[self.sample_clip]  # (N,)
+        if self.sample_cdf is None:
+            return float(mine.mean())
+        probs = np.diff(self.sample_cdf, prepend=0.0)
+        return float(probs[mine].sum())
 
     def use_keyframe_goals(self) -> None:
         """goal_aux targets the next keyframe: the EE position where the gripper command next flips
@@ -350,7 +376,10 @@ class ActionSet:
         return len(self.frame_rows)
 
     def sample(self, rng: np.random.Generator, batch_size: int, augment: bool | str = False) -> Batch:
-        idx = rng.integers(0, len(self), batch_size)  # (B,)
+        if self.sample_cdf is None:
+            idx = rng.integers(0, len(self), batch_size)  # (B,)
+        else:
+            idx = np.minimum(np.searchsorted(self.sample_cdf, rng.random(batch_size), side="right"), len(self) - 1)
         batch = self.batch(idx)
         batch.images = apply_augmentation(batch.images, rng, augment)
         if self.paraphrase:  # instruction augmentation: any training wording of the sample's task

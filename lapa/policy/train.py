@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,6 +80,9 @@ class TrainOptions:
     # "constant", or "cosine": lr decays along a half cosine to MIN_LR_FRACTION x lr at `steps`, so the
     # last checkpoint is not one random point of a noisy plateau (closed-loop success swings there)
     lr_schedule: str = "constant"
+    # cosine: the step the decay starts at; the rate holds at lr before it. A run trained at a constant
+    # rate can be resumed with a short decay phase (warmup-stable-decay), at the cost of that phase only
+    lr_decay_start: int = 0
     weight_decay: float = 0.01  # on matrices only (not norms, biases)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -106,13 +110,16 @@ class TrainOptions:
             raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 <= self.lr_decay_start < max(self.steps, 1):
+            raise ValueError(f"lr_decay_start must be in [0, steps), got {self.lr_decay_start} with steps {self.steps}")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of the optimizer step taken after `step` steps (0 .. steps - 1); it
         depends on the step only, so a resumed run continues the same schedule."""
-        if self.lr_schedule == "constant" or self.steps <= 1:
+        if self.lr_schedule == "constant" or self.steps - self.lr_decay_start <= 1:
             return self.lr
-        progress = min(1.0, max(0.0, step / (self.steps - 1)))
+        span = self.steps - 1 - self.lr_decay_start
+        progress = min(1.0, max(0.0, (step - self.lr_decay_start) / span))
         low = MIN_LR_FRACTION * self.lr
         return low + 0.5 * (self.lr - low) * (1.0 + math.cos(math.pi * progress))
 
@@ -467,6 +474,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
                      goal_aux: bool | None = None, state_history: tuple[int, ...] | None = None,
                      cameras: tuple[str, ...] | None = None, text_tokens: int | None = None,
                      text_pool: int | None = None, goal_target: str = "final",
+                     data_weights: Sequence[float] | None = None,
                      opts: TrainOptions | None = None, resume: bool = False,
                      encoder: Any | None = None, env: DistEnv | None = None) -> VLATrainResult:
     """Stage 3 on robot episodes with actions, from `"scratch"` or a stage-2 / action-pretrained checkpoint.
@@ -477,9 +485,13 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
     gives the model more cameras (VLA.with_cameras); None keeps the init's. `text_tokens` N gives the
     model the token form of the instruction (VLA.with_text_tokens), `text_pool` P its WordPool queries;
     None keeps the init's. `goal_target` "keyframe": goal_aux predicts the next gripper event's EE
-    position instead of the episode's last (ActionSet.use_keyframe_goals).
+    position instead of the episode's last (ActionSet.use_keyframe_goals). `data_weights`, one per
+    dataset of `data`, sets each dataset's share of the batches (ActionSet.set_mixture); None: its size.
     """
     opts = opts or TrainOptions()
+    if data_weights is not None and (isinstance(data, ActionSet) or len(data_weights) != len(data)):
+        raise UserError(f"give one data weight per dataset: {len(data_weights)} weights for "
+                        f"{'a prepared set' if isinstance(data, ActionSet) else f'{len(data)} datasets'}")
     encoder = load_text_encoder(encoder)
     torch.manual_seed(opts.seed)
     if str(init) == SCRATCH:
@@ -526,10 +538,15 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
         if not hasattr(data, "use_keyframe_goals"):
             raise UserError("--goal-target keyframe needs the decoded data set: train without --stream")
         data.use_keyframe_goals()
+    if data_weights is not None:
+        if not hasattr(data, "set_mixture"):
+            raise UserError("--data-weights needs the decoded data set: train without --stream")
+        data.set_mixture({str(root): float(w) for root, w in zip(data, data_weights, strict=True)})
     provenance = {"stage": "finetune", "init": init_label, "action_head": head_choice, "datasets": data.sources,
                   "state_history": list(model.config.state_history), "cameras": list(model.config.cameras),
                   "text_tokens": model.config.text_tokens, "text_pool": model.config.text_pool,
-                  "goal_target": goal_target}
+                  "goal_target": goal_target,
+                  "data_weights": None if data_weights is None else [float(w) for w in data_weights]}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
                      env=env, preset=preset)
 
