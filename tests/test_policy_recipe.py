@@ -254,6 +254,11 @@ def test_mixture_weights_set_each_dataset_share_of_the_batches(tmp_path):
 
     with pytest.raises(UserError, match="one data weight per dataset"):
         finetune_actions("scratch", roots, tmp_path / "run", data_weights=[1.0], encoder=FakeEncoder())
+    from lapa.policy.train import TrainOptions
+
+    with pytest.raises(UserError, match="--text-tokens"):  # word dropout acts on the token form only
+        finetune_actions("scratch", roots, tmp_path / "run", encoder=FakeEncoder(),
+                         opts=TrainOptions(steps=0, word_dropout=0.1, progress=False))
 
 
 def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):

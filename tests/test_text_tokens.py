@@ -148,3 +148,20 @@ def test_export_runs_the_token_form_in_onnx_runtime(token_policy, small_minilm, 
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     obs = {"image": image, "instruction": PUT, "state": fake_state(1)[0]}
     assert ort.infer(obs)["actions"].shape == (2, 7)
+
+
+def test_word_dropout_turns_whole_word_rows_into_padding_and_keeps_one():
+    from lapa.policy.datasets import drop_words
+
+    N, dim = 6, 4
+    feats = torch.zeros(300, N, dim)
+    feats[:, :4] = torch.randn(300, 4, dim)  # 4 words, 2 padding rows
+    dropped = drop_words(feats.reshape(300, -1), N, 0.5, np.random.default_rng(0)).reshape(300, N, dim)
+    kept_rows = dropped.abs().sum(-1) > 0  # (300, N)
+    assert not kept_rows[:, 4:].any()  # padding stays padding
+    assert kept_rows.sum(1).min() >= 1  # every sample keeps a word
+    assert 0.4 < 1 - kept_rows[:, :4].float().mean() < 0.6  # about half the words are dropped
+    assert torch.equal(dropped[kept_rows], feats[kept_rows])  # kept rows are untouched
+    assert torch.equal(drop_words(feats.reshape(300, -1), N, 0.0, np.random.default_rng(0)), feats.reshape(300, -1))
+    with pytest.raises(ValueError, match="word_dropout"):
+        TrainOptions(word_dropout=1.0)

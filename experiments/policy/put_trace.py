@@ -3,6 +3,7 @@ gripper closes (experiments/policy/README.md, fifth round).
 
     python experiments/policy/put_trace.py --ckpt runs/policy/Z2_put_fade --family put --episodes 3
     python experiments/policy/put_trace.py --ckpt runs/policy/P2_put_pool --episodes 20 --grasps
+    python experiments/policy/put_trace.py --ckpt runs/policy/D1_b4_decay --episodes 20 --grasps --held-out
 
 `--grasps`: one line per episode instead, the table-plane distance from the TCP to every block when
 the policy first closes the gripper, and how many episodes close nearest the named block.
@@ -30,6 +31,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--grasps", action="store_true", help="only where each episode first closes the gripper")
+    p.add_argument("--held-out", action="store_true", help="the held-out paraphrases' instructions")
     args = p.parse_args()
     policy = TorchPolicy(resolve_vla_checkpoint(args.ckpt), text_encoder=load_text_encoder(None))
     executor = ClosedLoopExecutor(policy, "ensemble", 1, 0.5, image_size=policy.config.image_size,
@@ -38,7 +40,7 @@ def main() -> None:
     with FastDriver(SceneConfig(image_size=128)) as driver:
         env = TabletopEnv(driver)
         for seed in eval_seeds(0, args.episodes):
-            task, instruction = episode_task(args.family, seed)
+            task, instruction = episode_task(args.family, seed, held_out=args.held_out)
             executor.reset()
             obs = env.reset(task, seed, instruction)
             named = driver.block_pose(task.colour)[0]  # (3,) the block to reach / lift

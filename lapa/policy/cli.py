@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--text-pool", type=int, metavar="P",
                    help="with --text-tokens: P learned queries read words of the instruction by their role and "
                         "FiLM them into the image encoder (e.g. 2: the block to lift, the block to put it on)")
+    f.add_argument("--word-dropout", type=float, default=0.0, metavar="P",
+                   help="with --text-tokens: each word of the instruction is dropped with probability P in "
+                        "training (robustness to unfamiliar wordings; default: %(default)s)")
     f.add_argument("--data-weights", type=float, nargs="+", metavar="W",
                    help="one weight per --data dataset: its share of the batches (e.g. 1 1 1 2 draws the fourth "
                         "twice as often as each other); default: each dataset's share is its size")
@@ -117,7 +120,7 @@ def _options(args: argparse.Namespace, env: Any = None):
     from lapa.policy.train import TrainOptions
 
     return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                        lr_decay_start=args.lr_decay_start,
+                        lr_decay_start=args.lr_decay_start, word_dropout=getattr(args, "word_dropout", 0.0),
                         augment=args.augment,
                         paraphrase=args.paraphrase,
                         ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads,

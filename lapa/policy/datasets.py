@@ -237,6 +237,18 @@ class LatentSet:
 # ----------------------------------------------------------------------------- action chunks
 
 
+def drop_words(text: torch.Tensor, tokens: int, p: float, rng: np.random.Generator) -> torch.Tensor:
+    """Word dropout on the token form: each real token row of (B, tokens * dim) becomes padding (zeros)
+    with probability `p`, never every row of a sample, so the policy cannot lean on any one word and
+    an unfamiliar word costs less (word dropout, as in Iyyer et al. 2015, on features)."""
+    feats = text.reshape(text.shape[0], tokens, -1)  # (B, N, dim)
+    real = (feats.abs().sum(dim=-1) > 0).numpy()  # (B, N)
+    drop = real & (rng.random(real.shape) < p)  # (B, N)
+    drop[(real & ~drop).sum(axis=1) == 0] = False  # a sample keeps at least one word
+    kept = torch.from_numpy(~drop).to(feats.dtype).unsqueeze(-1)  # (B, N, 1)
+    return (feats * kept).reshape(text.shape)
+
+
 def is_hold(action: np.ndarray) -> bool:
     """The recorder's synthetic last action (lapa.sim.env.run_episode): no motion at all, only a gripper."""
     return bool(np.all(np.asarray(action)[:ACTION_DIM - 1] == 0.0))
@@ -296,6 +308,7 @@ class ActionSet:
         self.bins: torch.Tensor | None = None
         self.tokenizer: ActionTokenizer | None = None
         self.sample_cdf: np.ndarray | None = None  # (N,) set by set_mixture; None: every sample equally likely
+        self.word_dropout: tuple[int, float] | None = None  # (text tokens N, drop probability): drop_words
 
     def set_mixture(self, weights: dict[str, float]) -> None:
         """Draw each dataset's samples with its share of `weights` (root -> weight, as Octo's dataset
@@ -385,6 +398,8 @@ class ActionSet:
         if self.paraphrase:  # instruction augmentation: any training wording of the sample's task
             pick = rng.integers(0, self.wording_ids.shape[1], batch_size)  # (B,)
             batch.text = self.table.embeddings[self.wording_ids[self.sample_clip[idx], pick]]
+        if self.word_dropout is not None:
+            batch.text = drop_words(batch.text, *self.word_dropout, rng)
         return batch
 
     def batch(self, idx: np.ndarray) -> Batch:

@@ -89,6 +89,7 @@ class TrainOptions:
     augment: bool | str = False  # True/"crop": resized crop + jitter; "shift": DrQ random shift (datasets)
     # instruction augmentation: any training wording of each sample's task; "broad" adds the broad set
     paraphrase: bool | str = False
+    word_dropout: float = 0.0  # token form: each word row becomes padding with this probability (drop_words)
     ckpt_every: int = 500
     log_every: int = 25
     keep_last: int = 2
@@ -108,6 +109,8 @@ class TrainOptions:
                              "are required")
         if not self.lr > 0 or self.grad_clip <= 0:
             raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {self.word_dropout}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.lr_decay_start < max(self.steps, 1):
@@ -538,6 +541,12 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
         if not hasattr(data, "use_keyframe_goals"):
             raise UserError("--goal-target keyframe needs the decoded data set: train without --stream")
         data.use_keyframe_goals()
+    if opts.word_dropout:
+        if not model.config.text_tokens:
+            raise UserError("--word-dropout drops words of the token form: give the model --text-tokens")
+        if not hasattr(data, "word_dropout"):
+            raise UserError("--word-dropout needs the decoded data set: train without --stream")
+        data.word_dropout = (model.config.text_tokens, opts.word_dropout)
     if data_weights is not None:
         if not hasattr(data, "set_mixture"):
             raise UserError("--data-weights needs the decoded data set: train without --stream")
