@@ -250,12 +250,8 @@ def test_mixture_weights_set_each_dataset_share_of_the_batches(tmp_path):
         data.set_mixture({reach: 1.0})
     with pytest.raises(UserError, match="> 0"):
         data.set_mixture({reach: 1.0, pick: 0.0})
-    from lapa.policy.train import finetune_actions
-
     with pytest.raises(UserError, match="one data weight per dataset"):
         finetune_actions("scratch", roots, tmp_path / "run", data_weights=[1.0], encoder=FakeEncoder())
-    from lapa.policy.train import TrainOptions
-
     with pytest.raises(UserError, match="--text-tokens"):  # word dropout acts on the token form only
         finetune_actions("scratch", roots, tmp_path / "run", encoder=FakeEncoder(),
                          opts=TrainOptions(steps=0, word_dropout=0.1, progress=False))
@@ -321,6 +317,33 @@ def test_random_start_moves_the_gripper_before_the_episode_and_is_seeded():
         assert start[2] <= home[2] + 0.005
         result = run_episode(env, task, 4, instruction=instruction, start_jitter_m=0.1)
         assert result.success and np.allclose(result.states[0, :3], start, atol=1e-3), "same seed, same start"
+
+
+def test_a_missed_grasp_start_closes_on_nothing_beside_the_block_and_the_expert_recovers():
+    from lapa.errors import UserError
+    from lapa.sim.env import EMPTY_GRIP_M, MISS_MIN_OFFSET_M, move_to_missed_grasp
+
+    with FastDriver(SceneConfig(image_size=32), render=False) as driver:
+        env = TabletopEnv(driver)
+        for family, seed in (("pick", 3), ("put", 8)):
+            task, instruction = episode_task(family, seed)
+            result = run_episode(env, task, seed, instruction=instruction, stop_on_success=False,
+                                 missed_grasp_m=0.05)
+            start = result.states[0]  # (8,) the first recorded state
+            block_xy = driver.block_pose(task.colour)[0][:2] if family == "put" else None
+            assert start[6] + start[7] < EMPTY_GRIP_M, "the fingers start closed on nothing"
+            assert result.actions[0, 6] >= 0.5, "the expert's first action opens the gripper again"
+            assert result.success, f"the expert recovers from the missed {family} grasp"
+            if block_xy is not None:  # put leaves the lifted block on the target: it was grasped after all
+                assert np.linalg.norm(block_xy - driver.block_pose(task.target)[0][:2]) < 0.02
+        task, instruction = episode_task("pick", 3)
+        env.reset(task, 3, instruction)
+        block = driver.block_pose(task.colour)[0]
+        obs = move_to_missed_grasp(env, task, np.random.default_rng([3, 19]), 0.05)
+        offset = np.linalg.norm(obs.state[:2] - block[:2])
+        assert MISS_MIN_OFFSET_M - 0.005 <= offset <= 0.05 + 0.005 and env.steps == 0
+    with pytest.raises(UserError, match="at least"):
+        ExpertOptions(missed_grasp_m=0.02)
 
 
 def test_paraphrase_draws_training_wordings_of_the_same_task_never_held_out_ones(robot):

@@ -147,6 +147,24 @@ done_at "$RUNS/B4_all_tokens" 4000 || lapa train finetune --init "$RUNS/L_lapa" 
   --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" --state-history 3,6,12 \
   --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/B4_all_tokens" --steps 4000 $common \
   --ckpt-every 1000 $(resume "$RUNS/B4_all_tokens")
+# D1: B4's step 4000 (its optimizer state too) resumed with a decay phase only: the rate held to step
+# 4000, then a half cosine to a tenth at 5500 (warmup-stable-decay). E1: the same with word dropout.
+decay_phase() {  # row extra-args...
+  local row=$1; shift
+  if ! done_at "$RUNS/$row" 5500; then
+    if [ ! -d "$RUNS/$row/checkpoints" ]; then
+      mkdir -p "$RUNS/$row/checkpoints"
+      cp -r "$RUNS/B4_all_tokens/checkpoints/step_00004000" "$RUNS/$row/checkpoints/"
+      echo step_00004000 > "$RUNS/$row/checkpoints/LATEST"
+    fi
+    lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+      --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" --state-history 3,6,12 \
+      --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/$row" --steps 5500 $common \
+      --lr-schedule cosine --lr-decay-start 4000 --resume "$@"
+  fi
+}
+decay_phase D1_b4_decay
+decay_phase E1_wdrop --word-dropout 0.15
 
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
@@ -193,6 +211,9 @@ for row in P1_put_tokens P2_put_pool P3_put_keyframe P4_put_keyframe_sentence; d
   evaluate ${row}_2000_ensemble0.5 "$RUNS/$row" put "${ensemble[@]}"
 done
 evaluate B4_all_tokens_4000_ensemble0.5 "$RUNS/B4_all_tokens" reach push pick put "${ensemble[@]}"
+for row in D1_b4_decay E1_wdrop; do
+  evaluate ${row}_5500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
+done
 evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
 evaluate A3_rpp_fade_3000_ensemble0.5 "$RUNS/A3_rpp_fade" reach push pick "${ensemble[@]}"
 # the shipped model: A3 at step 2000 with its latent head (the intent preview; acting unchanged)

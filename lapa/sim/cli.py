@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--pass-through", action="store_true",
                      help="the expert moves through its via points at full speed instead of stopping at each "
                           "(stops leave near-zero actions there, where a learned policy then stalls)")
+    rec.add_argument("--missed-grasp", type=float, default=0.0, metavar="M",
+                     help="pick and put: start each episode from a missed grasp (fingers closed on nothing, up to M "
+                          "metres off the block to lift), so the recording shows the recovery: open, grasp again")
     rec.set_defaults(func=_record)
 
     play = sim_sub.add_parser("play", help="run one episode and write an mp4 to watch")
@@ -59,7 +62,7 @@ def _record(args: argparse.Namespace) -> int:
 
     expert = ExpertOptions(noise_m=args.expert_noise, dart_noise_m=args.dart_noise, until_done=args.until_done,
                            dart_fade_m=args.dart_fade, settle_steps=args.settle_steps, start_jitter_m=args.start_jitter,
-                           pass_through=args.pass_through)
+                           pass_through=args.pass_through, missed_grasp_m=args.missed_grasp)
     summary = record_dataset(args.suite, args.episodes, args.out, seed=args.seed, no_actions=args.no_actions,
                              image_size=args.image_size, held_out=args.held_out, control_hz=args.control_hz,
                              expert=expert, wrist_camera=args.wrist_camera)

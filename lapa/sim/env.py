@@ -100,10 +100,58 @@ def move_to_random_start(env: TabletopEnv, rng: np.random.Generator, jitter_m: f
     return env.observe()
 
 
+MISS_MIN_OFFSET_M = 0.025  # a missed grasp closes at least this far (table plane) from the block's centre
+MISS_CLEARANCE_M = 0.07  # ... and this far from every other block, so that it closes on nothing
+EMPTY_GRIP_M = 0.01  # fingers closer than this hold nothing (the blocks are 4 cm)
+
+
+def move_to_missed_grasp(env: TabletopEnv, task: TaskInstance, rng: np.random.Generator,
+                         max_offset_m: float) -> Observation | None:
+    """Stage a missed grasp (unrecorded): the open gripper goes down beside the block to lift, between
+    MISS_MIN_OFFSET_M and `max_offset_m` off its centre, closes on nothing, and stays there or rises
+    part of the way to the carry height. The episode's step count starts after it, so the recording
+    shows the expert's recovery (open, back over the block, grasp again) from the state a policy's
+    missed grasp leaves, with clean labels. None where no spot clears the other blocks, or the
+    fingers caught something."""
+    from lapa.sim.expert import CARRY_Z_M, GRASP_Z_M, GRIPPER_CLOSED, GRIPPER_OPEN, HOVER_Z_M
+
+    block = env.driver.block_pose(task.colour)[0]  # (3,)
+    others = [p for c, p in env.driver.block_positions().items() if c != task.colour]
+    for _ in range(20):
+        angle, radius = rng.uniform(0.0, 2 * np.pi), rng.uniform(MISS_MIN_OFFSET_M, max_offset_m)
+        spot = block[:2] + radius * np.array([np.cos(angle), np.sin(angle)])  # (2,)
+        if all(np.linalg.norm(spot - p[:2]) > MISS_CLEARANCE_M for p in others):
+            break
+    else:
+        return None
+    rise_z = rng.uniform(GRASP_Z_M, CARRY_Z_M)
+    for target, gripper, settle in (((*spot, HOVER_Z_M), GRIPPER_OPEN, 0), ((*spot, GRASP_Z_M), GRIPPER_OPEN, 0),
+                                    ((*spot, GRASP_Z_M), GRIPPER_CLOSED, 6), ((*spot, rise_z), GRIPPER_CLOSED, 0)):
+        _move_to(env, np.array(target), gripper, settle)
+    if env.driver.gripper_width_m() > EMPTY_GRIP_M:
+        return None
+    env.steps = 0
+    return env.observe()
+
+
+def _move_to(env: TabletopEnv, target: np.ndarray, gripper: float, settle_steps: int) -> None:
+    """Straight to `target` (3,) in steps of at most START_MOVE_STEP_M, then `settle_steps` still steps."""
+    for _ in range(40):
+        delta = target - env.driver.robot_state().ee_pos_m
+        dist = float(np.linalg.norm(delta))
+        if dist < 0.003:
+            break
+        step = delta if dist <= START_MOVE_STEP_M else delta * (START_MOVE_STEP_M / dist)
+        env.driver.apply_action(np.array([*step, 0.0, 0.0, 0.0, gripper], np.float32))
+    for _ in range(settle_steps):
+        env.driver.apply_action(np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, gripper], np.float32))
+
+
 def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy | None = None,
                 instruction: str | None = None, record: bool = True, stop_on_success: bool = True,
                 expert_noise_m: float = 0.0, dart_noise_m: float = 0.0, settle_steps: int = 0,
-                start_jitter_m: float = 0.0, pass_through: bool = False, dart_fade_m: float = 0.0) -> EpisodeResult:
+                start_jitter_m: float = 0.0, pass_through: bool = False, dart_fade_m: float = 0.0,
+                missed_grasp_m: float = 0.0) -> EpisodeResult | None:
     """Roll out one episode; `policy=None` runs the scripted expert.
 
     Expert only: `dart_noise_m` (DART) adds Gaussian noise to the *executed* translation while
@@ -116,10 +164,16 @@ def run_episode(env: TabletopEnv, task: TaskInstance, seed: int, policy: Policy 
     `start_jitter_m` moves the gripper to a random start (seeded) before the episode begins: from
     a fixed home pose, where the arm is on its straight path tells where it goes, and a policy
     learns that shortcut instead of looking at the blocks and the instruction. `pass_through`: the
-    expert moves through its via points at full speed (see `ScriptedExpert`).
+    expert moves through its via points at full speed (see `ScriptedExpert`). `missed_grasp_m` > 0
+    (pick and put) starts from a staged missed grasp instead (`move_to_missed_grasp`); None when
+    that seed's scene leaves no spot for one.
     """
     obs = env.reset(task, seed, instruction)
-    if start_jitter_m > 0:
+    if missed_grasp_m > 0 and task.family in ("pick", "put"):
+        obs = move_to_missed_grasp(env, task, np.random.default_rng([seed, 19]), missed_grasp_m)
+        if obs is None:
+            return None
+    elif start_jitter_m > 0:
         obs = move_to_random_start(env, np.random.default_rng([seed, 17]), start_jitter_m)
     expert = None
     noise_rng = np.random.default_rng([seed, 13])

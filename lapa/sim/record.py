@@ -19,7 +19,7 @@ from tqdm import tqdm
 from lapa.action import ACTION_NAMES, STATE_NAMES
 from lapa.data.lerobot_v3.layout import WRIST_VIDEO_KEY
 from lapa.errors import UserError
-from lapa.sim.env import EpisodeResult, TabletopEnv, episode_task, run_episode
+from lapa.sim.env import MISS_MIN_OFFSET_M, EpisodeResult, TabletopEnv, episode_task, run_episode
 from lapa.sim.fast_driver import FastDriver
 from lapa.sim.scene import SceneConfig
 from lapa.vocabulary import get_suite
@@ -81,10 +81,17 @@ class ExpertOptions:
     settle_steps: int = 0
     start_jitter_m: float = 0.0  # random start of the gripper (lapa.sim.env.move_to_random_start)
     pass_through: bool = False  # the expert moves through its via points without stopping
+    # pick and put: start from a missed grasp up to this far off the block (lapa.sim.env.move_to_missed_grasp)
+    missed_grasp_m: float = 0.0
 
     def __post_init__(self) -> None:
-        if min(self.noise_m, self.dart_noise_m, self.dart_fade_m, self.settle_steps, self.start_jitter_m) < 0:
-            raise UserError("expert noise, DART noise and fade, settle steps and start jitter must be >= 0")
+        if min(self.noise_m, self.dart_noise_m, self.dart_fade_m, self.settle_steps, self.start_jitter_m,
+               self.missed_grasp_m) < 0:
+            raise UserError("expert noise, DART noise and fade, settle steps, start jitter and missed grasp "
+                            "must be >= 0")
+        if 0 < self.missed_grasp_m <= MISS_MIN_OFFSET_M:
+            raise UserError(f"a missed grasp is staged at least {MISS_MIN_OFFSET_M} m off the block: "
+                            f"give more than that, got {self.missed_grasp_m}")
         if self.start_jitter_m > 0.15:
             raise UserError(f"start jitter {self.start_jitter_m} m would leave the workspace (at most 0.15 m)")
 
@@ -98,11 +105,12 @@ def _rollout(env: TabletopEnv, family: str, base_seed: int, index: int, held_out
         result = run_episode(env, task, seed, instruction=instruction, expert_noise_m=expert.noise_m,
                              dart_noise_m=expert.dart_noise_m, stop_on_success=not expert.until_done,
                              settle_steps=expert.settle_steps, start_jitter_m=expert.start_jitter_m,
-                             pass_through=expert.pass_through, dart_fade_m=expert.dart_fade_m)
-        if result.success:
+                             pass_through=expert.pass_through, dart_fade_m=expert.dart_fade_m,
+                             missed_grasp_m=expert.missed_grasp_m)
+        if result is not None and result.success:
             return result, attempt + 1
-    raise RuntimeError(f"the scripted expert failed {MAX_ATTEMPTS_PER_EPISODE} times in a row on {family}; "
-                       "the scene or controller is broken")
+    raise RuntimeError(f"the scripted expert failed {MAX_ATTEMPTS_PER_EPISODE} times in a row on {family} "
+                       "(or no scene left room for a missed grasp); the scene or controller is broken")
 
 
 def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_actions: bool = False,
@@ -155,6 +163,7 @@ def record_dataset(suite: str, episodes: int, out: Path, *, seed: int = 0, no_ac
          "dart_noise_m": expert.dart_noise_m, "dart_fade_m": expert.dart_fade_m,
          "until_done": expert.until_done, "settle_steps": expert.settle_steps,
          "start_jitter_m": expert.start_jitter_m, "pass_through": expert.pass_through,
+         "missed_grasp_m": expert.missed_grasp_m,
          "cameras": ["scene", "wrist"] if wrist_camera else ["scene"]}
     )
     summary.seconds = time.perf_counter() - start
