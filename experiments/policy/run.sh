@@ -158,13 +158,22 @@ decay_phase() {  # row extra-args...
       echo step_00004000 > "$RUNS/$row/checkpoints/LATEST"
     fi
     lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
-      --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" --state-history 3,6,12 \
-      --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/$row" --steps 5500 $common \
+      --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" \
+      --state-history 3,6,12 --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/$row" --steps 5500 $common \
       --lr-schedule cosine --lr-decay-start 4000 --resume "$@"
   fi
 }
 decay_phase D1_b4_decay
 decay_phase E1_wdrop --word-dropout 0.15
+decay_phase E2_wdrop30 --word-dropout 0.3
+# E3: E2 + 300 put episodes that start from a missed grasp (the recovery: open, grasp again)
+[ -f "$DATA/put_regrasp/meta/info.json" ] || lapa sim record --suite put --episodes 300 --seed 700000 \
+  --out "$DATA/put_regrasp" $opts --dart-fade 0.03 --missed-grasp 0.05
+# (a resumed run refuses changed data, whose action normalisation differs: E3 starts from B4's weights)
+done_at "$RUNS/E3_regrasp" 1500 || lapa train finetune --init "$RUNS/B4_all_tokens/checkpoints/step_00004000" \
+  --paraphrase broad --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" \
+  "$DATA/put_regrasp" --state-history 3,6,12 --goal-target keyframe --word-dropout 0.3 --out "$RUNS/E3_regrasp" \
+  --steps 1500 $common --lr-schedule cosine $(resume "$RUNS/E3_regrasp")
 
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
@@ -211,9 +220,10 @@ for row in P1_put_tokens P2_put_pool P3_put_keyframe P4_put_keyframe_sentence; d
   evaluate ${row}_2000_ensemble0.5 "$RUNS/$row" put "${ensemble[@]}"
 done
 evaluate B4_all_tokens_4000_ensemble0.5 "$RUNS/B4_all_tokens" reach push pick put "${ensemble[@]}"
-for row in D1_b4_decay E1_wdrop; do
+for row in D1_b4_decay E1_wdrop E2_wdrop30; do
   evaluate ${row}_5500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
 done
+evaluate E3_regrasp_1500_ensemble0.5 "$RUNS/E3_regrasp" reach push pick put "${ensemble[@]}"
 evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
 evaluate A3_rpp_fade_3000_ensemble0.5 "$RUNS/A3_rpp_fade" reach push pick "${ensemble[@]}"
 # the shipped model: A3 at step 2000 with its latent head (the intent preview; acting unchanged)
