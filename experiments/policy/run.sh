@@ -174,6 +174,14 @@ done_at "$RUNS/E3_regrasp" 1500 || lapa train finetune --init "$RUNS/B4_all_toke
   --paraphrase broad --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" \
   "$DATA/put_regrasp" --state-history 3,6,12 --goal-target keyframe --word-dropout 0.3 --out "$RUNS/E3_regrasp" \
   --steps 1500 $common --lr-schedule cosine $(resume "$RUNS/E3_regrasp")
+# F1, F2: E2's recipe in one run from L (word dropout throughout): 3000 steps decayed from 2000, 4000 from 3000
+for spec in F1_short:3000:2000 F2_4000:4000:3000; do
+  IFS=: read -r row steps decay <<< "$spec"
+  done_at "$RUNS/$row" "$steps" || lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+    --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" --state-history 3,6,12 \
+    --text-tokens 24 --text-pool 2 --goal-target keyframe --word-dropout 0.3 --out "$RUNS/$row" --steps "$steps" \
+    $common --lr-schedule cosine --lr-decay-start "$decay" $(resume "$RUNS/$row")
+done
 
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
@@ -224,6 +232,8 @@ for row in D1_b4_decay E1_wdrop E2_wdrop30; do
   evaluate ${row}_5500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
 done
 evaluate E3_regrasp_1500_ensemble0.5 "$RUNS/E3_regrasp" reach push pick put "${ensemble[@]}"
+evaluate F1_short_3000_ensemble0.5 "$RUNS/F1_short" reach push pick put "${ensemble[@]}"
+evaluate F2_4000_4000_ensemble0.5 "$RUNS/F2_4000" reach push pick put "${ensemble[@]}"
 evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
 evaluate A3_rpp_fade_3000_ensemble0.5 "$RUNS/A3_rpp_fade" reach push pick "${ensemble[@]}"
 # the shipped model: A3 at step 2000 with its latent head (the intent preview; acting unchanged)
