@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lapa.sim.driver import Driver
-from lapa.sim.expert import ScriptedExpert
+from lapa.sim.expert import CARRY_Z_M, GRASP_Z_M, GRIPPER_CLOSED, GRIPPER_OPEN, HOVER_Z_M, ScriptedExpert
 from lapa.sim.tasks import EpisodeStart, is_success
 from lapa.vocabulary import FAMILIES, TaskInstance, sample_instance
 
@@ -113,8 +113,6 @@ def move_to_missed_grasp(env: TabletopEnv, task: TaskInstance, rng: np.random.Ge
     shows the expert's recovery (open, back over the block, grasp again) from the state a policy's
     missed grasp leaves, with clean labels. None where no spot clears the other blocks, or the
     fingers caught something."""
-    from lapa.sim.expert import CARRY_Z_M, GRASP_Z_M, GRIPPER_CLOSED, GRIPPER_OPEN, HOVER_Z_M
-
     block = env.driver.block_pose(task.colour)[0]  # (3,)
     others = [p for c, p in env.driver.block_positions().items() if c != task.colour]
     for _ in range(20):
