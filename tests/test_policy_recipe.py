@@ -267,6 +267,10 @@ def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):
     data.set_tokenizer(tok)
     loss, stats = compute_loss(model, data.batch(np.arange(4)))
     assert torch.isfinite(loss) and "goal_mae_mm" in stats and "translation_mae_mm" in stats
+    from lapa.policy.checkpoint_io import checkpoint_extra
+
+    provenance = checkpoint_extra(r.checkpoint)["provenance"]
+    assert provenance["data_shares"] == {str(robot): 1.0} and provenance["data_weights"] is None
 
 
 def test_the_recording_size_travels_with_the_checkpoint(robot, tmp_path):

@@ -555,7 +555,9 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
                   "state_history": list(model.config.state_history), "cameras": list(model.config.cameras),
                   "text_tokens": model.config.text_tokens, "text_pool": model.config.text_pool,
                   "goal_target": goal_target,
-                  "data_weights": None if data_weights is None else [float(w) for w in data_weights]}
+                  "data_weights": None if data_weights is None else [float(w) for w in data_weights],
+                  "data_shares": ({root: round(data.share_of(root), 4) for root in data.sources}
+                                  if hasattr(data, "share_of") else None)}
     return train_vla(model, tokenizer, data, out_dir, opts, resume=resume, provenance=provenance, desc="finetune",
                      env=env, preset=preset)
 
