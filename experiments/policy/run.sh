@@ -166,6 +166,16 @@ decay_phase() {  # row extra-args...
 decay_phase D1_b4_decay
 decay_phase E1_wdrop --word-dropout 0.15
 decay_phase E2_wdrop30 --word-dropout 0.3
+# E4: E2 with a longer decay phase (B4 step 4000 resumed to 7000)
+if ! done_at "$RUNS/E4_long" 7000; then
+  [ -d "$RUNS/E4_long/checkpoints" ] || { mkdir -p "$RUNS/E4_long/checkpoints"
+    cp -r "$RUNS/B4_all_tokens/checkpoints/step_00004000" "$RUNS/E4_long/checkpoints/"
+    echo step_00004000 > "$RUNS/E4_long/checkpoints/LATEST"; }
+  lapa train finetune --init "$RUNS/L_lapa" --paraphrase broad \
+    --data "$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade" --state-history 3,6,12 \
+    --text-tokens 24 --text-pool 2 --goal-target keyframe --out "$RUNS/E4_long" --steps 7000 $common \
+    --lr-schedule cosine --lr-decay-start 4000 --word-dropout 0.3 --resume
+fi
 # E3: E2 + 300 put episodes that start from a missed grasp (the recovery: open, grasp again)
 [ -f "$DATA/put_regrasp/meta/info.json" ] || lapa sim record --suite put --episodes 300 --seed 700000 \
   --out "$DATA/put_regrasp" $opts --dart-fade 0.03 --missed-grasp 0.05
@@ -232,6 +242,7 @@ for row in D1_b4_decay E1_wdrop E2_wdrop30; do
   evaluate ${row}_5500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
 done
 evaluate E3_regrasp_1500_ensemble0.5 "$RUNS/E3_regrasp" reach push pick put "${ensemble[@]}"
+evaluate E4_long_7000_ensemble0.5 "$RUNS/E4_long" reach push pick put "${ensemble[@]}"
 evaluate F1_short_3000_ensemble0.5 "$RUNS/F1_short" reach push pick put "${ensemble[@]}"
 evaluate F2_4000_4000_ensemble0.5 "$RUNS/F2_4000" reach push pick put "${ensemble[@]}"
 evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
