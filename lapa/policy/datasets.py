@@ -314,12 +314,11 @@ class ActionSet:
         """Draw each dataset's samples with its share of `weights` (root -> weight, as Octo's dataset
         sampling weights), uniformly within a dataset; without it, every sample is equally likely, so
         a dataset's share is its size."""
-        roots = np.array([k[0] for k in self.clips.keys])[self.sample_clip]  # (N,) each sample's dataset
-        unknown = set(weights) - set(roots.tolist())
-        if unknown or set(roots.tolist()) - set(weights):
+        if set(weights) != set(self.sources):
             raise UserError(f"mixture weights name {sorted(weights)}, the data holds {self.sources}")
         if not all(np.isfinite(w) and w > 0 for w in weights.values()):
             raise UserError(f"mixture weights must be finite and > 0, got {weights}")
+        roots = self._sample_roots()  # (N,)
         probs = np.zeros(len(self), np.float64)  # (N,)
         for root, w in weights.items():
             mine = roots == root
@@ -329,11 +328,15 @@ class ActionSet:
 
     def share_of(self, root: str) -> float:
         """The fraction of drawn samples that come from dataset `root`."""
-        mine = np.array([k[0] == root for k in self.clips.keys])[self.sample_clip]  # (N,)
+        mine = self._sample_roots() == root  # (N,)
         if self.sample_cdf is None:
             return float(mine.mean())
         probs = np.diff(self.sample_cdf, prepend=0.0)
         return float(probs[mine].sum())
+
+    def _sample_roots(self) -> np.ndarray:
+        """(N,) the dataset root of every sample."""
+        return np.array([k[0] for k in self.clips.keys])[self.sample_clip]
 
     def use_keyframe_goals(self) -> None:
         """goal_aux targets the next keyframe: the EE position where the gripper command next flips
