@@ -103,7 +103,7 @@ class ParallelModel:
         return list(self.model.parameters())
 
     def forward(self, batch: Any) -> tuple[torch.Tensor, Any]:
-        with autocast(self.env.device):
+        with autocast(self.env):
             return self.train_module(batch)
 
     @contextlib.contextmanager

@@ -257,3 +257,18 @@ def test_vpt_runs_under_torchrun_with_its_idm_made_once(robot: Path, tmp_path: P
     assert vpt["steps"] == 2
     assert (tmp_path / "vpt" / "idm" / "config.json").is_file()  # made once, by rank 0
     assert (tmp_path / "vpt" / "pseudo_actions.parquet").is_file()
+
+
+def test_bf16_precision_on_the_cpu_trains_and_is_recorded(robot: Path, tmp_path: Path) -> None:
+    """--precision bf16: autocast on the CPU, fp32 parameters in the checkpoint, the loss close to fp32's."""
+    half = _ok(run_lapa(_train_args(robot, tmp_path / "bf16", STEPS, "--batch-size", "8", "--precision", "bf16"),
+                        tmp_path))
+    full = _ok(run_lapa(_train_args(robot, tmp_path / "fp32", STEPS, "--batch-size", "8"), tmp_path))
+    assert half["steps"] == full["steps"] == STEPS
+    assert _losses(tmp_path / "bf16")[1] == pytest.approx(_losses(tmp_path / "fp32")[1], rel=5e-2)
+    ckpt = Path(half["checkpoint"])
+    assert json.loads((ckpt / "config.json").read_text())["provenance"]["scale"]["precision"] == "bf16"
+    model, _, _ = load_vla(ckpt)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    bad = run_lapa(_train_args(robot, tmp_path / "bad", STEPS, "--precision", "fp8"), tmp_path)
+    assert bad.returncode != 0 and "--precision" in bad.stderr

@@ -255,6 +255,9 @@ def test_mixture_weights_set_each_dataset_share_of_the_batches(tmp_path):
     with pytest.raises(UserError, match="--text-tokens"):  # word dropout acts on the token form only
         finetune_actions("scratch", roots, tmp_path / "run", encoder=FakeEncoder(),
                          opts=TrainOptions(steps=0, word_dropout=0.1, progress=False))
+    with pytest.raises(UserError, match="--text-tokens"):  # and so does word noise
+        finetune_actions("scratch", roots, tmp_path / "run", encoder=FakeEncoder(),
+                         opts=TrainOptions(steps=0, word_noise=0.3, progress=False))
 
 
 def test_tabletop_recipe_trains_from_scratch_and_round_trips(robot, tmp_path):

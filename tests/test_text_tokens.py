@@ -165,3 +165,20 @@ def test_word_dropout_turns_whole_word_rows_into_padding_and_keeps_one():
     assert torch.equal(drop_words(feats.reshape(300, -1), N, 0.0, np.random.default_rng(0)), feats.reshape(300, -1))
     with pytest.raises(ValueError, match="word_dropout"):
         TrainOptions(word_dropout=1.0)
+
+
+def test_word_noise_moves_real_word_rows_by_the_stated_share_of_their_norm():
+    from lapa.policy.datasets import jitter_words
+
+    N, dim = 6, 384
+    feats = torch.zeros(200, N, dim)
+    feats[:, :4] = 8.0 * torch.nn.functional.normalize(torch.randn(200, 4, dim), dim=-1)  # 4 words of norm 8
+    noisy = jitter_words(feats.reshape(200, -1), N, 0.4, np.random.default_rng(0)).reshape(200, N, dim)
+    assert torch.equal(noisy[:, 4:], feats[:, 4:])  # padding stays padding
+    moved = (noisy[:, :4] - feats[:, :4]).norm(dim=-1) / 8.0  # (200, 4) noise norm / word norm
+    assert moved.mean().item() == pytest.approx(0.4, rel=0.05)
+    cos = torch.nn.functional.cosine_similarity(noisy[:, :4], feats[:, :4], dim=-1)
+    assert 0.88 < cos.mean().item() < 0.96  # about the move of a colour word in a held-out wording
+    assert torch.equal(jitter_words(feats.reshape(200, -1), N, 0.0, np.random.default_rng(0)), feats.reshape(200, -1))
+    with pytest.raises(ValueError, match="word_noise"):
+        TrainOptions(word_noise=-0.1)

@@ -198,3 +198,24 @@ def test_losses_and_one_training_step(decoder):
     with torch.no_grad():
         logits = model(images, text, tf)
         torch.testing.assert_close(action_loss(logits, bins, mask), action_loss(logits[:, :1], bins[:, :1]))
+
+
+def test_bf16_autocast_keeps_the_mask_and_follows_fp32():
+    """CPU bf16 autocast (--precision bf16): masked scores stay fp32 (a fp32-min fill does not fit
+    bf16), the prefix still cannot see the queries, and the outputs follow fp32 to bf16 rounding."""
+    model = _action_model()
+    images, text = model.config.fake_inputs(4)
+    state = torch.zeros(4, model.config.state_dim) if model.config.state_dim else None
+    with torch.no_grad():
+        full = model(images, text, state=state)  # (B, K, 7, nb)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(images, text, state=state)
+    assert torch.isfinite(half).all()
+    assert torch.nn.functional.cosine_similarity(half.float().flatten(), full.flatten(), dim=0) > 0.99
+    P = model.config.prefix_len
+    x = model.embed_prefix(images, text)  # (B, P, D)
+    q = model.action_head.query_tokens(4, None)  # (B, T, D)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a = model.blocks[0](torch.cat([x, q], dim=1), model.attn_blocked)[:, :P]
+        b = model.blocks[0](torch.cat([x, torch.randn_like(q)], dim=1), model.attn_blocked)[:, :P]
+    torch.testing.assert_close(a, b, atol=0, rtol=0)

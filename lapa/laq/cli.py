@@ -70,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("codebook_size", args.codebook_size),
                                    ("latent_seq_len", args.latent_seq_len)) if v is not None}
     config = LAQConfig.preset(args.preset, **overrides)
-    with command_env(args.device) as env:
+    with command_env(args.device, args.precision) as env:
         with main_first(env):  # rank 0 builds and caches the clip index, the others read it
             catalog = ClipCatalog(args.data, index_cache=args.index_cache or True)
         batches = pair_batches(catalog, config.image_size, args.batch_size, gap_s=args.gap_s,

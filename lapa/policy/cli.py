@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--word-dropout", type=float, default=0.0, metavar="P",
                    help="with --text-tokens: each word of the instruction is dropped with probability P in "
                         "training (robustness to unfamiliar wordings; default: %(default)s)")
+    f.add_argument("--word-noise", type=float, default=0.0, metavar="S",
+                   help="with --text-tokens: Gaussian noise of S times each word's feature norm in training "
+                        "(an unfamiliar wording moves every contextual word feature; default: %(default)s)")
     f.add_argument("--data-weights", type=float, nargs="+", metavar="W",
                    help="one weight per --data dataset: its share of the batches (e.g. 1 1 1 2 draws the fourth "
                         "twice as often as each other); default: each dataset's share is its size")
@@ -121,6 +124,7 @@ def _options(args: argparse.Namespace, env: Any = None):
 
     return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                         lr_decay_start=args.lr_decay_start, word_dropout=getattr(args, "word_dropout", 0.0),
+                        word_noise=getattr(args, "word_noise", 0.0),
                         augment=args.augment,
                         paraphrase=args.paraphrase,
                         ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads,
@@ -171,7 +175,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from lapa.distributed import command_env
     from lapa.policy.train import pretrain_latent
 
-    with command_env(args.device) as env:
+    with command_env(args.device, args.precision) as env:
         return _print(pretrain_latent(args.labels, args.out, config=_config(args), preset=args.preset,
                                       opts=_options(args, env), resume=args.resume, env=env), env)
 
@@ -180,7 +184,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from lapa.distributed import command_env
     from lapa.policy.train import finetune_actions
 
-    with command_env(args.device) as env:
+    with command_env(args.device, args.precision) as env:
         return _print(finetune_actions(args.init, args.data, args.out, config=_config(args), preset=args.preset,
                                        chunk_size=args.chunk_size, num_bins=args.num_bins, decoder=args.decoder,
                                        action_output=args.action_output, goal_aux=args.goal_aux or None,
@@ -196,7 +200,7 @@ def _latent_head(args: argparse.Namespace) -> int:
     from lapa.distributed import command_env
     from lapa.policy.train import train_latent_head
 
-    with command_env(args.device) as env:
+    with command_env(args.device, args.precision) as env:
         return _print(train_latent_head(args.ckpt, args.labels, args.out, latent_init=args.latent_init,
                                         opts=_options(args, env), resume=args.resume, env=env), env)
 
@@ -205,7 +209,7 @@ def _action_pretrain(args: argparse.Namespace) -> int:
     from lapa.distributed import command_env
     from lapa.policy.train import pretrain_actions
 
-    with command_env(args.device) as env:
+    with command_env(args.device, args.precision) as env:
         return _print(pretrain_actions(args.data, args.out, config=_config(args), preset=args.preset,
                                        opts=_options(args, env), resume=args.resume, env=env), env)
 
@@ -216,7 +220,7 @@ def _vpt(args: argparse.Namespace) -> int:
     from lapa.policy.vpt import run_vpt
 
     config = _config(args)
-    with command_env(args.device) as env:
+    with command_env(args.device, args.precision) as env:
         result = run_vpt(args.labelled, args.videos, args.out, config=config, opts=_options(args, env),
                          idm_steps=args.idm_steps, idm_batch_size=args.idm_batch_size, resume=args.resume,
                          encoder=load_text_encoder(), env=env)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -249,6 +250,17 @@ def drop_words(text: torch.Tensor, tokens: int, p: float, rng: np.random.Generat
     return (feats * kept).reshape(text.shape)
 
 
+def jitter_words(text: torch.Tensor, tokens: int, scale: float, rng: np.random.Generator) -> torch.Tensor:
+    """Feature noise on the token form: each real token row of (B, tokens * dim) gets Gaussian noise of
+    about `scale` times its own norm (padding rows stay zero). An unfamiliar sentence moves every
+    contextual token feature a little (cosine ~0.9-0.96 for a colour word of a held-out wording,
+    against ~0.98 between training wordings); the noise shows the policy such moves in training."""
+    feats = text.reshape(text.shape[0], tokens, -1)  # (B, N, dim)
+    norms = feats.norm(dim=-1, keepdim=True)  # (B, N, 1); 0 on padding rows
+    noise = torch.from_numpy(rng.standard_normal(feats.shape).astype(np.float32)).to(feats.dtype)  # (B, N, dim)
+    return (feats + noise * norms * (scale / math.sqrt(feats.shape[-1]))).reshape(text.shape)
+
+
 def is_hold(action: np.ndarray) -> bool:
     """The recorder's synthetic last action (lapa.sim.env.run_episode): no motion at all, only a gripper."""
     return bool(np.all(np.asarray(action)[:ACTION_DIM - 1] == 0.0))
@@ -309,6 +321,7 @@ class ActionSet:
         self.tokenizer: ActionTokenizer | None = None
         self.sample_cdf: np.ndarray | None = None  # (N,) set by set_mixture; None: every sample equally likely
         self.word_dropout: tuple[int, float] | None = None  # (text tokens N, drop probability): drop_words
+        self.word_noise: tuple[int, float] | None = None  # (text tokens N, noise scale): jitter_words
 
     def set_mixture(self, weights: dict[str, float]) -> None:
         """Draw each dataset's samples with its share of `weights` (root -> weight, as Octo's dataset
@@ -401,6 +414,8 @@ class ActionSet:
         if self.paraphrase:  # instruction augmentation: any training wording of the sample's task
             pick = rng.integers(0, self.wording_ids.shape[1], batch_size)  # (B,)
             batch.text = self.table.embeddings[self.wording_ids[self.sample_clip[idx], pick]]
+        if self.word_noise is not None:
+            batch.text = jitter_words(batch.text, *self.word_noise, rng)
         if self.word_dropout is not None:
             batch.text = drop_words(batch.text, *self.word_dropout, rng)
         return batch

@@ -79,7 +79,8 @@ class SelfAttention(nn.Module):
         B, S, D = x.shape  # (B, S, D)
         qkv = self.qkv(x).reshape(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, S, dh)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, h, S, dh) each
-        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, h, S, S) fp32
+        # (B, h, S, S) fp32: under bf16 autocast the products are bf16, the mask and softmax stay fp32
+        scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)
         scores = scores.masked_fill(blocked, _NEG)  # blocked: (S, S) bool, True = may not attend
         attn = scores.softmax(dim=-1).to(v.dtype)  # every row keeps >= 1 key: finite
         out = (attn @ v).transpose(1, 2).reshape(B, S, D)  # (B, S, D)
