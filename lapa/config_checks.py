@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 C = TypeVar("C")
 
+PRECISIONS = ("auto", "fp32", "bf16")  # training autocast; auto: bf16 on GPUs that support it, fp32 elsewhere
+
 
 def check_positive_ints(config: Any, names: tuple[str, ...]) -> None:
     """Each named field must be an int >= 1 (bools are not ints here)."""

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from lapa.config_checks import PRECISIONS
 from lapa.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda", "auto")
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on GPUs that support it, fp32 everywhere else
 PROCESS_GROUP_TIMEOUT_S = 1800  # a rank stuck on data for half an hour is dead, not slow
 
 

@@ -182,3 +182,27 @@ def test_word_noise_moves_real_word_rows_by_the_stated_share_of_their_norm():
     assert torch.equal(jitter_words(feats.reshape(200, -1), N, 0.0, np.random.default_rng(0)), feats.reshape(200, -1))
     with pytest.raises(ValueError, match="word_noise"):
         TrainOptions(word_noise=-0.1)
+
+
+@pytest.mark.parametrize("tokens", [0, 6])
+def test_sentence_noise_moves_only_the_sentence_vector_and_only_in_training(tokens):
+    torch.manual_seed(0)
+    model = VLA(VLAConfig.preset("tabletop", **SMALL, text_tokens=tokens, text_pool=2 if tokens else 0))
+    dim = model.config.text_dim
+    feats = torch.zeros(400, max(tokens, 1), dim)
+    feats[:, :4 if tokens else 1] = torch.randn(400, 4 if tokens else 1, dim)
+    if not tokens:
+        feats = torch.nn.functional.normalize(feats, dim=-1)  # the sentence form: unit vectors
+    text = feats.reshape(400, -1)
+    model.eval()
+    clean, words, pooled = model._instruction(text)
+    model.sentence_noise = 1.0
+    assert torch.equal(model._instruction(text)[0], clean), "no noise outside training"
+    model.train()
+    noisy, noisy_words, noisy_pooled = model._instruction(text)
+    cos = torch.nn.functional.cosine_similarity(noisy, clean, dim=-1)  # (400,)
+    assert 0.65 < cos.mean().item() < 0.76  # noise as long as the vector: cosine about 1/sqrt(2)
+    if tokens:
+        assert torch.equal(noisy_words, words) and torch.equal(noisy_pooled, pooled)
+    with pytest.raises(ValueError, match="sentence_noise"):
+        TrainOptions(sentence_noise=-1.0)

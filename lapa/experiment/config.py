@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from lapa.config_checks import PRECISIONS
 from lapa.errors import UserError
 
 METHODS = ("scratch", "lapa", "actionvla", "vpt")
@@ -63,11 +64,13 @@ class ExperimentConfig:
     bootstrap_samples: int = 2000  # resamples for the interval of the gap LAPA recovers
     # machine
     threads: int = 2
+    precision: str = "auto"  # training autocast (lapa.distributed.PRECISIONS): bf16 ~2.3x faster on AVX512-BF16
     data_workers: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name, allowed in (("augment", AUGMENTS), ("paraphrase", PARAPHRASES), ("execute", EXECUTE_MODES)):
+        for name, allowed in (("augment", AUGMENTS), ("paraphrase", PARAPHRASES), ("execute", EXECUTE_MODES),
+                              ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 

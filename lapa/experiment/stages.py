@@ -69,6 +69,15 @@ class Experiment:
         return self._encoder
 
     # -- helpers
+    @property
+    def env(self):
+        """One CPU process, with the configured training precision."""
+        from lapa.distributed import DistEnv, check_precision, resolve_device
+
+        device = resolve_device("cpu")
+        check_precision(device, self.c.precision)
+        return DistEnv(device=device, requested_precision=self.c.precision)
+
     def _vla_config(self):
         from lapa.policy.config import VLAConfig
 
@@ -164,7 +173,8 @@ class Experiment:
         batches = pair_batches(ClipCatalog([self.pretrain_data]), config.image_size, c.laq_batch_size, gap_s=c.gap_s,
                                workers=c.data_workers, seed=0)
         result = train_laq(config, batches, c.laq_steps, self.out / "laq", lr=c.laq_lr,
-                           ckpt_every=max(1, min(200, c.laq_steps)), resume=True, progress=c.progress)
+                           ckpt_every=max(1, min(200, c.laq_steps)), resume=True, progress=c.progress,
+                           env=self.env)
         print(f"  LAQ: loss {result.final_loss:.4f} at step {result.steps}, {result.pairs_per_s:.1f} pairs/s")
 
     def run_label(self) -> None:
@@ -192,7 +202,8 @@ class Experiment:
 
         self._require("label")
         r = pretrain_latent(self.labels, self.pretrain_run("lapa"), config=self._vla_config(),
-                            opts=self._opts(self.c.pretrain_steps), resume=True, encoder=self.encoder)
+                            opts=self._opts(self.c.pretrain_steps), resume=True, encoder=self.encoder,
+                            env=self.env)
         print(f"  latent pretraining: loss {r.final_loss:.4f}, {r.samples_per_s:.0f} samples/s")
 
     def run_action_pretrain(self) -> None:
@@ -200,7 +211,8 @@ class Experiment:
 
         self._require("record")
         r = pretrain_actions([self.pretrain_data], self.pretrain_run("actionvla"), config=self._vla_config(),
-                             opts=self._opts(self.c.pretrain_steps), resume=True, encoder=self.encoder)
+                             opts=self._opts(self.c.pretrain_steps), resume=True, encoder=self.encoder,
+                             env=self.env)
         print(f"  action pretraining: loss {r.final_loss:.4f}, {r.samples_per_s:.0f} samples/s")
 
     def run_vpt(self) -> None:
@@ -209,7 +221,7 @@ class Experiment:
         self._require("record")
         r = run_vpt([self.finetune_data], [self.pretrain_data], self.pretrain_run("vpt"), config=self._vla_config(),
                     opts=self._opts(self.c.pretrain_steps), idm_steps=self.c.idm_steps, resume=True,
-                    encoder=self.encoder)
+                    encoder=self.encoder, env=self.env)
         print(f"  VPT pretraining: loss {r.final_loss:.4f}, {r.samples_per_s:.0f} samples/s")
 
     def run_finetune(self) -> None:
@@ -231,7 +243,7 @@ class Experiment:
             r = finetune_actions(inits[method], [self.finetune_data], self.finetune_run(method),
                                  config=self._vla_config(), opts=self._opts(self.c.finetune_steps, finetuning=True),
                                  goal_aux=self.c.goal_aux or None, state_history=self.c.lags or None,
-                                 resume=True, encoder=self.encoder)
+                                 resume=True, encoder=self.encoder, env=self.env)
             print(f"  finetune {method}: loss {r.final_loss:.4f} in {time.perf_counter() - t0:.0f} s")
         if pending:
             raise UserError("not finetuned yet: " + ", ".join(pending))

@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--word-noise", type=float, default=0.0, metavar="S",
                    help="with --text-tokens: Gaussian noise of S times each word's feature norm in training "
                         "(an unfamiliar wording moves every contextual word feature; default: %(default)s)")
+    f.add_argument("--sentence-noise", type=float, default=0.0, metavar="S",
+                   help="Gaussian noise of S times the sentence vector's norm in training, so that the policy "
+                        "does not lean on its exact value (an unfamiliar wording moves it far; default: "
+                        "%(default)s)")
     f.add_argument("--data-weights", type=float, nargs="+", metavar="W",
                    help="one weight per --data dataset: its share of the batches (e.g. 1 1 1 2 draws the fourth "
                         "twice as often as each other); default: each dataset's share is its size")
@@ -125,6 +129,7 @@ def _options(args: argparse.Namespace, env: Any = None):
     return TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                         lr_decay_start=args.lr_decay_start, word_dropout=getattr(args, "word_dropout", 0.0),
                         word_noise=getattr(args, "word_noise", 0.0),
+                        sentence_noise=getattr(args, "sentence_noise", 0.0),
                         augment=args.augment,
                         paraphrase=args.paraphrase,
                         ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, threads=args.threads,

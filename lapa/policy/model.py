@@ -437,6 +437,7 @@ class VLA(nn.Module):
         self.word_pos = nn.Parameter(torch.randn(1, T, D) * 0.02) if T else None  # (1, N, D)
         self.word_pad = nn.Parameter(torch.randn(1, 1, D) * 0.02) if T else None  # (1, 1, D)
         self.word_pool = WordPool(config.text_dim, config.text_pool) if config.text_pool else None
+        self.sentence_noise = 0.0  # training only, set by the trainer (_noisy_sentence); not a parameter
         self.state_proj = nn.Linear(STATE_FEATURES, D) if config.state_dim else None
         self.no_state = nn.Parameter(torch.randn(1, 1, D) * 0.02) if config.state_dim else None  # (1, 1, D)
         # the state history joins the state token (zero-initialised: a model given a history starts
@@ -532,15 +533,29 @@ class VLA(nn.Module):
         exactly the sentence encoder's output, so a trunk pretrained on sentence vectors keeps its input."""
         N = self.config.text_tokens
         if not N:
-            return text_emb, None, None
+            return self._noisy_sentence(text_emb), None, None
         feats = text_emb.reshape(text_emb.shape[0], N, self.config.text_dim)  # (B, N, text_dim)
         real = (feats.abs().sum(dim=-1, keepdim=True) > 0).to(feats.dtype)  # (B, N, 1) 1 = token, 0 = padding
         mean = feats.sum(dim=1) / real.sum(dim=1).clamp(min=1.0)  # (B, text_dim)
-        sentence = F.normalize(mean, p=2.0, dim=-1, eps=1e-12)  # (B, text_dim)
+        sentence = F.normalize(self._noisy_sentence(mean), p=2.0, dim=-1, eps=1e-12)  # (B, text_dim)
         words = self.word_proj(self.word_norm(feats)) + self.word_pos  # (B, N, D)
         words = real * words + (1.0 - real) * self.word_pad  # (B, N, D)
         pooled = self.word_pool(feats, real) if self.word_pool is not None else None  # (B, P * text_dim)
         return sentence, words, pooled
+
+    def _noisy_sentence(self, sentence: Tensor) -> Tensor:
+        """Sentence noise, in training only: Gaussian noise of `sentence_noise` times the vector's norm.
+
+        A wording the policy never saw moves the sentence vector far: for put, cosine 0.60-0.76 to the
+        nearest training wording, while another colour in the same wording gives 0.90. The FiLM path
+        then shifts the image features and grasps land centimetres off. Noise of that size teaches
+        the policy to take the colours from the word tokens and only a coarse cue from the sentence.
+        """
+        if not (self.training and self.sentence_noise > 0):
+            return sentence
+        noise = torch.randn_like(sentence)  # (B, text_dim)
+        scale = sentence.norm(dim=-1, keepdim=True) * (self.sentence_noise / math.sqrt(sentence.shape[-1]))
+        return sentence + noise * scale
 
     def run_trunk(self, prefix: Tensor, queries: Tensor, blocked: Tensor | None = None) -> Tensor:
         """prefix (B, P, D) + queries (B, Q, D) -> normalised query outputs (B, Q, D). `blocked` (S, S):

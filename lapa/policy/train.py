@@ -91,6 +91,7 @@ class TrainOptions:
     paraphrase: bool | str = False
     word_dropout: float = 0.0  # token form: each word row becomes padding with this probability (drop_words)
     word_noise: float = 0.0  # token form: Gaussian noise of this size relative to each word row's norm (jitter_words)
+    sentence_noise: float = 0.0  # noise of this size relative to the sentence vector's norm (VLA._noisy_sentence)
     ckpt_every: int = 500
     log_every: int = 25
     keep_last: int = 2
@@ -112,8 +113,9 @@ class TrainOptions:
             raise ValueError(f"lr and grad_clip must be > 0, got {self.lr}, {self.grad_clip}")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"word_dropout must be in [0, 1), got {self.word_dropout}")
-        if not self.word_noise >= 0.0:
-            raise ValueError(f"word_noise must be >= 0, got {self.word_noise}")
+        if not (self.word_noise >= 0.0 and self.sentence_noise >= 0.0):
+            raise ValueError(f"word_noise and sentence_noise must be >= 0, got {self.word_noise}, "
+                             f"{self.sentence_noise}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0 <= self.lr_decay_start < max(self.steps, 1):
@@ -552,6 +554,7 @@ def finetune_actions(init: str | os.PathLike, data: ActionSet | list[str | os.Pa
         if not hasattr(data, "word_dropout"):
             raise UserError(f"--{flag} needs the decoded data set: train without --stream")
         setattr(data, flag.replace("-", "_"), (model.config.text_tokens, value))
+    model.sentence_noise = opts.sentence_noise
     if data_weights is not None:
         if not hasattr(data, "set_mixture"):
             raise UserError("--data-weights needs the decoded data set: train without --stream")
