@@ -78,6 +78,10 @@ def test_overrides_are_typed_and_checked():
         ExperimentConfig.preset("default", augment="true")
     with pytest.raises(UserError, match="state_history"):
         _ = ExperimentConfig.preset("default", state_history="6,3").lags
+    assert parse_overrides(["precision=bf16"]) == {"precision": "bf16"}
+    assert Experiment(ExperimentConfig.preset("smoke", precision="bf16"), "run", "results").env.precision == "bf16"
+    with pytest.raises(UserError, match="precision"):
+        ExperimentConfig.preset("default", precision="fp8")
     with pytest.raises(UserError):
         parse_overrides(["nope=1"])
     with pytest.raises(UserError):
