@@ -193,6 +193,36 @@ for spec in F1_short:3000:2000 F2_4000:4000:3000; do
     $common --lr-schedule cosine --lr-decay-start "$decay" $(resume "$RUNS/$row")
 done
 
+# -- tenth round: the shipped chain in bf16 (--precision bf16), from the latent-pretrained trunk: L (3000
+#    steps), B4 (4000), then decay phases with the instruction noise levers; R2 runs B4 on to 6000 first
+bf="--precision bf16 --threads 2"
+ALL4=("$DATA/reach" "$DATA/push" "$DATA/pick_wrist_fade" "$DATA/put_wrist_fade")
+big="--paraphrase broad --state-history 3,6,12 --text-tokens 24 --text-pool 2 --goal-target keyframe"
+done_at "$RUNS/R_L" 3000 || lapa train finetune --init "$RUNS/pretrain" --goal-aux --data $RP --out "$RUNS/R_L" \
+  --steps 3000 $common $bf $(resume "$RUNS/R_L")
+done_at "$RUNS/R_B4" 4000 || lapa train finetune --init "$RUNS/R_L" --data "${ALL4[@]}" $big --out "$RUNS/R_B4" \
+  --steps 4000 $common --ckpt-every 1000 $bf $(resume "$RUNS/R_B4")
+continue_from() {  # row from-run from-step steps decay-start extra-args...: resume a copy of from-run's checkpoint
+  local row=$1 from=$2 at=$3 steps=$4 decay=$5; shift 5
+  done_at "$RUNS/$row" "$steps" && return
+  if [ ! -d "$RUNS/$row/checkpoints" ]; then
+    mkdir -p "$RUNS/$row/checkpoints"
+    cp -r "$RUNS/$from/checkpoints/step_$(printf %08d "$at")" "$RUNS/$row/checkpoints/"
+    echo "step_$(printf %08d "$at")" > "$RUNS/$row/checkpoints/LATEST"
+  fi
+  local schedule=()
+  [ "$decay" = none ] || schedule=(--lr-schedule cosine --lr-decay-start "$decay")
+  lapa train finetune --init "$RUNS/R_L" --data "${ALL4[@]}" $big --out "$RUNS/$row" --steps "$steps" $common $bf \
+    "${schedule[@]}" --resume "$@"
+}
+continue_from R_bf16 R_B4 4000 5500 4000 --word-dropout 0.3
+continue_from X1_noise40 R_B4 4000 5500 4000 --word-dropout 0.3 --word-noise 0.4
+continue_from X2_wdrop50 R_B4 4000 5500 4000 --word-dropout 0.5
+continue_from X3_snoise100 R_B4 4000 5500 4000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 1.0
+continue_from R2_B6000 R_B4 4000 6000 none
+continue_from R2_noise40 R2_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4
+continue_from R2_snoise50 R2_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 0.5
+
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
   local row=$1 ckpt=$2; shift 2
@@ -245,6 +275,16 @@ evaluate E3_regrasp_1500_ensemble0.5 "$RUNS/E3_regrasp" reach push pick put "${e
 evaluate E4_long_7000_ensemble0.5 "$RUNS/E4_long" reach push pick put "${ensemble[@]}"
 evaluate F1_short_3000_ensemble0.5 "$RUNS/F1_short" reach push pick put "${ensemble[@]}"
 evaluate F2_4000_4000_ensemble0.5 "$RUNS/F2_4000" reach push pick put "${ensemble[@]}"
+for row in R_bf16 X1_noise40 X2_wdrop50 X3_snoise100; do
+  evaluate ${row}_5500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
+done
+for row in R2_noise40 R2_snoise50; do
+  evaluate ${row}_7500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
+done
+for swap in seen-sentence seen-words; do  # which instruction path carries the held-out put gap (X1)
+  [ -f "$RUNS/swap_$swap.json" ] || python experiments/policy/sentence_swap.py --ckpt "$RUNS/X1_noise40" \
+    --swap $swap --json "$RUNS/swap_$swap.json"
+done
 evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
 evaluate A3_rpp_fade_3000_ensemble0.5 "$RUNS/A3_rpp_fade" reach push pick "${ensemble[@]}"
 # the shipped model: A3 at step 2000 with its latent head (the intent preview; acting unchanged)
