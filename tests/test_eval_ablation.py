@@ -9,7 +9,7 @@ from vla_fakes import FakeEncoder, save_random_action_vla
 
 from lapa.cli import main as lapa_main
 from lapa.errors import UserError
-from lapa.eval.ablation import collect, markdown
+from lapa.eval.ablation import collect, markdown, plot
 from lapa.eval.grounding import grounding_probe
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -41,6 +41,8 @@ def test_ablation_table_has_a_row_per_recipe_and_a_cell_per_family_and_condition
     out = tmp_path / "out"
     assert lapa_main(["ablation", "--evals", str(evals), "--out", str(out)]) == 0
     assert (out / "success.png").stat().st_size > 0 and json.loads((out / "results.json").read_text())
+    assert plot(rows, tmp_path / "last.png", last=1) == list(rows)[-1:]  # --plot-last 1: the latest row only
+    assert plot(rows, tmp_path / "all.png") == list(rows) and len(rows) == 2
 
 
 def test_ablation_without_eval_files_is_a_clear_error(tmp_path):

@@ -294,4 +294,4 @@ done_at "$RUNS/A3_latent_head" 1000 || lapa train latent-head --ckpt "$RUNS/A3_r
 for row in D_scratch L_lapa; do
   [ -f "$RUNS/eval/probe_$row.json" ] || lapa eval --ckpt "$RUNS/$row" --grounding-probe 20 --json "$RUNS/eval/probe_$row.json"
 done
-lapa ablation --evals "$RUNS/eval" --out experiments/policy --descriptions experiments/policy/rows.json
+lapa ablation --evals "$RUNS/eval" --out experiments/policy --descriptions experiments/policy/rows.json --plot-last 14

@@ -17,6 +17,7 @@ from typing import Any
 from lapa.errors import UserError
 
 CONDITIONS = ("seen", "unseen")
+PLOT_ROWS = 20  # tab20's distinct colours
 _NAME = re.compile(r"^(?P<row>.+)_(?P<family>reach|push|pick|put)_(?P<cond>seen|unseen)\.json$")
 
 
@@ -25,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evals", type=Path, required=True, help="folder of <row>_<family>_<seen|unseen>.json files")
     p.add_argument("--out", type=Path, required=True, help="writes results.md, results.json, success.png here")
     p.add_argument("--descriptions", type=Path, help="JSON {row: description} for the table")
+    p.add_argument("--plot-last", type=int, default=PLOT_ROWS, metavar="N",
+                   help="plot the table's last N rows (the latest round; default: %(default)s, one colour each)")
     p.set_defaults(func=_run)
 
 
@@ -74,14 +77,18 @@ def markdown(rows: dict[str, Any], descriptions: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: dict[str, Any], path: Path) -> None:
+def plot(rows: dict[str, Any], path: Path, last: int = 0) -> list[str]:
+    """Bars per family and condition; with `last`, only the last rows (a long table's legend would
+    cover the bars). Returns the rows drawn."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if last > 0:
+        rows = dict(list(rows.items())[-last:])
     families = sorted({f for r in rows.values() for f in r}, key=["reach", "push", "pick", "put"].index)
     bars = [(f, c) for f in families for c in CONDITIONS]
-    fig = Figure(figsize=(max(6, 1.6 * len(bars)), 4))
+    fig = Figure(figsize=(max(6, 1.6 * len(bars)) + 3, 4))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     width = 0.8 / max(len(rows), 1)
@@ -101,9 +108,10 @@ def plot(rows: dict[str, Any], path: Path) -> None:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(bars))], [f"{f}\n{c}" for f, c in bars])
     ax.set(ylabel="closed-loop success (%)", ylim=(0, 105), title="policy recipe ablation (95% Wilson intervals)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return list(rows)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -114,6 +122,6 @@ def _run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(markdown(rows, descriptions))
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    plot(rows, args.out / "success.png")
+    plot(rows, args.out / "success.png", last=args.plot_last)
     print((args.out / "results.md").read_text())
     return 0
