@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lapa.config_checks import PRECISIONS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--parallel", default="ddp", choices=("ddp", "fsdp", "auto"))
+    p.add_argument("--precisions", nargs="+", default=["auto"], choices=PRECISIONS,
+                   help="training precisions to measure (--precision of lapa train), e.g. fp32 bf16")
     p.add_argument("--timeout-s", type=float, default=600)
 
 
@@ -43,10 +47,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(model: str, preset: str, procs: int, args: argparse.Namespace) -> dict:
+def measure(model: str, preset: str, procs: int, args: argparse.Namespace, precision: str = "auto") -> dict:
     worker = ["-m", "bench.train_worker", "--model", model, "--preset", preset, "--batch-size", str(args.batch_size),
               "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-              "--device", args.device, "--parallel", args.parallel]
+              "--device", args.device, "--parallel", args.parallel, "--precision", precision]
     if procs == 1:
         cmd = [sys.executable, *worker]
     else:
@@ -67,10 +71,12 @@ def run(args: argparse.Namespace) -> dict:
                      "device": args.device, "timed_steps": args.steps, "runs": []}
     for model in args.models:
         base = None
-        for procs in args.procs:
-            r = measure(model, presets[model], procs, args)
-            base = base or r["samples_per_s"]  # the first process count listed
-            r["speedup_vs_first"] = r["samples_per_s"] / base
-            results["runs"].append(r)
-            print(f"{model} {presets[model]} x{procs}: {r['samples_per_s']:.1f} samples/s", file=sys.stderr)
+        for precision in args.precisions:
+            for procs in args.procs:
+                r = measure(model, presets[model], procs, args, precision)
+                base = base or r["samples_per_s"]  # the first precision and process count listed
+                r["speedup_vs_first"] = r["samples_per_s"] / base
+                results["runs"].append(r)
+                print(f"{model} {presets[model]} {r['precision']} x{procs}: {r['samples_per_s']:.1f} samples/s",
+                      file=sys.stderr)
     return results

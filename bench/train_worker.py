@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--parallel", default="ddp")
+    p.add_argument("--precision", default="auto")
     args = p.parse_args()
 
     import torch
@@ -30,7 +31,7 @@ def main() -> None:
     from lapa.training import accumulate_step
 
     torch.set_num_threads(args.threads)
-    with command_env(args.device) as env:
+    with command_env(args.device, args.precision) as env:
         torch.manual_seed(0)
         B = args.batch_size
         if args.model == "laq":
