@@ -222,6 +222,10 @@ continue_from X3_snoise100 R_B4 4000 5500 4000 --word-dropout 0.3 --word-noise 0
 continue_from R2_B6000 R_B4 4000 6000 none
 continue_from R2_noise40 R2_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4
 continue_from R2_snoise50 R2_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 0.5
+# S1: sentence noise from the start of B4 (on R_L), then the same decay phase
+done_at "$RUNS/S1_B6000" 6000 || lapa train finetune --init "$RUNS/R_L" --data "${ALL4[@]}" $big --out "$RUNS/S1_B6000" \
+  --steps 6000 $common --ckpt-every 1000 $bf --sentence-noise 0.5 $(resume "$RUNS/S1_B6000")
+continue_from S1_snoise_all S1_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 0.5
 
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
@@ -278,7 +282,7 @@ evaluate F2_4000_4000_ensemble0.5 "$RUNS/F2_4000" reach push pick put "${ensembl
 for row in R_bf16 X1_noise40 X2_wdrop50 X3_snoise100; do
   evaluate ${row}_5500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
 done
-for row in R2_noise40 R2_snoise50; do
+for row in R2_noise40 R2_snoise50 S1_snoise_all; do
   evaluate ${row}_7500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
 done
 for swap in seen-sentence seen-words; do  # which instruction path carries the held-out put gap (X1)
