@@ -135,7 +135,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     """The forward pass's autocast dtype, None for fp32.
 
     auto: bf16 on GPUs that support it, fp32 on CPUs. bf16 on a CPU with native bf16 (AVX512-BF16) runs
-    a training step about 2.3x faster than fp32 on this project's 2-core machine; parameters, optimizer
+    training about 2.1x faster than fp32 on this project's 2-core machine; parameters, optimizer
     state and attention scores stay fp32 either way.
     """
     if precision == "fp32":
@@ -300,7 +300,7 @@ def add_arguments(p: Any, parallel: bool = True) -> None:
                         "bf16 autocast on GPUs that support it, fp32 on CPUs (see --precision)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision of the forward pass: auto (bf16 on GPUs that support it, fp32 on "
-                        "CPUs), fp32, or bf16 (on a CPU with AVX512-BF16 about 2.3x faster per step than fp32)")
+                        "CPUs), fp32, or bf16 (on a CPU with AVX512-BF16 about 2.1x faster than fp32)")
     p.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches per optimizer step: global batch = --batch-size x processes x this")
     if parallel:

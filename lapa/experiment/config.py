@@ -64,7 +64,7 @@ class ExperimentConfig:
     bootstrap_samples: int = 2000  # resamples for the interval of the gap LAPA recovers
     # machine
     threads: int = 2
-    precision: str = "auto"  # training autocast (lapa.distributed.PRECISIONS): bf16 ~2.3x faster on AVX512-BF16
+    precision: str = "auto"  # training autocast (lapa.config_checks.PRECISIONS): bf16 ~2.1x faster on AVX512-BF16
     data_workers: int = 1
     progress: bool = True
 
