@@ -21,7 +21,6 @@ import json
 import re
 
 import torch
-import torch.nn.functional as F
 
 import lapa.policy.model as vla_model
 from lapa.eval.closed_loop import evaluate_checkpoint
@@ -38,19 +37,16 @@ def seen_wording(instruction: str) -> str:
 
 
 class SwappingEncoder:
-    """The token-form encoder; for a held-out wording it also records which sentence vector the
-    model should see (`sentences`, keyed by the bytes of the token features handed to the model)."""
+    """The token-form encoder; for a held-out wording it also records whose token features the
+    model's sentence vector should come from (`sentence_sources`, keyed by the bytes of the token
+    features handed to the model)."""
 
     def __init__(self, encoder, tokens: int, swap: str) -> None:
         self.encoder, self.tokens, self.swap = encoder, tokens, swap
-        self.sentences: dict[bytes, torch.Tensor] = {}
+        self.sentence_sources: dict[bytes, torch.Tensor] = {}
 
     def __getattr__(self, name):
         return getattr(self.encoder, name)
-
-    def _sentence(self, feats: torch.Tensor) -> torch.Tensor:
-        rows = feats.reshape(self.tokens, -1)  # (N, dim)
-        return F.normalize(rows[rows.abs().sum(-1) > 0].mean(0), dim=-1)  # (dim,)
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         out = []
@@ -61,7 +57,7 @@ class SwappingEncoder:
                 continue
             seen = self.encoder.encode([seen_wording(text)])[0]
             given, sentence_from = (held, seen) if self.swap == "seen-sentence" else (seen, held)
-            self.sentences[given.numpy().tobytes()] = self._sentence(sentence_from)
+            self.sentence_sources[given.numpy().tobytes()] = sentence_from
             out.append(given)
         return torch.stack(out)  # (B, N * dim)
 
@@ -82,9 +78,10 @@ def main() -> None:
 
     def swapped(model, text_emb):
         sentence, words, pooled = original(model, text_emb)
-        found = [encoder.sentences.get(row.detach().float().numpy().tobytes()) for row in text_emb]
-        if any(s is not None for s in found):
-            sentence = torch.stack([s if s is not None else own for s, own in zip(found, sentence, strict=True)])
+        sources = [encoder.sentence_sources.get(row.detach().float().numpy().tobytes()) for row in text_emb]
+        if any(src is not None for src in sources):  # the model's own sentence vector of the other wording
+            sentence = torch.stack([original(model, src[None])[0][0] if src is not None else own
+                                    for src, own in zip(sources, sentence, strict=True)])
         return sentence, words, pooled
 
     vla_model.VLA._instruction = swapped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -69,9 +70,9 @@ class Experiment:
         return self._encoder
 
     # -- helpers
-    @property
+    @functools.cached_property
     def env(self):
-        """One CPU process, with the configured training precision."""
+        """One CPU process, with the configured training precision (checked once)."""
         from lapa.distributed import DistEnv, check_precision, resolve_device
 
         device = resolve_device("cpu")
