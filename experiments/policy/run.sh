@@ -227,6 +227,15 @@ done_at "$RUNS/S1_B6000" 6000 || lapa train finetune --init "$RUNS/R_L" --data "
   --steps 6000 $common --ckpt-every 1000 $bf --sentence-noise 0.5 $(resume "$RUNS/S1_B6000")
 continue_from S1_snoise_all S1_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 0.5
 
+# -- eleventh round: sentence noise 1.0 from the start of B4 (S2), then also the word augmentations (S3)
+for row in S2_snoise100 S3_words_all; do
+  words=(); [ $row = S3_words_all ] && words=(--word-dropout 0.3 --word-noise 0.4)
+  done_at "$RUNS/${row}_B6000" 6000 || lapa train finetune --init "$RUNS/R_L" --data "${ALL4[@]}" $big \
+    --out "$RUNS/${row}_B6000" --steps 6000 $common --ckpt-every 1000 $bf --sentence-noise 1.0 "${words[@]}" \
+    $(resume "$RUNS/${row}_B6000")
+  continue_from $row ${row}_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 1.0
+done
+
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
   local row=$1 ckpt=$2; shift 2
@@ -282,12 +291,22 @@ evaluate F2_4000_4000_ensemble0.5 "$RUNS/F2_4000" reach push pick put "${ensembl
 for row in R_bf16 X1_noise40 X2_wdrop50 X3_snoise100; do
   evaluate ${row}_5500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
 done
-for row in R2_noise40 R2_snoise50 S1_snoise_all; do
+for row in R2_noise40 R2_snoise50 S1_snoise_all S2_snoise100 S3_words_all; do
   evaluate ${row}_7500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
+done
+for row in S1_snoise_all S2_snoise100; do  # put on a second seed set (the default suite's put seeds): 100 episodes
+  for cond in seen unseen; do
+    out="$RUNS/eval/seeds2/${row}_7500_ensemble0.5_put_${cond}_seeds2.json"
+    mkdir -p "$RUNS/eval/seeds2"
+    [ -f "$out" ] || lapa eval --ckpt "$RUNS/$row" --suite put --seed-base 50300000 --episodes "$EPISODES" \
+      --json "$out" "${ensemble[@]:1}" $( [ $cond = unseen ] && echo --held-out )
+  done
 done
 for swap in seen-sentence seen-words; do  # which instruction path carries the held-out put gap (X1)
   [ -f "$RUNS/swap_$swap.json" ] || python experiments/policy/sentence_swap.py --ckpt "$RUNS/X1_noise40" \
     --swap $swap --json "$RUNS/swap_$swap.json"
+  [ -f "$RUNS/swap_S2_$swap.json" ] || python experiments/policy/sentence_swap.py --ckpt "$RUNS/S2_snoise100" \
+    --swap $swap --json "$RUNS/swap_S2_$swap.json"
 done
 evaluate A3_rpp_fade_2000_ensemble0.5 "$RUNS/A3_rpp_fade/checkpoints/step_00002000" reach push pick "${ensemble[@]}"
 evaluate A3_rpp_fade_3000_ensemble0.5 "$RUNS/A3_rpp_fade" reach push pick "${ensemble[@]}"
