@@ -222,19 +222,18 @@ continue_from X3_snoise100 R_B4 4000 5500 4000 --word-dropout 0.3 --word-noise 0
 continue_from R2_B6000 R_B4 4000 6000 none
 continue_from R2_noise40 R2_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4
 continue_from R2_snoise50 R2_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 0.5
-# S1: sentence noise from the start of B4 (on R_L), then the same decay phase
-done_at "$RUNS/S1_B6000" 6000 || lapa train finetune --init "$RUNS/R_L" --data "${ALL4[@]}" $big --out "$RUNS/S1_B6000" \
-  --steps 6000 $common --ckpt-every 1000 $bf --sentence-noise 0.5 $(resume "$RUNS/S1_B6000")
-continue_from S1_snoise_all S1_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 0.5
-
-# -- eleventh round: sentence noise 1.0 from the start of B4 (S2), then also the word augmentations (S3)
-for row in S2_snoise100 S3_words_all; do
-  words=(); [ $row = S3_words_all ] && words=(--word-dropout 0.3 --word-noise 0.4)
+# S rows: sentence noise S from the start of B4 (on R_L; extra B4 flags after S), then the decay phase with it
+sentence_noise_chain() {  # row S [B4 flags...]
+  local row=$1 noise=$2; shift 2
   done_at "$RUNS/${row}_B6000" 6000 || lapa train finetune --init "$RUNS/R_L" --data "${ALL4[@]}" $big \
-    --out "$RUNS/${row}_B6000" --steps 6000 $common --ckpt-every 1000 $bf --sentence-noise 1.0 "${words[@]}" \
+    --out "$RUNS/${row}_B6000" --steps 6000 $common --ckpt-every 1000 $bf --sentence-noise "$noise" "$@" \
     $(resume "$RUNS/${row}_B6000")
-  continue_from $row ${row}_B6000 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise 1.0
-done
+  continue_from "$row" "${row}_B6000" 6000 7500 6000 --word-dropout 0.3 --word-noise 0.4 --sentence-noise "$noise"
+}
+sentence_noise_chain S1_snoise_all 0.5  # tenth round (shipped in the eleventh)
+# -- eleventh round: sentence noise 1.0 (S2), then also the word augmentations from the start of B4 (S3)
+sentence_noise_chain S2_snoise100 1.0
+sentence_noise_chain S3_words_all 1.0 --word-dropout 0.3 --word-noise 0.4
 
 # -- closed loop: the same seeds for every row, seen and unseen instructions
 evaluate() {  # row checkpoint suite-families... [-- extra lapa eval args]
@@ -294,10 +293,10 @@ done
 for row in R2_noise40 R2_snoise50 S1_snoise_all S2_snoise100 S3_words_all; do
   evaluate ${row}_7500_ensemble0.5 "$RUNS/$row" reach push pick put "${ensemble[@]}"
 done
+mkdir -p "$RUNS/eval/seeds2"
 for row in S1_snoise_all S2_snoise100; do  # put on a second seed set (the default suite's put seeds): 100 episodes
   for cond in seen unseen; do
     out="$RUNS/eval/seeds2/${row}_7500_ensemble0.5_put_${cond}_seeds2.json"
-    mkdir -p "$RUNS/eval/seeds2"
     [ -f "$out" ] || lapa eval --ckpt "$RUNS/$row" --suite put --seed-base 50300000 --episodes "$EPISODES" \
       --json "$out" "${ensemble[@]:1}" $( [ $cond = unseen ] && echo --held-out )
   done
