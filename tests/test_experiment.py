@@ -135,3 +135,14 @@ def test_the_recipe_options_run_through_every_stage(tmp_path):
         assert vla.state_history == (3, 6, 12) and vla.goal_aux, method
     evaluated = json.loads((tmp_path / "run" / "eval" / "lapa_seen.json").read_text())
     assert evaluated["chunk_mode"] == "ensemble" and evaluated["render_size"] == 96
+
+
+def test_the_comparison_preset_keeps_the_papers_proportions():
+    """The comparison's constraints: action-free >= 10x labelled, >= 100 evaluation episodes per method
+    and condition."""
+    from lapa.vocabulary import SUITES
+
+    c = ExperimentConfig.preset("comparison")
+    assert c.pretrain_episodes >= 10 * c.finetune_episodes
+    assert c.eval_episodes * len(SUITES[c.suite]) >= 100
+    assert c.precision == "bf16" and c.suite == "reach_push"
