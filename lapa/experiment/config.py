@@ -112,7 +112,7 @@ PRESETS: dict[str, ExperimentConfig] = {
 }
 # the recipe at the size that separates the methods (experiments/results/README.md, issue 11): 200 labelled
 # episodes and 10x as many action-free ones, 6000 pretraining and 3000 finetuning steps in bf16, 50 evaluation
-# episodes per family and condition (100 per method and condition); about 2 h 35 min of stages on 2 cores
+# episodes per family and condition (100 per method and condition); about 2.5 h of stages on 2 cores
 PRESETS["comparison"] = dataclasses.replace(
     PRESETS["recipe"], pretrain_episodes=2000, finetune_episodes=200, pretrain_steps=6000, finetune_steps=3000,
     eval_episodes=50, precision="bf16")
