@@ -146,3 +146,15 @@ def test_the_comparison_preset_keeps_the_papers_proportions():
     assert c.pretrain_episodes >= 10 * c.finetune_episodes
     assert c.eval_episodes * len(SUITES[c.suite]) >= 100
     assert c.precision == "bf16" and c.suite == "reach_push"
+
+
+def test_a_piece_that_stops_on_a_pending_method_keeps_its_time(tmp_path):
+    """Finetuning with LAPA's pretraining not run yet finetunes Scratch, then stops: its time is kept."""
+    run = tmp_path / "run"
+    exp = Experiment(ExperimentConfig.preset("smoke"), run, tmp_path / "results", encoder=FakeEncoder())
+    exp.run(["record"])
+    with pytest.raises(UserError, match="not finetuned yet"):
+        exp.run(["finetune"])
+    assert (run / "finetune" / "scratch").is_dir()
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["finetune"] > 0 and "record" in timings

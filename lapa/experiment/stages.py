@@ -330,16 +330,22 @@ class Experiment:
                 continue
             print(f"[{stage}] running", flush=True)
             t0 = time.perf_counter()
-            runners[stage]()
-            seconds = time.perf_counter() - t0
-            if stage != "report":  # re-read first: another process may be running other stages
-                if self.timings_path.is_file():
-                    self.timings = json.loads(self.timings_path.read_text())
-                self.timings[stage] = self.timings.get(stage, 0.0) + seconds  # summed over resumed runs
-                write_json(self.timings_path, self.timings)
+            try:
+                runners[stage]()
+            finally:  # a piece that stops on a pending method (finetune, offline, eval) did work too
+                seconds = time.perf_counter() - t0
+                if stage != "report":
+                    self._add_timing(stage, seconds)
             print(f"[{stage}] took {seconds:.0f} s ({seconds / 60:.1f} min)", flush=True)
             ran[stage] = "ran"
         return ran
+
+    def _add_timing(self, stage: str, seconds: float) -> None:
+        """Sum a stage's seconds over resumed runs; re-read first: another process may run other stages."""
+        if self.timings_path.is_file():
+            self.timings = json.loads(self.timings_path.read_text())
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        write_json(self.timings_path, self.timings)
 
     def _check_config(self) -> None:
         path = self.out / "experiment_config.json"
