@@ -16,7 +16,7 @@ import importlib.metadata
 import os
 from pathlib import Path
 
-from export.metadata import METADATA_FILE, ExportError, read_metadata
+from export.metadata import INT8_ONNX, METADATA_FILE, ExportError, read_metadata
 from lapa.file_hash import file_sha256
 
 CACHE_ENV = "LAPA_CACHE_DIR"
@@ -82,3 +82,19 @@ def ensure_export(model_dir: str | os.PathLike, text_encoder_dir: str | os.PathL
     export_onnx(model_dir, out, text_encoder_dir=text_dir, exporter=CACHE_EXPORTER,
                 parity_samples=CACHE_PARITY_SAMPLES, log=log)
     return out
+
+
+def ensure_int8(export_dir: str | os.PathLike, log=print) -> Path:
+    """`export_dir`, with its static int8 graph built now if it has none (calibration rollouts in the
+    fast simulator, a few seconds: export/quantize.py)."""
+    export_dir = Path(export_dir)
+    if INT8_ONNX in read_metadata(export_dir).files:
+        return export_dir
+    try:
+        from export.quantize import quantize_from_rollouts
+    except ModuleNotFoundError as err:
+        raise ExportError(f"{export_dir} has no {INT8_ONNX} and it cannot be built here ({err}): build it with "
+                          f"`lapa export int8 --export DIR` where lapa's simulator is installed") from err
+    log(f"[export] building the int8 graph of {export_dir} (once; later starts reuse it)")
+    quantize_from_rollouts(export_dir, progress=False, log=log)
+    return export_dir

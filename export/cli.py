@@ -1,4 +1,4 @@
-"""`lapa export onnx|tensorrt`: checkpoint -> ONNX export directory -> TensorRT engine."""
+"""`lapa export onnx|int8|tensorrt`: checkpoint -> ONNX export directory -> static int8 graph, TensorRT engine."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     onnx.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads during export")
     onnx.add_argument("--no-fold", action="store_true", help="skip polygraphy constant folding")
     onnx.set_defaults(func=_onnx)
+
+    int8 = export_sub.add_parser("int8", help="export directory or checkpoint -> static int8 policy_int8.onnx, "
+                                              "calibrated on closed-loop rollouts of the fp32 policy")
+    int8.add_argument("--export", type=Path, required=True,
+                      help="export directory (`lapa export onnx`), or a checkpoint (exported and cached first)")
+    int8.add_argument("--suite", default="default",
+                      help="task suite of the calibration rollouts (default: %(default)s)")
+    int8.add_argument("--episodes", type=int, default=2,
+                      help="calibration rollouts per task family (default: %(default)s)")
+    int8.add_argument("--every", type=int, default=3, help="keep every n-th model call's inputs (default: %(default)s)")
+    int8.set_defaults(func=_int8)
 
     trt = export_sub.add_parser("tensorrt", help="export directory -> TensorRT engine (on the target GPU)")
     trt.add_argument("--onnx", type=Path, required=True, help="export directory from `lapa export onnx`")
@@ -53,6 +64,19 @@ def _onnx(args: argparse.Namespace) -> int:
                       "parity": {k: v["passed"] for k, v in doc["parity"].items()},
                       "softmax_fp32": all(c["softmax_fp32"] for c in doc["graph_check"].values()),
                       "export_seconds": doc["export_seconds"]}, indent=2))
+    return 0
+
+
+def _int8(args: argparse.Namespace) -> int:
+    from export.cache import ensure_export
+    from export.metadata import ExportError
+    from export.quantize import quantize_from_rollouts
+
+    if args.episodes < 1 or args.every < 1:
+        raise ExportError("--episodes and --every must be >= 1")
+    export_dir = ensure_export(args.export)
+    section = quantize_from_rollouts(export_dir, args.suite, args.episodes, args.every)
+    print(json.dumps({"export": str(export_dir), **section}, indent=2))
     return 0
 
 

@@ -33,6 +33,7 @@ from lapa.state_history import state_input_dim
 
 FORMAT_VERSION = 1
 POLICY_ONNX = "policy.onnx"
+INT8_ONNX = "policy_int8.onnx"  # optional: static int8 copy of policy.onnx (export/quantize.py)
 TEXT_ONNX = "text_encoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 METADATA_FILE = "metadata.json"
@@ -180,6 +181,9 @@ def read_metadata(directory: str | os.PathLike, verify_hashes: bool = True) -> E
     for name in (POLICY_ONNX, TEXT_ONNX, TOKENIZER_FILE):
         if name not in meta.files:
             raise ExportError(f"{path}: lists no {name}")
+    for name in meta.files:  # the required three, and the optional graphs it lists (the int8 copy)
+        if Path(name).name != name:
+            raise ExportError(f"{path}: file name {name!r} is not a plain name inside the export directory")
         file = directory / name
         if not file.is_file():
             raise ExportError(f"{file}: missing from the export directory")

@@ -34,6 +34,7 @@ from export.metadata import (
     BINS_OUTPUT,
     IMAGE_INPUT,
     INPUT_IDS,
+    INT8_ONNX,
     POLICY_ONNX,
     STATE_INPUT,
     TEXT_EMB_INPUT,
@@ -61,6 +62,7 @@ from lapa.policy_protocol import (
 REPLY_BINS = "bins"  # int64 (K, 7), as the torch backend
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+PRECISION_GRAPHS = {"fp32": POLICY_ONNX, "int8": INT8_ONNX}  # int8: export/quantize.py, CPU provider only
 
 
 def _ort():
@@ -212,6 +214,7 @@ class OrtPolicy:
 
     model_dir: an export directory (`lapa export onnx`). threads: intra-op threads (None: ORT's
     default). providers: None = every available one (TensorRT, CUDA, CPU order), or a list of names.
+    precision: "fp32" (policy.onnx) or "int8" (policy_int8.onnx, `lapa export int8`; CPU provider).
     """
 
     backend = "onnxruntime"
@@ -224,18 +227,28 @@ class OrtPolicy:
         cache_size: int = 256,
         spinning: bool = False,
         optimization: str = "all",
+        precision: str = "fp32",
     ) -> None:
         self.export_dir = Path(model_dir)
         self.meta = read_metadata(self.export_dir)
+        graph = PRECISION_GRAPHS.get(precision)
+        if graph is None:
+            raise ExportError(f"precision must be one of {', '.join(PRECISION_GRAPHS)}, got {precision!r}")
+        if graph not in self.meta.files:
+            raise ExportError(f"{self.export_dir} has no {graph}: build it with `lapa export int8 --export "
+                              f"{self.export_dir}`")
         options = session_options(threads, spinning, optimization)
         chosen = choose_providers(providers, self.export_dir)
-        self.session = open_session(self.export_dir / POLICY_ONNX, options, chosen)
+        # QDQ int8 is a CPU-provider graph; a GPU runs fp32 (or TensorRT's own fp16)
+        policy_providers = ["CPUExecutionProvider"] if precision == "int8" else chosen
+        self.session = open_session(self.export_dir / graph, options, policy_providers)
         check_io(self.meta, POLICY_ONNX, *session_io(self.session))
+        self.precision = precision
         self.state_dim = self.meta.state_dim
         self.instructions = OnnxTextEncoder(self.export_dir, self.meta, options, chosen, cache_size)
         self._outputs = [ACTIONS_OUTPUT, BINS_OUTPUT]
         self._metadata = {**self.meta.runtime_metadata(self.backend),
-                          "providers": self.session.get_providers(), "num_threads": threads}
+                          "providers": self.session.get_providers(), "num_threads": threads, "precision": precision}
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike, threads: int | None = None) -> OrtPolicy:
@@ -284,3 +297,19 @@ class OrtPolicy:
 
     def reset(self) -> None:
         """Nothing to clear: stateless between calls (the instruction cache is kept)."""
+
+
+class OrtInt8Policy(OrtPolicy):
+    """The `onnxruntime-int8` backend: OrtPolicy on the static int8 graph (export/quantize.py), built
+    on first use from a checkpoint or an export directory that lacks it, and kept beside policy.onnx."""
+
+    backend = "onnxruntime-int8"
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, **kwargs: Any) -> None:
+        super().__init__(model_dir, threads=threads, precision="int8", **kwargs)
+
+    @classmethod
+    def from_dir(cls, model_dir: str | os.PathLike, threads: int | None = None) -> OrtInt8Policy:
+        from export.cache import ensure_export, ensure_int8
+
+        return cls(ensure_int8(ensure_export(model_dir)), threads=threads)

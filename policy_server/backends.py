@@ -17,6 +17,8 @@ from lapa.policy_protocol import Policy
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "torch": ("lapa.policy.torch_policy", "TorchPolicy", "the lapa PyTorch policy (lapa/policy/torch_policy.py)"),
     "onnxruntime": ("export.ort_policy", "OrtPolicy", "`pip install onnxruntime` and export/ort_policy.py"),
+    "onnxruntime-int8": ("export.ort_policy", "OrtInt8Policy",
+                         "`pip install onnxruntime` and export/ort_policy.py (int8 graph: export/quantize.py)"),
     "tensorrt": ("export.trt_policy", "TrtPolicy", "TensorRT on an NVIDIA GPU and export/trt_policy.py"),
 }
 _CONSTRUCTORS = ("from_checkpoint", "from_dir", "load")

@@ -77,6 +77,12 @@ def test_bench_model(tmp_path, capsys):
     assert result["ort_over_eager"] == pytest.approx(result["ort_ms"] / result["eager_ms"], rel=1e-3)
     assert result["flops"]["forward_flops"] > 0 and result["flops"]["matmul_peak_gflop_per_s"] > 0
     assert 0 < result["flops"]["ort"]["percent_of_matmul_peak"]
+    assert result["target_ort_over_eager"] == 0.4 and result["meets_target"] == (result["ort_over_eager"] <= 0.4)
+    int8 = result["int8"]  # the static int8 graph, timed beside fp32
+    ratio = int8["ort_int8_ms"] / result["eager_ms"]
+    assert int8["ort_int8_over_eager"] == result["ort_int8_over_eager"] == pytest.approx(ratio, rel=1e-3)
+    assert int8["ort_int8_ms"] == result["latency"]["ort_int8"]["median_ms"] > 0
+    assert int8["quantization"]["calibration"]["samples"] >= 10 and int8["quantization"]["graph"] == "policy_int8.onnx"
     decoders = result["decoders"]
     assert decoders["passes_per_chunk"] == {"parallel": 1, "autoregressive": 28}
     assert decoders["autoregressive"]["per_action_ms"] > decoders["parallel"]["per_action_ms"]

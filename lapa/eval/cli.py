@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+EVAL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")  # policy_server/backends.py's names
 
 def register(sub: argparse._SubParsersAction) -> None:
     from lapa.chunking import CHUNK_MODES, DEFAULT_ENSEMBLE_DECAY
@@ -32,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed-base", type=int, default=EVAL_SEED_BASE, help="first evaluation seed")
     ev.add_argument("--render-size", type=int, help="camera size (default: the training dataset's)")
     ev.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    ev.add_argument("--backend", choices=EVAL_BACKENDS, default="torch",
+                    help="the policy server backend that runs the model: the checkpoint in torch (default), or its "
+                         "ONNX export in ONNX Runtime, fp32 or static int8 (exported and cached on first use)")
     ev.add_argument("--grounding-probe", type=int, metavar="SCENES",
                     help="instead of closed-loop episodes: the grounding probe on this many scenes "
                          "(lapa/eval/grounding.py: does the first move follow the named colour?)")
@@ -53,10 +57,16 @@ def _eval(args: argparse.Namespace) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(probe, indent=2) + "\n")
         return 0
+    policy = None
+    if args.backend != "torch":
+        from lapa.policy.train import resolve_vla_checkpoint
+        from policy_server.backends import load_backend
+
+        policy = load_backend(args.backend, resolve_vla_checkpoint(args.ckpt), args.threads)
     result = evaluate_checkpoint(args.ckpt, args.suite, args.episodes, held_out=args.held_out,
                                  chunk_mode=args.chunk_mode, execute_n=args.execute_n,
                                  ensemble_decay=args.ensemble_decay, seed_base=args.seed_base, videos=args.videos,
-                                 max_videos_per_task=args.max_videos, render_size=args.render_size)
+                                 max_videos_per_task=args.max_videos, render_size=args.render_size, policy=policy)
     result = {"command": _command(args), **result}
     summary = {k: v for k, v in result.items() if k != "episodes"}
     print(json.dumps(summary, indent=2))
@@ -73,4 +83,5 @@ def _command(args: argparse.Namespace) -> str:
              f"--ensemble-decay {args.ensemble_decay}", f"--seed-base {args.seed_base}"]
     parts += [f"--{k.replace('_', '-')} {v}" for k, v in (("json", args.json), ("videos", args.videos),
                                                         ("render_size", args.render_size)) if v is not None]
+    parts += [f"--backend {args.backend}"] if args.backend != "torch" else []
     return " ".join(parts + (["--held-out"] if args.held_out else []))

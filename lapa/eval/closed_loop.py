@@ -300,8 +300,9 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, suite: str = "default", episode
                         ensemble_decay: float = DEFAULT_ENSEMBLE_DECAY, seed_base: int = EVAL_SEED_BASE,
                         videos: str | os.PathLike | None = None, max_videos_per_task: int = 2,
                         text_encoder: Any | None = None, render_size: int | None = None,
-                        progress: bool = True) -> dict[str, Any]:
-    """Evaluate a finetuned VLA checkpoint (or training run directory) through TorchPolicy.
+                        progress: bool = True, policy: Any | None = None) -> dict[str, Any]:
+    """Evaluate a finetuned VLA checkpoint (or training run directory) through TorchPolicy, or through
+    `policy`, a serving backend built from it (ONNX Runtime fp32 or int8: `lapa eval --backend`).
 
     `chunk_mode`, `execute_n`, `ensemble_decay`: how chunks are executed (see ClosedLoopExecutor).
     """
@@ -319,17 +320,19 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, suite: str = "default", episode
     except KeyError as err:
         raise UserError(str(err.args[0])) from err
     check_disjoint_seeds(path, len(families), episodes, seed_base)
-    policy = TorchPolicy(path, text_encoder=load_text_encoder(text_encoder))
-    model_size = policy.config.image_size
+    if policy is None:
+        policy = TorchPolicy(path, text_encoder=load_text_encoder(text_encoder))
+    meta = policy.metadata  # the Policy protocol's keys, alike in every backend
+    model_size = int(meta["image_size"][0])
     if render_size is None:
         render_size = recording_image_size(path) or model_size
     executor = ClosedLoopExecutor(policy, chunk_mode, execute_n, ensemble_decay, image_size=model_size,
-                                  state_history=policy.config.state_history)
+                                  state_history=[int(t) for t in meta.get("state_history", [])])
     result = evaluate_policy(executor, suite, episodes, held_out=held_out, render_size=render_size,
                              seed_base=seed_base, videos=videos, max_videos_per_task=max_videos_per_task,
                              progress=progress, reset=executor.reset,
-                             wrist_camera="wrist" in policy.config.cameras)
-    return {"checkpoint": str(path), "chunk_mode": chunk_mode, "execute_n": execute_n,
-            "ensemble_decay": float(ensemble_decay), "chunk_size": policy.config.chunk_size,
+                             wrist_camera="wrist" in meta.get("cameras", ["scene"]))
+    return {"checkpoint": str(path), "backend": meta.get("backend", "torch"), "chunk_mode": chunk_mode,
+            "execute_n": execute_n, "ensemble_decay": float(ensemble_decay), "chunk_size": int(meta["chunk_size"]),
             "model_image_size": model_size, "policy_calls": executor.calls,
             "mean_model_ms": executor.model_ms / max(executor.calls, 1), **result}
