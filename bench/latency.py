@@ -9,9 +9,9 @@ the threads and backend recorded):
   OpenVLA's JSON `POST /act` (the peer protocol); each as round trip minus the server's model time;
 - decode (JPEG -> array, the server's decoder) and preprocessing (the server's resize to the model's
   input, INTER_AREA);
-- the model per backend: torch eager, ONNX Runtime fp32, ONNX Runtime with dynamic int8
-  quantisation (with its agreement with fp32 on random inputs), CUDA / TensorRT execution
-  providers when this onnxruntime has them;
+- the model per backend: torch eager, ONNX Runtime fp32, ONNX Runtime on the static int8 graph the
+  default backend serves (export/quantize.py, calibrated on closed-loop rollouts; with its agreement
+  with fp32 on random inputs), CUDA / TensorRT execution providers when this onnxruntime has them;
 - postprocessing (ChunkExecutor, ensemble mode), the safety filter, the robot command (the franky
   velocity of lapa/franka.py);
 - the in-process chain from a frame's arrival to the command, timed as one call;
@@ -47,8 +47,10 @@ BATCHES = (1, 8, 32)
 INSTRUCTION = "pick up the red block"
 CONTROL_PERIOD_S = 0.1
 NO_GPU_REASON = "no CUDA/TensorRT provider in this onnxruntime"
-INT8_NOTE = ("dynamic int8 quantisation (onnxruntime.quantization.quantize_dynamic, int8 weights) is not the "
-             "default backend: it would be only if its closed-loop success held (not evaluated here)")
+INT8_NOTE = ("static int8 graph (export/quantize.py: weights int8, activations uint8 calibrated on closed-loop "
+             "rollouts, products of two activations in float32): the default backend (onnxruntime-int8), chosen "
+             "on its closed-loop success (experiments/int8/README.md)")
+INT8_STAGE = "ONNX Runtime int8 (static, served)"
 GROUPS = ("capture", "transport", "decode", "preprocess", "model", "postprocess", "safety", "command", "end-to-end",
           "model under load")
 # the quantised model's agreement with fp32 that counts as parity (tests assert it on a random model)
@@ -239,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 model.predict_actions(img_t, text_t, state=state_t)
 
         outputs = [ACTIONS_OUTPUT, BINS_OUTPUT]
-        int8_session, int8_info = _quantize(export_dir / POLICY_ONNX, work, threads, open_session, session_options)
+        int8_session, int8_info = _quantize(export_dir, threads)
         engines = {"torch eager": eager, "ORT fp32": lambda: policy.session.run(outputs, feeds)}
         if int8_session is not None:
             engines["ORT int8"] = lambda: int8_session.run(outputs, feeds)
@@ -262,9 +264,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    threads=threads, providers=["CPUExecutionProvider"])
         progress.update()
         if int8_session is None:
-            stages.skip("model", "ONNX Runtime int8 (dynamic)", int8_info["skipped"], backend="onnxruntime-int8")
+            stages.skip("model", INT8_STAGE, int8_info["skipped"], backend="onnxruntime-int8")
         else:
-            stages.add("model", "ONNX Runtime int8 (dynamic)", model_times["ORT int8"], backend="onnxruntime-int8",
+            stages.add("model", INT8_STAGE, model_times["ORT int8"], backend="onnxruntime-int8",
                        threads=threads, providers=["CPUExecutionProvider"])
             int8_info.update(int8_agreement(policy.session, int8_session, config, args.quant_samples, fake_state))
             int8_info["at_parity"] = int8_info["bin_agreement"] >= INT8_BIN_AGREEMENT_MIN
@@ -364,9 +366,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "node_to_command_in_process_p50_ms": results["node_to_command_in_process_p50_ms"],
         "node_to_command_in_process_p99_ms": results["node_to_command_in_process_p99_ms"],
     }
-    if "ONNX Runtime int8 (dynamic)" in by_stage:
-        summary["int8_over_fp32"] = round(by_stage["ONNX Runtime int8 (dynamic)"]["p50_ms"]
-                                          / by_stage["ONNX Runtime fp32"]["p50_ms"], 4)
+    if INT8_STAGE in by_stage:
+        summary["int8_over_fp32"] = round(by_stage[INT8_STAGE]["p50_ms"] / by_stage["ONNX Runtime fp32"]["p50_ms"], 4)
+        summary["int8_over_eager"] = round(by_stage[INT8_STAGE]["p50_ms"] / best_eager["p50_ms"], 4)
     if "http" in results["server"]:
         summary["server_overhead_p50_ms"] = {k: v["overhead_p50_ms"] for k, v in results["server"].items()
                                              if isinstance(v, dict) and "overhead_p50_ms" in v}
@@ -387,18 +389,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _quantize(fp32_path: Path, work: Path, threads: int, open_session, session_options) -> tuple[Any, dict]:
-    """Dynamic int8 quantisation of policy.onnx: (its session or None, what the JSON says about it)."""
-    info: dict[str, Any] = {"default": False, "note": INT8_NOTE, "parity_min_bin_agreement": INT8_BIN_AGREEMENT_MIN}
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+def _quantize(export_dir: Path, threads: int) -> tuple[Any, dict]:
+    """The served static int8 graph of the export: (its session or None, what the JSON says about it)."""
+    from export.metadata import INT8_ONNX, POLICY_ONNX
+    from export.ort_policy import OrtPolicy
+    from export.quantize import quantize_from_rollouts
 
-        int8_path = work / "policy_int8.onnx"
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
-        session = open_session(int8_path, session_options(threads), ["CPUExecutionProvider"])
+    info: dict[str, Any] = {"default": True, "note": INT8_NOTE, "parity_min_bin_agreement": INT8_BIN_AGREEMENT_MIN}
+    try:
+        info["quantization"] = quantize_from_rollouts(export_dir, progress=False, log=lambda _m: None)
+        session = OrtPolicy(export_dir, threads=threads, providers=["CPUExecutionProvider"], precision="int8").session
     except Exception as err:  # noqa: BLE001 - recorded, the run goes on
         return None, {**info, "skipped": f"quantisation failed: {type(err).__name__}: {err}"}
-    info["model_bytes"] = {"fp32": fp32_path.stat().st_size, "int8": int8_path.stat().st_size}
+    info["model_bytes"] = {"fp32": (export_dir / POLICY_ONNX).stat().st_size,
+                           "int8": (export_dir / INT8_ONNX).stat().st_size}
     return session, info
 
 
@@ -607,7 +611,7 @@ def markdown_table(rows: list[dict[str, Any]], results: dict[str, Any]) -> str:
         lines.append(f"\nmatmul peak {tp['matmul_peak_gflop_per_s']} GFLOP/s")
     q = results.get("int8") or {}
     if "bin_agreement" in q:
-        lines.append(f"\nint8 (dynamic) vs fp32 on {q['samples']} random inputs: bins agree {q['bin_agreement']:.1%} "
+        lines.append(f"\nint8 (static) vs fp32 on {q['samples']} random inputs: bins agree {q['bin_agreement']:.1%} "
                      f"(within one bin {q['bin_within_one']:.1%}), "
                      f"max |action diff| {q['action_abs_diff_max']}. {q['note']}.")
     load = results.get("under_load") or {}

@@ -28,10 +28,11 @@ EXPERT_MODEL = "expert"  # model:=expert serves the scripted expert (simulation 
 # README.md: temporal ensembling, decay 0.5, lifts push from 76% to 82% and held-out paraphrases on
 # both families). Other models keep the node's own default (first_n, one action per model call).
 DEFAULT_MODEL_EXECUTION: dict[str, object] = {"chunk_mode": "ensemble", "ensemble_decay": 0.5}
-# The started server's backend: the fastest that keeps closed-loop success (BENCHMARKS.md). A
-# checkpoint is exported to ONNX once on first start and cached (export/cache.py).
-DEFAULT_SERVER_BACKEND = "onnxruntime"
-SERVER_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+# The started server's backend: the fastest that keeps closed-loop success (BENCHMARKS.md: the
+# static int8 graph, experiments/int8/README.md). A checkpoint is exported to ONNX once on first
+# start and cached (export/cache.py), its int8 graph built beside it (export/quantize.py).
+DEFAULT_SERVER_BACKEND = "onnxruntime-int8"
+SERVER_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
 
 
 WRIST_IMAGE_TOPIC = "/wrist_camera/image_raw"
@@ -69,9 +70,10 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "start_server": ("true", "start a policy server on server_url's port (false: use a running one)"),
     "model": ("", "checkpoint/export directory the started server loads (default: models/lapa_tabletop; "
                   "'expert' serves the scripted expert, simulation only)"),
-    "server_backend": (DEFAULT_SERVER_BACKEND, "onnxruntime | torch | tensorrt: the started server's backend "
-                                              "(onnxruntime exports a checkpoint once, cached; tensorrt takes "
-                                              "an export directory with its engine)"),
+    "server_backend": (DEFAULT_SERVER_BACKEND, "onnxruntime-int8 | onnxruntime | torch | tensorrt: the started "
+                                              "server's backend (onnxruntime exports a checkpoint once, cached, "
+                                              "and -int8 quantises it once; tensorrt takes an export directory "
+                                              "with its engine)"),
     "server_threads": ("1", "intra-op threads of the started server's model"),
     "camera": ("sim", "sim (lapa_sim's scene camera), a device index, a stream URL, a video file, or none"),
     "wrist_camera": ("", "the hand camera for a model that takes one (its config's cameras [scene, wrist]): "
@@ -256,7 +258,7 @@ def _server(args: dict[str, str], sim: bool, notes: list[str]) -> tuple[ProcessS
         backend_args = ("--backend", "lapa_ros.expert_policy:make_policy")
     else:
         if args["server_backend"] not in SERVER_BACKENDS:
-            raise LaunchPlanError(f"server_backend:={args['server_backend']!r}: torch, onnxruntime or tensorrt")
+            raise LaunchPlanError(f"server_backend:={args['server_backend']!r}: {', '.join(SERVER_BACKENDS)}")
         backend_args = ("--model", model, "--backend", args["server_backend"])
     return ProcessSpec("lapa_server", "lapa-server", "policy_server.app",
                        (*backend_args, "--host", host, "--port", str(port), "--threads", args["server_threads"])), model

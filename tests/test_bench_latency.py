@@ -67,7 +67,8 @@ def test_quick_run_without_server_has_every_in_process_stage(tmp_path):
     assert not any(row["group"] == "transport" and "HTTP" in row["stage"] for row in r["stages"])
     assert r["server"] == {"skipped": "--no-server"}
     assert r["summary"]["ort_over_eager"] > 0 and "server_overhead_p50_ms" not in r["summary"]
-    assert r["int8"]["default"] is False and "closed-loop" in r["int8"]["note"]
+    assert r["int8"]["default"] is True and "closed-loop" in r["int8"]["note"]
+    assert r["int8"]["quantization"]["graph"] == "policy_int8.onnx"
     assert 0 <= r["int8"]["bin_agreement"] <= 1
     for b in ("1", "8", "32"):
         for engine in ("torch", "ort"):
@@ -80,41 +81,43 @@ def test_quick_run_without_server_has_every_in_process_stage(tmp_path):
 
 
 def _int8_sessions(tmp_path, preset, seed):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """fp32 and the served static int8 graph (calibrated on the random model's own rollouts)."""
     from vla_fakes import export_random_policy
 
-    from export.metadata import POLICY_ONNX
-    from export.ort_policy import open_session, session_options
+    from export.ort_policy import OrtPolicy
+    from export.quantize import quantize_from_rollouts
     from lapa.policy.checkpoint_io import read_vla_config
 
     export = export_random_policy(tmp_path, preset, seed=seed, text_dim=32)
-    quantize_dynamic(str(export / POLICY_ONNX), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8)
-    fp32 = open_session(export / POLICY_ONNX, session_options(1), ["CPUExecutionProvider"])
-    int8 = open_session(tmp_path / "int8.onnx", session_options(1), ["CPUExecutionProvider"])
+    quantize_from_rollouts(export, episodes=1, progress=False, log=lambda _m: None)
+    fp32 = OrtPolicy(export, threads=1).session
+    int8 = OrtPolicy(export, threads=1, precision="int8").session
     _, config, _ = read_vla_config(tmp_path / "ckpt")
     return fp32, int8, config
 
 
 def test_int8_bins_agree_with_fp32_on_a_bins_model(tmp_path):
-    """A random tiny bins-head model: 95.0-95.5% of the bins agreed (64 inputs, seeds 0 and 1)."""
+    """A random tiny bins-head model, the static int8 graph calibrated on its own rollouts: 92-95% of
+    the bins agreed on random inputs (64, seeds 0 and 1)."""
     from lapa.action import fake_state
 
     fp32, int8, config = _int8_sessions(tmp_path, "tiny", seed=0)
     agreement = int8_agreement(fp32, int8, config, 64, fake_state)
-    assert agreement["bin_agreement"] >= INT8_BIN_AGREEMENT_MIN  # measured 0.955
+    assert agreement["bin_agreement"] >= INT8_BIN_AGREEMENT_MIN  # measured 0.945
     assert agreement["samples"] == 64
 
 
 def test_int8_actions_agree_with_fp32_on_an_l1_model(tmp_path):
-    """A random tabletop (l1 head, proprio state) model: actions within 0.005-0.008 of fp32 (64 inputs,
-    seeds 0 and 1; the random model's actions have a std of about 0.01), so within 0.02 here; its
-    bins (fitted on actions of std 0.01) are fine enough that within-one-bin agreement was 0.79-0.80."""
+    """A random tabletop (l1 head, proprio state) model: actions within 0.007-0.022 of fp32 on random
+    inputs (64, seeds 0 and 1; the random model's actions have a std of about 0.01; random images lie
+    outside the calibration's rollout frames), so within 0.05 here; its bins (fitted on actions of
+    std 0.01) are fine enough that within-one-bin agreement was 0.70-0.74."""
     from lapa.action import fake_state
 
     fp32, int8, config = _int8_sessions(tmp_path, "tabletop", seed=0)
     agreement = int8_agreement(fp32, int8, config, 64, fake_state)
-    assert agreement["action_abs_diff_max"] <= 0.02
-    assert agreement["bin_within_one"] >= 0.7
+    assert agreement["action_abs_diff_max"] <= 0.05
+    assert agreement["bin_within_one"] >= 0.6
 
 
 @pytest.mark.timeout(180)

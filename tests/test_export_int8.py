@@ -61,6 +61,11 @@ def test_quantize_export_writes_a_verified_int8_graph_close_to_fp32(export_root,
     assert agree["samples"] == 8 and agree["score_abs_diff_mean"] <= 0.02
     assert agree["gripper_agreement"] >= 0.9
     assert not list(export_dir.glob(".int8-*"))  # the temporary directory is gone
+    # attention products (scores, weights x values) stay float32; the weight products are quantised
+    kept = section["float32_nodes"]
+    for block in range(SMALL["depth"]):
+        assert sum(f"blocks.{block}/attn/MatMul" in name for name in kept) == 2, kept
+    assert not any("qkv" in name or "mlp" in name or "convs" in name for name in kept)
     fp32, int8 = OrtPolicy(export_dir, threads=1), OrtPolicy(export_dir, threads=1, precision="int8")
     obs = {"image": np.zeros((32, 32, 3), np.uint8), "instruction": "push the red block",
            "state": fake_state(1, seed=5, dim=meta.state_dim)[0]}

@@ -33,8 +33,8 @@ def test_default_plan_is_the_simulated_franka_with_a_server():
     assert server.executable == "lapa-server" and server.module == "policy_server.app"
     assert ("--port", "8000") == server.arguments[server.arguments.index("--port"):][:2]
     assert server.arguments[server.arguments.index("--host") + 1] == "127.0.0.1"
-    if "--model" in server.arguments:  # a checkpoint: served by ONNX Runtime, exported once and cached
-        assert server.arguments[server.arguments.index("--backend") + 1] == "onnxruntime"
+    if "--model" in server.arguments:  # a checkpoint: served by ONNX Runtime int8, exported once and cached
+        assert server.arguments[server.arguments.index("--backend") + 1] == "onnxruntime-int8"
     torch_plan = plan({"server_backend": "torch", "model": "/m"}).processes[0].arguments
     assert torch_plan[torch_plan.index("--backend") + 1] == "torch"
 
