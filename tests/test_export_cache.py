@@ -42,6 +42,26 @@ def test_another_checkpoint_gets_another_key(models, tmp_path):
     assert export_key(ckpt, text) != export_key(ckpt, None)  # another text encoder, another export
 
 
+def test_a_change_to_the_graph_code_gets_another_key(models, tmp_path, monkeypatch):
+    """The key covers the code that builds the graphs, so a changed model or exporter never serves a
+    stale cached export."""
+    import shutil
+
+    import export.cache as cache
+
+    _root, ckpt, text = models
+    before = export_key(ckpt, text)
+    copy = tmp_path / "repo"
+    for source in cache.GRAPH_SOURCES:
+        (copy / source).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cache._REPO_ROOT / source, copy / source)
+    monkeypatch.setattr(cache, "_REPO_ROOT", copy)
+    assert export_key(ckpt, text) == before  # same code, same key
+    with open(copy / "lapa/policy/model.py", "a") as f:
+        f.write("\n# a change\n")
+    assert export_key(ckpt, text) != before
+
+
 def test_a_damaged_cached_export_is_rebuilt_not_served(models):
     root, ckpt, text = models
     out = ensure_export(ckpt, text, root=root / "cache", log=lambda _m: None)

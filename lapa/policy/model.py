@@ -75,15 +75,26 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, blocked: Tensor) -> Tensor:
+    def forward(self, x: Tensor, blocked: Tensor, rows_from: int = 0) -> Tensor:
+        """x (B, S, D) -> the attention outputs of rows rows_from.. (B, R, D), R = S - rows_from: every
+        row is a key and a value, only the kept rows are queries."""
         B, S, D = x.shape  # (B, S, D)
-        qkv = self.qkv(x).reshape(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, S, dh)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, h, S, dh) each
-        # (B, h, S, S) fp32: under bf16 autocast the products are bf16, the mask and softmax stay fp32
+        if rows_from == 0:
+            qkv = self.qkv(x).reshape(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, S, dh)
+            q, k, v = qkv[0], qkv[1], qkv[2]  # (B, h, S, dh) each
+        else:
+            R = S - rows_from
+            q = F.linear(x[:, rows_from:], self.qkv.weight[:D])  # (B, R, D)
+            q = q.reshape(B, R, self.heads, self.head_dim).transpose(1, 2)  # (B, h, R, dh)
+            kv = F.linear(x, self.qkv.weight[D:]).reshape(B, S, 2, self.heads, self.head_dim)  # (B, S, 2, h, dh)
+            kv = kv.permute(2, 0, 3, 1, 4)  # (2, B, h, S, dh)
+            k, v = kv[0], kv[1]
+            blocked = blocked[rows_from:]  # (R, S)
+        # (B, h, R, S) fp32: under bf16 autocast the products are bf16, the mask and softmax stay fp32
         scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(blocked, _NEG)  # blocked: (S, S) bool, True = may not attend
+        scores = scores.masked_fill(blocked, _NEG)  # blocked: (R, S) bool, True = may not attend
         attn = scores.softmax(dim=-1).to(v.dtype)  # every row keeps >= 1 key: finite
-        out = (attn @ v).transpose(1, 2).reshape(B, S, D)  # (B, S, D)
+        out = (attn @ v).transpose(1, 2).reshape(B, S - rows_from, D)  # (B, R, D)
         return self.proj(out)
 
 
@@ -108,9 +119,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 
-    def forward(self, x: Tensor, blocked: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x), blocked)  # (B, S, D)
-        return x + self.mlp(self.norm2(x))  # (B, S, D)
+    def forward(self, x: Tensor, blocked: Tensor, rows_from: int = 0) -> Tensor:
+        """(B, S, D) -> (B, S - rows_from, D): the outputs of rows rows_from.. only (all of them attend
+        over all S rows), so a last block whose prefix rows are never read skips their queries and MLP."""
+        x = x[:, rows_from:] + self.attn(self.norm1(x), blocked, rows_from)  # (B, R, D)
+        return x + self.mlp(self.norm2(x))  # (B, R, D)
 
 
 # ----------------------------------------------------------------------------- image encoders
@@ -562,9 +575,11 @@ class VLA(nn.Module):
         the attention mask, by default the config head's."""
         x = torch.cat([prefix, queries], dim=1)  # (B, S, D), S = P + Q
         blocked = self.attn_blocked if blocked is None else blocked
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, blocked)
-        return self.norm(x[:, prefix.shape[1]:])  # (B, Q, D)
+        # the last block: the prefix rows' outputs are never read (only the queries'), so only the
+        # query rows are computed; the prefix still gives every key and value (exact, ~15% fewer FLOPs)
+        return self.norm(self.blocks[-1](x, blocked, rows_from=prefix.shape[1]))  # (B, Q, D)
 
     def trunk_state_dict(self) -> dict[str, Tensor]:
         """Parameters shared by both stages (everything but the heads)."""
