@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from lapa_ros.launch_plan import DEFAULT_MODEL_DIR as DEFAULT_MODEL
-from lapa_ros.launch_plan import DEFAULT_MODEL_SUITE, DEFAULT_SERVER_BACKEND, REPO_ROOT, SERVER_BACKENDS
+from lapa_ros.launch_plan import (
+    DEFAULT_MODEL_SUITE,
+    DEFAULT_SERVER_BACKEND,
+    EXPERT_MODEL,
+    REPO_ROOT,
+    SERVER_BACKENDS,
+)
 
 SPEECH_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "speech"
 # (typed instruction, spoken WAV, suite of the further episodes): for the shipped model (reach and
@@ -120,6 +126,11 @@ def write_demo_video(path: Path, frames: list[np.ndarray], captions: list[str], 
     return write_video(path, np.stack(out), fps=fps)
 
 
+def served_backend(model: str, server_backend: str) -> str:
+    """The backend that runs the model: the scripted expert has its own, a checkpoint the chosen one."""
+    return "scripted expert" if model == EXPERT_MODEL else server_backend
+
+
 def run(args: argparse.Namespace) -> int:
     from lapa_ros.session import EpisodeResult, LoopSession, SessionConfig, summarize_stats
 
@@ -138,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[demo] starting the policy server, lapa_sim (franky-sim) and lapa_policy on ROS_DOMAIN_ID "
               f"{session.domain_id} (logs: {out / 'logs'})")
         startup = session.start()
-        print(f"[demo] ready in {startup:.1f} s (franky-sim at {session.sim_status.get('robot_ip')})")
+        print(f"[demo] ready in {startup:.1f} s (franky-sim at {session.sim_status.get('robot_ip')}; "
+              f"policy server backend {served_backend(model, args.server_backend)})")
         for instruction, seed, source in episode_plan(args, model):
             how = ""
             if source == "spoken":
@@ -171,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     fps = max(1, round(session.config.camera_hz / session.config.record_every))
     video = write_demo_video(out / "demo.mp4", frames, captions[:len(frames)], fps)
     summary = {
-        "model": model, "model_note": model_note,
+        "model": model, "model_note": model_note, "server_backend": served_backend(model, args.server_backend),
         "episodes": [r.__dict__ for r in results],
         "success_rate": float(np.mean([r.success for r in results])) if results else 0.0,
         "loop": numbers, "startup_s": session.startup_s, "video": str(video) if video else None,

@@ -38,3 +38,13 @@ def test_flags_override_the_script():
     typed, wav, suite = demo_script(demo_args("--typed", "pick up the blue block", "--wav", "x.wav",
                                               "--suite", "default"), "models/lapa_tabletop")
     assert (typed, wav, suite) == ("pick up the blue block", Path("x.wav"), "default")
+
+
+def test_the_demo_serves_a_checkpoint_with_the_default_backend_and_names_it():
+    from lapa_ros.demo import served_backend
+    from lapa_ros.launch_plan import DEFAULT_SERVER_BACKEND
+
+    assert demo_args().server_backend == DEFAULT_SERVER_BACKEND == "onnxruntime-int8"
+    assert served_backend("models/lapa_tabletop", demo_args().server_backend) == "onnxruntime-int8"
+    assert served_backend("expert", "onnxruntime-int8") == "scripted expert"
+    assert demo_args("--server-backend", "torch").server_backend == "torch"
