@@ -106,6 +106,25 @@ def test_prefix_does_not_see_queries():
         torch.testing.assert_close(prefix_features(q), prefix_features(torch.randn_like(q)), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("decoder", ["parallel", "autoregressive"])
+def test_the_last_block_on_the_query_rows_equals_the_full_block(decoder):
+    """run_trunk computes the last block for the query rows only (the prefix rows' outputs are never
+    read): the same outputs as every row through every block, causal queries included."""
+    model = _action_model(decoder)
+    images, text = model.config.fake_inputs(3, seed=2)
+    with torch.no_grad():
+        prefix = model.embed_prefix(images, text)
+        bins = torch.randint(0, 256, (3, model.config.chunk_size, 7)) if decoder == "autoregressive" else None
+        queries = model._action_head().query_tokens(3, bins)
+        x = torch.cat([prefix, queries], dim=1)
+        for block in model.blocks:
+            x = block(x, model.attn_blocked)
+        full = model.norm(x[:, prefix.shape[1]:])  # (B, Q, D)
+        trimmed = model.run_trunk(prefix, queries)
+    assert trimmed.shape == full.shape
+    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-5)
+
+
 def test_head_replacement_keeps_the_trunk():
     model = _model()
     trunk = {k: v.clone() for k, v in model.trunk_state_dict().items()}
