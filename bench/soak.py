@@ -3,7 +3,7 @@
 One stack (policy server, lapa_sim, lapa_policy with the franky backend, as `LoopSession` starts
 them) runs episodes of the shipped model's task families for `--minutes`; between episodes the
 policy server is swapped (same port, the node reconnects by itself) so that the shipped model
-(`models/lapa_tabletop`, onnxruntime) and the scripted expert alternate. Logged:
+(`models/lapa_tabletop`, the default server backend) and the scripted expert alternate. Logged:
   - RSS of every process (lapa_sim, lapa_policy, the server instance of the moment, this process),
     from /proc every `--rss-every` seconds;
   - camera-to-command latency of each command (/lapa/step), percentiles per minute and per policy;
