@@ -37,7 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for _name, module_name in SUBSYSTEMS:
         importlib.import_module(module_name).register(sub)
+    # `lapa eval --backend`: the training layer evaluates a serving backend it may not import itself
+    parser.set_defaults(load_policy=serving_policy)
     return parser
+
+
+def serving_policy(backend: str, model_dir, threads: int | None = None):
+    """A policy server backend (policy_server/backends.py) for `model_dir`."""
+    from policy_server.backends import load_backend
+
+    return load_backend(backend, model_dir, threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,3 +143,28 @@ def test_help_texts_render(capsys):
             lapa_main(argv)
         assert exc.value.code == 0
     assert "95% intervals" in " ".join(capsys.readouterr().out.split())
+
+
+def test_eval_gets_the_serving_backends_from_the_command_line(monkeypatch, checkpoint):
+    """`lapa eval --backend` loads the backend through lapa/cli.py (the serving layer sits above eval)."""
+    from lapa.cli import build_parser, serving_policy
+
+    args = build_parser().parse_args(["eval", "--ckpt", "x", "--backend", "onnxruntime-int8"])
+    assert args.load_policy is serving_policy and args.backend == "onnxruntime-int8"
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_loader(backend, model_dir, threads):
+        seen.update(backend=backend, model_dir=model_dir, threads=threads)
+        raise Stop
+
+    args = build_parser().parse_args(["eval", "--ckpt", str(checkpoint), "--backend", "onnxruntime", "--threads", "1"])
+    args.load_policy = fake_loader
+    with pytest.raises(Stop):
+        args.func(args)
+    assert seen == {"backend": "onnxruntime", "model_dir": checkpoint, "threads": 1}
+    del args.load_policy
+    with pytest.raises(UserError, match="needs the `lapa` command line"):
+        args.func(args)

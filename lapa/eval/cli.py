@@ -59,10 +59,13 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     policy = None
     if args.backend != "torch":
+        from lapa.errors import UserError
         from lapa.policy.train import resolve_vla_checkpoint
-        from policy_server.backends import load_backend
 
-        policy = load_backend(args.backend, resolve_vla_checkpoint(args.ckpt), args.threads)
+        load_policy = getattr(args, "load_policy", None)  # set by lapa/cli.py: the serving layer is above this one
+        if load_policy is None:
+            raise UserError(f"--backend {args.backend} needs the `lapa` command line, which loads serving backends")
+        policy = load_policy(args.backend, resolve_vla_checkpoint(args.ckpt), args.threads)
     result = evaluate_checkpoint(args.ckpt, args.suite, args.episodes, held_out=args.held_out,
                                  chunk_mode=args.chunk_mode, execute_n=args.execute_n,
                                  ensemble_decay=args.ensemble_decay, seed_base=args.seed_base, videos=args.videos,
