@@ -138,6 +138,7 @@ def quantize_export(export_dir: str | os.PathLike, feeds: Sequence[dict[str, np.
         fp32 = open_session(export_dir / POLICY_ONNX, session_options(1), cpu)
         int8 = open_session(out, session_options(1), cpu)
         agree = agreement(fp32, int8, held_out, meta.score_output)
+        _unlist_int8(export_dir)  # a crash between the two writes leaves an unlisted file, never a wrong hash
         os.replace(out, export_dir / INT8_ONNX)
     section = {"graph": INT8_ONNX, "format": "QDQ (onnxruntime.quantization.quantize_static)",
                "ops": list(QUANTIZED_OPS), "weights": "int8, per output channel", "activations": "uint8, min-max",
@@ -152,6 +153,13 @@ def quantize_export(export_dir: str | os.PathLike, feeds: Sequence[dict[str, np.
         f"observations: normalised actions within {agree['score_abs_diff_mean']:.4f} on average, "
         f"gripper {agree['gripper_agreement']:.1%}")
     return section
+
+
+def _unlist_int8(export_dir: Path) -> None:
+    doc = json.loads((export_dir / METADATA_FILE).read_text())
+    if doc["files"].pop(INT8_ONNX, None) is not None:
+        doc.pop("int8", None)
+        write_metadata(export_dir, doc)
 
 
 def quantize_from_rollouts(export_dir: str | os.PathLike, suite: str = "default", episodes: int = 2,

@@ -162,3 +162,13 @@ def test_evaluation_through_onnxruntime_matches_torch_episode_for_episode(export
     for a, b in zip(torch_run["episodes"], ort_run["episodes"], strict=True):
         assert (a["seed"], a["success"], a["steps"]) == (b["seed"], b["success"], b["steps"])
         assert a["target_xy_m"] == pytest.approx(b["target_xy_m"], abs=1e-3)
+
+
+def test_requantising_replaces_the_graph_and_its_listed_hash(export_root, tmp_path):
+    export_dir = _copy(export_root, tmp_path)
+    quantize_export(export_dir, _random_feeds(export_dir, 12, seed=0), {"source": "first"}, log=lambda _m: None)
+    first = read_metadata(export_dir).files[INT8_ONNX]
+    section = quantize_export(export_dir, _random_feeds(export_dir, 12, seed=1), {"source": "second"},
+                              log=lambda _m: None)
+    meta = read_metadata(export_dir)  # hashes verified
+    assert section["calibration"]["source"] == "second" and meta.files[INT8_ONNX] != first
