@@ -28,11 +28,30 @@ EXPERT_MODEL = "expert"  # model:=expert serves the scripted expert (simulation 
 # README.md: temporal ensembling, decay 0.5, lifts push from 76% to 82% and held-out paraphrases on
 # both families). Other models keep the node's own default (first_n, one action per model call).
 DEFAULT_MODEL_EXECUTION: dict[str, object] = {"chunk_mode": "ensemble", "ensemble_decay": 0.5}
-# The started server's backend: the fastest that keeps closed-loop success (BENCHMARKS.md: the
-# static int8 graph, experiments/int8/README.md). A checkpoint is exported to ONNX once on first
-# start and cached (export/cache.py), its int8 graph built beside it (export/quantize.py).
-DEFAULT_SERVER_BACKEND = "onnxruntime-int8"
 SERVER_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt")
+
+
+def default_server_backend() -> str:
+    """The started server's backend: the fastest that keeps closed-loop success here.
+
+    On a CPU the static int8 graph (BENCHMARKS.md, experiments/int8/README.md): a checkpoint is
+    exported to ONNX once on first start and cached (export/cache.py), and its int8 graph is built
+    beside it from calibration rollouts in the simulator (export/quantize.py). fp32 ONNX Runtime
+    instead where onnxruntime-gpu is installed (the int8 graph is a CPU graph) or where the simulator
+    that calibrates it is not (a robot PC); `server_backend:=` chooses explicitly.
+    """
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        importlib.metadata.distribution("onnxruntime-gpu")
+        return "onnxruntime"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return "onnxruntime-int8" if importlib.util.find_spec("mujoco") is not None else "onnxruntime"
+
+
+DEFAULT_SERVER_BACKEND = default_server_backend()
 
 
 WRIST_IMAGE_TOPIC = "/wrist_camera/image_raw"

@@ -326,3 +326,26 @@ def test_sim_camera_publishes_its_exact_camera_info_and_the_hand_camera(tmp_path
     finally:
         node.stop()
         probe.close()
+
+
+def test_the_default_backend_is_int8_on_a_cpu_with_the_simulator_else_fp32(monkeypatch):
+    import importlib.metadata
+    import importlib.util
+
+    from lapa_ros.launch_plan import default_server_backend
+
+    real_distribution, real_find_spec = importlib.metadata.distribution, importlib.util.find_spec
+
+    def no_gpu_build(name):
+        if name == "onnxruntime-gpu":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_distribution(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", no_gpu_build)
+    assert default_server_backend() == "onnxruntime-int8"  # this machine: CPU onnxruntime, mujoco installed
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mujoco" else real_find_spec(name))
+    assert default_server_backend() == "onnxruntime"  # a robot PC without the simulator
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: object())  # onnxruntime-gpu installed
+    assert default_server_backend() == "onnxruntime"
