@@ -1,8 +1,8 @@
 """Client of the lapa policy server: sync and async, WebSocket and HTTP.
 
 Light on purpose (the ROS node uses it): numpy + msgpack + `websockets` (a blocking connection on
-its sans-I/O protocol, policy_server/websocket_connection.py), and httpx only for HTTP, imported
-when an http:// URL is used. Never torch (a test holds it to that).
+its sans-I/O protocol, policy_server/websocket_connection.py), and the standard library's
+http.client for HTTP (kept-alive; the async client uses httpx). Never torch (a test holds it to that).
 
     with PolicyClient("ws://127.0.0.1:8000") as client:      # or "http://127.0.0.1:8000"
         print(client.metadata["chunk_size"], client.metadata["control_hz"])
@@ -22,7 +22,10 @@ After the last retry, PolicyUnavailableError.
 
 from __future__ import annotations
 
+import http.client
 import json
+import select
+import socket
 import time
 from typing import Any
 
@@ -51,7 +54,7 @@ class PolicyClient(ClientBase):
     def __init__(self, url: str = "ws://127.0.0.1:8000", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self._ws: SyncWebSocket | None = None
-        self._http: Any = None  # httpx.Client, imported only for HTTP
+        self._http: http.client.HTTPConnection | None = None
 
     def __enter__(self) -> PolicyClient:
         self.connect()
@@ -169,22 +172,38 @@ class PolicyClient(ClientBase):
 
     def _http_call(self, method: str, path: str, body: bytes | None, content_type: str | None,
                    timeout: float) -> tuple[int, bytes]:
-        """(status, body) of one HTTP call on a kept-alive httpx connection; the body at most
-        max_message_bytes long (a longer one is a ConnectionError, retried like a lost connection)."""
-        import httpx
+        """(status, body) of one HTTP/1.1 call on a kept-alive connection; the body at most
+        max_message_bytes long (a longer one is a ConnectionError, retried like a lost connection).
 
-        if self._http is None:
-            self._http = httpx.Client(base_url=self.http_base, trust_env=False)  # no proxies: a direct link
+        The standard library's http.client, not httpx: it parses the same protocol (no HTTP code of
+        our own) for about 0.4 ms less per call, which is most of the serving overhead budget."""
+        conn = self._http_connection()
+        conn.sock.settimeout(timeout)
         headers = {"Accept": MSGPACK if path == "/v1/act" else "application/json", **self._headers()}
         if content_type:
             headers["Content-Type"] = content_type
         limit = self.limits.max_message_bytes
-        timeouts = httpx.Timeout(timeout, connect=self.connect_timeout_s)
-        with self._http.stream(method, path, content=body, headers=headers, timeout=timeouts) as response:
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise ConnectionError(f"response over {limit} bytes")
-                chunks.append(chunk)
-            return response.status_code, b"".join(chunks)
+        try:
+            conn.request(method, path, body=body, headers=headers)  # headers and a bytes body: one send
+            response = conn.getresponse()
+            data = response.read(limit + 1)
+        except http.client.HTTPException as err:  # a malformed or cut reply: the connection is unusable
+            raise ConnectionError(f"HTTP: {type(err).__name__}: {err}") from err
+        if len(data) > limit:
+            raise ConnectionError(f"response over {limit} bytes")
+        return response.status, data
+
+    def _http_connection(self) -> http.client.HTTPConnection:
+        """The kept-alive connection, opened anew when there is none or the server closed it
+        (uvicorn drops idle keep-alive connections after 5 s: a readable idle socket is a closed one)."""
+        conn = self._http
+        if conn is not None and conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+            conn.close()
+        if conn is None:
+            cls = http.client.HTTPSConnection if self.secure else http.client.HTTPConnection
+            conn = self._http = cls(self.host, self.port, timeout=self.connect_timeout_s)
+        if conn.sock is None:
+            conn.timeout = self.connect_timeout_s
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from policy_fakes import REPO_ROOT, ServerProcess, actions_for, free_port, read_metric
 
+from policy_server import codec
 from policy_server.client import AsyncPolicyClient, PolicyClient, PolicyServerError, PolicyUnavailableError
 
 pytestmark = pytest.mark.timeout(90)
@@ -170,3 +172,59 @@ def test_client_imports_no_torch():
             "if m in sys.modules); print(heavy); assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class _DroppingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers like lapa-server; with `drop` it closes the connection after each reply without saying
+    so, as uvicorn does to a keep-alive connection left idle; `reply_bytes` pads the reply."""
+
+    protocol_version = "HTTP/1.1"
+    drop = True
+    reply_bytes = 0
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = self.drop
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self._send(b'{"chunk_size": 4, "action_dim": 7}', "application/json")
+
+    def do_POST(self) -> None:  # noqa: N802
+        msg = codec.unpackb(self.rfile.read(int(self.headers["Content-Length"])))
+        reply = {"request_id": msg["request_id"], "actions": np.zeros((4, 7), np.float32), "model_ms": 0.1,
+                 "pad": b"x" * self.reply_bytes}
+        self._send(codec.packb(reply), "application/msgpack")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def dropping_server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DroppingHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    _DroppingHandler.drop, _DroppingHandler.reply_bytes = True, 0
+
+
+def test_http_client_reopens_a_connection_the_server_closed_without_a_retry(dropping_server):
+    with PolicyClient(f"http://127.0.0.1:{dropping_server.server_port}", retries=0) as client:
+        for i in range(3):
+            time.sleep(0.1)  # idle: the server closes its end meanwhile
+            reply = client.act(image(i, 32, 32), "reach the red block")
+            assert reply.attempts == 1 and reply.actions.shape == (4, 7)
+
+
+def test_http_client_refuses_a_reply_over_its_size_limit(dropping_server):
+    _DroppingHandler.drop, _DroppingHandler.reply_bytes = False, 4096
+    with PolicyClient(f"http://127.0.0.1:{dropping_server.server_port}", retries=1, backoff_s=0.01,
+                      max_message_bytes=2048) as client:
+        with pytest.raises(PolicyUnavailableError, match="over 2048 bytes"):
+            client.act(image(0, 8, 8), "reach the red block")
