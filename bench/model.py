@@ -1,7 +1,10 @@
 """`lapa bench model`: torch eager vs ONNX Runtime on one VLA, parallel vs autoregressive decoding, FLOPs.
 
-Batch 1, `--threads` (2) intra-op threads, warm-up, then `--runs` timed calls per engine interleaved
-round-robin (so a noisy neighbour hits every engine alike); median and p99 of each. Both engines
+Batch 1, `--threads` intra-op threads (default: the policy server's as `ros2 launch` starts it,
+`server_threads`), warm-up, then `--runs` timed calls per engine interleaved round-robin (so a noisy
+neighbour hits every engine alike); median and p99 of each. Then each engine again as the control loop
+calls it, once every 100 ms (`at_10hz`): caches and idle cores make a spaced call slower than a
+back-to-back one. Both engines
 get the same random uint8 image and unit text embedding: the per-step cost a policy server pays
 (the instruction is encoded once and cached, so the text encoder is timed separately, per new
 instruction).
@@ -11,7 +14,7 @@ instruction).
 - ort_int8: the static int8 copy (export/quantize.py, calibrated on closed-loop rollouts of the fp32
   policy), same settings; `ort_int8_over_eager` beside `ort_over_eager`;
 - ort_variants: the knobs tried to get ORT faster (exporter dynamo vs legacy, graph optimisation
-  level, intra-op spinning);
+  level, intra-op spinning always or only during a call, one thread);
 - decoders: time per action of a parallel model vs an autoregressive model of the same size
   (K*7 passes per chunk), torch eager (for an l1 model the autoregressive one has the bins head:
   regression has no token-by-token mode);
@@ -36,9 +39,13 @@ from typing import Any
 import numpy as np
 
 from bench.figures import save_figure
+from lapa_ros.launch_plan import LAUNCH_ARGUMENTS
 
 DEFAULT_PRESET = "tiny"  # of the random model built without --ckpt
 TARGET_ORT_OVER_EAGER = 0.4  # issue 13: ONNX Runtime at most 0.4x torch eager on the shipped model
+SERVED_THREADS = int(LAUNCH_ARGUMENTS["server_threads"][0])  # the launched server's intra-op threads
+CONTROL_PERIOD_S = 0.1  # 10 Hz
+SPACED_CALLS = 40
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -48,9 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", type=Path, default=None,
                    help="finetuned VLA checkpoint (default: a randomly initialised tiny action model)")
     p.add_argument("--preset", default=DEFAULT_PRESET, help="VLAConfig preset without --ckpt (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
+    p.add_argument("--threads", type=int, default=SERVED_THREADS,
+                   help="intra-op threads for torch and ONNX Runtime (default: the launched server's, %(default)s)")
     p.add_argument("--runs", type=int, default=300, help="timed calls per engine")
     p.add_argument("--warmup", type=int, default=30, help="untimed calls per engine first")
+    p.add_argument("--spaced-calls", type=int, default=SPACED_CALLS,
+                   help="calls per engine one control period apart (at_10hz)")
     p.add_argument("--decoder-runs", type=int, default=20, help="timed chunks per decoder, at most")
     p.add_argument("--decoder-seconds", type=float, default=30.0,
                    help="time budget per decoder (at least 2 chunks): the autoregressive one is slow")
@@ -95,6 +105,18 @@ def _interleaved(fns: dict[str, Any], runs: int, warmup: int, block: int = 25) -
     return times
 
 
+def _spaced(fns: dict[str, Any], calls: int = SPACED_CALLS, period_s: float = CONTROL_PERIOD_S) -> dict[str, Any]:
+    """Each engine called once per control period, as the loop calls the server (engines in turn)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(calls):
+        for name, fn in fns.items():
+            time.sleep(period_s)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: _stats(v) for name, v in times.items()}
+
+
 def _matmul_peak_gflops(torch: Any, n: int = 1024, repeats: int = 30) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(2):
@@ -128,15 +150,19 @@ def _ort_variants(args: argparse.Namespace, model: Any, export_dir: Path, work: 
     export_policy_graph(model, other_path, exporter=other)
     graph_check.check_graph(other_path)
     cpu = ["CPUExecutionProvider"]
+    spin_during_run = session_options(args.threads, spinning=True)
+    spin_during_run.add_session_config_entry("session.force_spinning_stop", "1")  # threads rest between calls
     sessions = {
         "default": open_session(export_dir / POLICY_ONNX, session_options(args.threads), cpu),
         "spinning_on": open_session(export_dir / POLICY_ONNX, session_options(args.threads, spinning=True), cpu),
+        "spinning_during_run": open_session(export_dir / POLICY_ONNX, spin_during_run, cpu),
         "optimization_basic": open_session(export_dir / POLICY_ONNX,
                                            session_options(args.threads, optimization="basic"), cpu),
         "optimization_disabled": open_session(export_dir / POLICY_ONNX,
                                               session_options(args.threads, optimization="disable"), cpu),
         f"exporter_{other}": open_session(other_path, session_options(args.threads), cpu),
         "threads_1": open_session(export_dir / POLICY_ONNX, session_options(1), cpu),
+        "threads_2": open_session(export_dir / POLICY_ONNX, session_options(2), cpu),
     }
     names = ["actions", "bins"]
     fns = {k: (lambda s=s: s.run(names, feeds)) for k, s in sessions.items()}
@@ -260,6 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         times = _interleaved(engines, args.runs, args.warmup)
         load_after = os.getloadavg()
         latency = {k: _stats(v) for k, v in times.items()}
+        at_10hz = _spaced(engines, max(args.spaced_calls, 1))
         eager_ms, ort_ms = latency["eager"]["median_ms"], latency["ort"]["median_ms"]
 
         torch.set_num_threads(1)
@@ -287,9 +314,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         notes.append(f"the machine was busy (1-min load average {load_before[0]:.1f} -> {load_after[0]:.1f} on "
                      f"{os.cpu_count()} CPUs): medians include waiting for a core; torch's OpenMP threads suffer "
                      "most (compare eager_1_thread and the min_ms values)")
-    if ratio > TARGET_ORT_OVER_EAGER:
-        notes.append(f"ORT fp32/eager {ratio:.2f} misses the {TARGET_ORT_OVER_EAGER} target; see ort_variants for "
-                     "the settings tried")
+    served = "ort_int8" if int8_info is not None else "ort"  # the graph a CPU server runs
+    served_ratio = latency[served]["median_ms"] / eager_ms
+    if served_ratio > TARGET_ORT_OVER_EAGER:
+        notes.append(f"ORT ({served})/eager {served_ratio:.2f} misses the {TARGET_ORT_OVER_EAGER} target; see "
+                     "ort_variants for the settings tried")
     int8 = None
     if int8_info is not None:
         int8_ms = latency["ort_int8"]["median_ms"]
@@ -309,10 +338,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ort_over_eager": round(ratio, 4),
         "ort_over_eager_best_case": round(latency["ort"]["min_ms"] / latency["eager"]["min_ms"], 4),
         "target_ort_over_eager": TARGET_ORT_OVER_EAGER,
-        "meets_target": ratio <= TARGET_ORT_OVER_EAGER,
+        "served_graph": served,
+        "served_over_eager": round(served_ratio, 4),
+        "served_over_eager_at_10hz": round(at_10hz[served]["median_ms"] / at_10hz["eager"]["median_ms"], 4),
+        "meets_target": served_ratio <= TARGET_ORT_OVER_EAGER,
         **({"ort_int8_over_eager": int8["ort_int8_over_eager"]} if int8 else {}),
         "int8": int8,
         "latency": latency,
+        "at_10hz": at_10hz,
         "eager_1_thread": _stats(eager_1),
         "ort_session": {"providers": policy.session.get_providers(), "intra_op_spinning": False,
                         "graph_optimization": "all", "intra_op_num_threads": args.threads},

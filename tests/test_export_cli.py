@@ -68,7 +68,7 @@ def test_tensorrt_modules_import_without_tensorrt_or_torch():
 def test_bench_model(tmp_path, capsys):
     out = tmp_path / "bench" / "model.json"
     rc = main(["bench", "model", "--json", str(out), "--runs", "5", "--warmup", "1", "--decoder-runs", "1",
-               "--threads", "1", "--exporter", "legacy", "--tiny-text-encoder", "--no-variants"])
+               "--spaced-calls", "2", "--threads", "1", "--exporter", "legacy", "--tiny-text-encoder", "--no-variants"])
     assert rc == 0
     capsys.readouterr()
     result = json.loads(out.read_text())
@@ -77,7 +77,10 @@ def test_bench_model(tmp_path, capsys):
     assert result["ort_over_eager"] == pytest.approx(result["ort_ms"] / result["eager_ms"], rel=1e-3)
     assert result["flops"]["forward_flops"] > 0 and result["flops"]["matmul_peak_gflop_per_s"] > 0
     assert 0 < result["flops"]["ort"]["percent_of_matmul_peak"]
-    assert result["target_ort_over_eager"] == 0.4 and result["meets_target"] == (result["ort_over_eager"] <= 0.4)
+    assert result["served_graph"] == "ort_int8" and result["target_ort_over_eager"] == 0.4
+    assert result["served_over_eager"] == pytest.approx(result["ort_int8_over_eager"], rel=1e-3)
+    assert result["meets_target"] == (result["served_over_eager"] <= 0.4)
+    assert set(result["at_10hz"]) == {"eager", "ort", "ort_int8"} and result["at_10hz"]["ort"]["runs"] == 2
     int8 = result["int8"]  # the static int8 graph, timed beside fp32
     ratio = int8["ort_int8_ms"] / result["eager_ms"]
     assert int8["ort_int8_over_eager"] == result["ort_int8_over_eager"] == pytest.approx(ratio, rel=1e-3)
