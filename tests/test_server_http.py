@@ -239,3 +239,25 @@ def test_json_body_error_replies_are_json_too(http):
     r = http.post("/v1/act", content=json.dumps({"instruction": "x"}), headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json() == {"error": "request has no 'image'", "status": 422,
                                                  "request_id": r.json()["request_id"]}
+
+
+def test_hot_routes_send_only_the_listed_method_and_path_past_the_framework():
+    from starlette.responses import PlainTextResponse
+    from starlette.testclient import TestClient
+
+    from policy_server.app import HotRoutes
+
+    async def framework(scope, receive, send):
+        await PlainTextResponse(f"framework {scope['method']} {scope['path']}")(scope, receive, send)
+
+    async def endpoint(request):
+        return PlainTextResponse(f"hot {len(await request.body())} bytes")
+
+    client = TestClient(HotRoutes(framework, {("POST", "/v1/act"): endpoint}))  # no lifespan: HTTP only
+    assert client.post("/v1/act", content=b"abc").text == "hot 3 bytes"
+    assert client.get("/v1/act").text == "framework GET /v1/act"
+    assert client.post("/v1/reset").text == "framework POST /v1/reset"
+
+
+def test_act_refuses_other_methods(http):
+    assert http.get("/v1/act").status_code == 405
