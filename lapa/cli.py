@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from lapa.errors import UserError
@@ -49,9 +50,20 @@ def serving_policy(backend: str, model_dir, threads: int | None = None):
     return load_backend(backend, model_dir, threads)
 
 
+def _interrupt_on_sigterm() -> None:
+    """`kill PID` ends a command as Ctrl-C does, so its `with` blocks and finally clauses stop what it
+    started (a bench's ROS stack and policy server) instead of leaving those processes orphaned."""
+    def interrupt(_signum, _frame) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # the command line, not a caller in this process
+        _interrupt_on_sigterm()
     try:
         result = args.func(args)
     except UserError as err:

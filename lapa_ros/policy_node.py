@@ -85,7 +85,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "chunk_mode": ("first_n", "how a chunk is executed: first_n | ensemble (temporal ensembling)"),
     "chunk_n": (1, "first_n: actions executed from each chunk before asking again (1 = every tick)"),
     "ensemble_decay": (DEFAULT_ENSEMBLE_DECAY, "ensemble: weight exp(-decay * ticks since the prediction)"),
-    "image_sync_s": (0.01, "a tick waits for a camera frame received at most this long before it"),
+    # 0: the first frame after the tick. With the camera a multiple of the control rate their phase
+    # is fixed for a whole run, and a frame taken from before the tick waited for it (up to this long).
+    "image_sync_s": (0.0, "a tick waits for a camera frame received at most this long before it"),
     "max_image_wait_s": (0.05, "... but no longer than this after the tick (then takes the newest)"),
     "control_rt_priority": (0, "1..99: run the control thread SCHED_FIFO at this priority (needs CAP_SYS_NICE; "
                                "0 = normal scheduling)"),
