@@ -108,7 +108,7 @@ class Result:
 class InferenceWorker:
     def __init__(self, url: str, frames: FrameBuffer, on_result: Callable[[Result], None],
                  on_error: Callable[[str, bool], None], *, api_key: str | None = None,
-                 timeout_s: float = 0.5, connect_timeout_s: float = 1.0, image_sync_s: float = 0.02,
+                 timeout_s: float = 0.5, connect_timeout_s: float = 1.0, image_sync_s: float = 0.0,
                  max_image_wait_s: float = 0.05, probe_period_s: float = 0.02,
                  reconnect_backoff_s: tuple[float, float] = (0.1, 1.0),
                  wrist_frames: FrameBuffer | None = None) -> None:
