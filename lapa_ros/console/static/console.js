@@ -8,6 +8,7 @@ const params = new URLSearchParams(location.search);
 let apiKey = params.get("api_key") || sessionStorage.getItem("lapa_api_key") || "";
 if (params.get("api_key")) sessionStorage.setItem("lapa_api_key", apiKey);
 let steps = [], lastState = null, urls = {};
+let recordingAsked = null;  // the recording state asked for by a POST still in flight
 
 function log(text, cls) {
   const line = document.createElement("div");
@@ -42,7 +43,8 @@ function showState(s) {
   $("policy-size").textContent = s.policy_image_size ? `${s.policy_image_size[1]}×${s.policy_image_size[0]}` : "";
   $("camera-size").textContent = s.camera_size ? `${s.camera_size[1]}×${s.camera_size[0]}` : "";
   const rec = s.recording;
-  $("record").checked = rec.recording;
+  // While the operator's toggle is on its way, a state sent before it must not undo the click.
+  if (recordingAsked === null) $("record").checked = rec.recording;
   const written = rec.written.length ? `; ${rec.written.length} written, last ${rec.written[rec.written.length - 1].path}` : "";
   $("record-status").textContent = (rec.recording ? `recording: ${rec.frames} steps` : "not recording") + written +
     (rec.errors.length ? `; error: ${rec.errors[rec.errors.length - 1]}` : "");
@@ -140,8 +142,17 @@ document.addEventListener("keydown", ev => {
 }, true);
 document.addEventListener("keyup", ev => { if (ev.code === "Space" && !typing(ev)) ev.preventDefault(); }, true);
 $("record").onchange = async ev => {
-  try { showRecording(await api("POST", "/api/recording", {on: ev.target.checked})); }
-  catch (e) { log(`recording: ${e.message}`, "rejected"); }
+  recordingAsked = ev.target.checked;
+  try {
+    const r = await api("POST", "/api/recording", {on: recordingAsked});
+    $("record").checked = r.recording;
+    showRecording(r);
+  } catch (e) {
+    log(`recording: ${e.message}`, "rejected");
+    $("record").checked = lastState ? lastState.recording.recording : false;
+  } finally {
+    recordingAsked = null;
+  }
 };
 function showRecording(r) { log(r.recording ? "recording on" : "recording off"); }
 
