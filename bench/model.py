@@ -161,9 +161,9 @@ def _ort_variants(args: argparse.Namespace, model: Any, export_dir: Path, work: 
         "optimization_disabled": open_session(export_dir / POLICY_ONNX,
                                               session_options(args.threads, optimization="disable"), cpu),
         f"exporter_{other}": open_session(other_path, session_options(args.threads), cpu),
-        "threads_1": open_session(export_dir / POLICY_ONNX, session_options(1), cpu),
-        "threads_2": open_session(export_dir / POLICY_ONNX, session_options(2), cpu),
     }
+    other_threads = 2 if args.threads == 1 else 1  # "default" already runs args.threads
+    sessions[f"threads_{other_threads}"] = open_session(export_dir / POLICY_ONNX, session_options(other_threads), cpu)
     names = ["actions", "bins"]
     fns = {k: (lambda s=s: s.run(names, feeds)) for k, s in sessions.items()}
     times = _interleaved(fns, max(args.runs // 2, 5), max(args.warmup // 2, 1))

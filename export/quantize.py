@@ -138,28 +138,30 @@ def quantize_export(export_dir: str | os.PathLike, feeds: Sequence[dict[str, np.
         fp32 = open_session(export_dir / POLICY_ONNX, session_options(1), cpu)
         int8 = open_session(out, session_options(1), cpu)
         agree = agreement(fp32, int8, held_out, meta.score_output)
-        _unlist_int8(export_dir)  # a crash between the two writes leaves an unlisted file, never a wrong hash
+        _list_int8(export_dir, None)  # a crash between the two writes leaves an unlisted file, never a wrong hash
         os.replace(out, export_dir / INT8_ONNX)
     section = {"graph": INT8_ONNX, "format": "QDQ (onnxruntime.quantization.quantize_static)",
                "ops": list(QUANTIZED_OPS), "weights": "int8, per output channel", "activations": "uint8, min-max",
                "float32_nodes": excluded,
                "calibration": {**calibration, "used": len(calib), "held_out": len(held_out)},
                "agreement_with_fp32": agree, "seconds": round(time.perf_counter() - start, 1)}
-    doc = json.loads((export_dir / METADATA_FILE).read_text())
-    doc["files"][INT8_ONNX] = file_sha256(export_dir / INT8_ONNX)
-    doc["int8"] = section
-    write_metadata(export_dir, doc)
+    _list_int8(export_dir, section)
     log(f"[export] {export_dir / INT8_ONNX}: int8 graph, agreement with fp32 on {agree['samples']} held-out "
         f"observations: normalised actions within {agree['score_abs_diff_mean']:.4f} on average, "
         f"gripper {agree['gripper_agreement']:.1%}")
     return section
 
 
-def _unlist_int8(export_dir: Path) -> None:
+def _list_int8(export_dir: Path, section: dict[str, Any] | None) -> None:
+    """List the int8 graph in metadata.json with its hash and `section`, or (None) unlist it."""
     doc = json.loads((export_dir / METADATA_FILE).read_text())
-    if doc["files"].pop(INT8_ONNX, None) is not None:
+    if section is None:
+        doc["files"].pop(INT8_ONNX, None)
         doc.pop("int8", None)
-        write_metadata(export_dir, doc)
+    else:
+        doc["files"][INT8_ONNX] = file_sha256(export_dir / INT8_ONNX)
+        doc["int8"] = section
+    write_metadata(export_dir, doc)
 
 
 def quantize_from_rollouts(export_dir: str | os.PathLike, suite: str = "default", episodes: int = 2,

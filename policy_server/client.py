@@ -203,7 +203,6 @@ class PolicyClient(ClientBase):
             cls = http.client.HTTPSConnection if self.secure else http.client.HTTPConnection
             conn = self._http = cls(self.host, self.port, timeout=self.connect_timeout_s)
         if conn.sock is None:
-            conn.timeout = self.connect_timeout_s
-            conn.connect()
+            conn.connect()  # under connect_timeout_s; each call then sets its own
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
