@@ -40,6 +40,9 @@ from lapa_ros.safety import FAULT, HOLD, SafetyFilter
 STOP_WORDS = frozenset({"stop", "stop the robot", "cancel", "halt"})
 STATS_WINDOW = 2000
 STATUS_WINDOW = 200  # recent samples behind the rates and percentiles of `status()`
+# timing samples kept for `write_stats` (lapa_ros/session.py's summarize_stats reads them)
+STAT_NAMES = ("tick_mono_s", "latency_ms", "model_ms", "round_trip_ms", "server_ms", "queue_ms", "camera_ms",
+              "frame_wait_ms", "command_mono_s", "node_to_command_ms", "reply_to_command_ms", "robot_call_ms")
 GRIPPER_OPEN_ABOVE_M = 0.04  # a measured width above this counts as an open gripper
 
 
@@ -136,11 +139,7 @@ class ControlCore:
         self.robot_state: RobotState | None = None
         self.history: StateHistory | None = None  # a model with a state history (set_state_history)
         self._history_source: dict | None = None  # the server metadata the history was set from
-        self.stats = {
-            "tick_mono_s": deque(maxlen=STATS_WINDOW), "latency_ms": deque(maxlen=STATS_WINDOW),
-            "model_ms": deque(maxlen=STATS_WINDOW), "round_trip_ms": deque(maxlen=STATS_WINDOW),
-            "camera_ms": deque(maxlen=STATS_WINDOW), "frame_wait_ms": deque(maxlen=STATS_WINDOW),
-            "command_mono_s": deque(maxlen=STATS_WINDOW), "node_to_command_ms": deque(maxlen=STATS_WINDOW)}
+        self.stats = {name: deque(maxlen=STATS_WINDOW) for name in STAT_NAMES}
         self.counts = {"commands": 0, "holds": 0, "faults": 0, "clamped": 0, "images": 0, "replies": 0}
 
     @property
@@ -272,6 +271,8 @@ class ControlCore:
         self.counts["replies"] += 1
         self.stats["model_ms"].append(result.reply.model_ms)
         self.stats["round_trip_ms"].append(result.reply.round_trip_ms)
+        self.stats["server_ms"].append(result.reply.server_ms)  # request parsed -> reply encoded, in the server
+        self.stats["queue_ms"].append(result.reply.queue_ms)  # waiting for the server's model thread
         frame = result.frame
         self.stats["camera_ms"].append(1e3 * (frame.receipt_wall_s - frame.capture_time_s))  # render + transport
         self.stats["frame_wait_ms"].append(1e3 * (result.sent_mono_s - frame.receipt_mono_s))  # received -> sent
@@ -287,16 +288,18 @@ class ControlCore:
                 return  # this tick already has its command: the chunk serves the next ticks
             ta = self.chunks.action_for(self._tick)
             if ta is not None:
-                self._execute(ta, self.clock.monotonic(), result.frame.capture_time_s, result.frame.receipt_mono_s)
+                self._execute(ta, self.clock.monotonic(), result.frame.capture_time_s, result.frame.receipt_mono_s,
+                              result.done_mono_s)
 
     def on_server_error(self, message: str, fatal: bool) -> None:
         if fatal:
             self.fault(message)
 
     def _execute(self, ta: TickAction, now: float, capture_time_s: float | None = None,
-                 receipt_mono_s: float | None = None) -> None:
-        """Under _lock: safety filter, then the robot. Marks the tick done. `capture_time_s` (wall) and
-        `receipt_mono_s` belong to the image of the chunk just received, when it is one."""
+                 receipt_mono_s: float | None = None, reply_mono_s: float | None = None) -> None:
+        """Under _lock: safety filter, then the robot. Marks the tick done. `capture_time_s` (wall),
+        `receipt_mono_s` and `reply_mono_s` (its reply in hand) belong to the chunk just received,
+        when it is one."""
         self._tick_done = True
         verdict = self.safety.filter(ta.action, self.robot_state, now, self._newest_image_time(), ta.obs_time_s,
                                      self.worker.server_time_s)
@@ -306,11 +309,13 @@ class ControlCore:
         if verdict.kind == HOLD:
             self._hold(self._explain(verdict.reason))
             return
+        robot_call_s = self.clock.monotonic()
         try:
             self.backend.apply(verdict.action)
         except BackendError as e:
             self.fault(f"robot error: {e}")
             return
+        commanded = self.clock.monotonic()
         self._moving = True
         self.counts["commands"] += 1
         self.counts["clamped"] += bool(verdict.clamped)
@@ -322,7 +327,10 @@ class ControlCore:
             latency_ms = 1e3 * (self.clock.wall() - capture_time_s)
             self.stats["latency_ms"].append(latency_ms)
         if receipt_mono_s is not None:  # the stack's own part: the frame's arrival here -> the command sent
-            self.stats["node_to_command_ms"].append(1e3 * (self.clock.monotonic() - receipt_mono_s))
+            self.stats["node_to_command_ms"].append(1e3 * (commanded - receipt_mono_s))
+            self.stats["robot_call_ms"].append(1e3 * (commanded - robot_call_s))
+        if reply_mono_s is not None:  # the reply in hand -> the command sent (chunk, safety filter, robot call)
+            self.stats["reply_to_command_ms"].append(1e3 * (commanded - reply_mono_s))
         self.on_command(verdict.action, latency_ms)
 
     # ------------------------------------------------------------------ stopping

@@ -305,6 +305,13 @@ class LoopSession:
         self.close()
 
 
+def _paired_p50(stats: dict, whole: str, part: str) -> float | None:
+    """p50 of whole - part over the replies that have both (a reply's own difference, not of p50s)."""
+    a, b = np.asarray(stats.get(whole, [])), np.asarray(stats.get(part, []))
+    n = min(len(a), len(b))
+    return round(float(np.percentile(a[-n:] - b[-n:], 50)), 3) if n else None
+
+
 def summarize_stats(stats: dict, control_hz: float) -> dict:
     """Control-rate and latency numbers from lapa_policy's samples."""
     ticks = np.diff(np.asarray(stats.get("tick_mono_s", []))) * 1e3
@@ -335,6 +342,14 @@ def summarize_stats(stats: dict, control_hz: float) -> dict:
         "camera_to_node_p50_ms": pct(np.asarray(stats.get("camera_ms", [])), 50),
         "frame_wait_p50_ms": pct(np.asarray(stats.get("frame_wait_ms", [])), 50),
         "round_trip_p50_ms": pct(np.asarray(stats.get("round_trip_ms", [])), 50),
+        # the round trip's parts: the server's own time beside the model (parse, hand-off, reply) and
+        # the client and transport (round trip - server time)
+        "server_p50_ms": pct(np.asarray(stats.get("server_ms", [])), 50),
+        "server_overhead_p50_ms": _paired_p50(stats, "server_ms", "model_ms"),
+        "transport_p50_ms": _paired_p50(stats, "round_trip_ms", "server_ms"),
+        # reply in hand -> command sent (chunk, safety filter, robot call), and the robot call alone
+        "reply_to_command_p50_ms": pct(np.asarray(stats.get("reply_to_command_ms", [])), 50),
+        "robot_call_p50_ms": pct(np.asarray(stats.get("robot_call_ms", [])), 50),
         "latency_samples": int(len(lat)),
         # the stack's own part: the frame's arrival at lapa_policy -> the command handed to franky
         # (frame wait for the tick, request, server, model, reply, safety filter, franky call)

@@ -335,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "an intent directory (latent/ + laq/, lapa/policy/intent.py); needs torch")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for the model")
     p.add_argument("--warmup", type=int, default=3, help="inferences before reporting ready")
+    p.add_argument("--inline-model-ms", type=float, default=ServiceConfig.inline_model_max_ms,
+                   help="run the model on the event loop when its warm-up calls take at most this many ms "
+                        "(median; no thread hand-off per request); 0: always on its own thread")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body or WebSocket frame")
     p.add_argument("--max-image-side", type=int, default=4096)
     p.add_argument("--min-image-side", type=int, default=32,
@@ -356,6 +359,9 @@ def _load_intent(directory: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.inline_model_ms < 0:
+        print("lapa-server: error: --inline-model-ms must be >= 0 (0: never on the event loop)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_key = resolve_api_key(args.api_key)
     try:
@@ -378,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         limits=InputLimits(max_image_side=args.max_image_side, min_image_side=args.min_image_side,
                            max_instruction_chars=args.max_instruction_chars,
                            resize=not args.no_resize),
-        warmup_steps=args.warmup, replay_ttl_s=args.replay_ttl, max_body_bytes=max_body)
+        warmup_steps=args.warmup, inline_model_max_ms=args.inline_model_ms, replay_ttl_s=args.replay_ttl, max_body_bytes=max_body)
     factory: Callable[[], Policy] = functools.partial(load_backend, args.backend, args.model, args.threads)
     intent_factory = None
     if args.intent:
