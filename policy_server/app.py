@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         limits=InputLimits(max_image_side=args.max_image_side, min_image_side=args.min_image_side,
                            max_instruction_chars=args.max_instruction_chars,
                            resize=not args.no_resize),
-        warmup_steps=args.warmup, inline_model_max_ms=args.inline_model_ms, replay_ttl_s=args.replay_ttl, max_body_bytes=max_body)
+        warmup_steps=args.warmup, inline_model_max_ms=args.inline_model_ms, replay_ttl_s=args.replay_ttl,
+        max_body_bytes=max_body)
     factory: Callable[[], Policy] = functools.partial(load_backend, args.backend, args.model, args.threads)
     intent_factory = None
     if args.intent:
