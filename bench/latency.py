@@ -398,7 +398,8 @@ def _quantize(export_dir: Path, threads: int) -> tuple[Any, dict]:
     info: dict[str, Any] = {"default": True, "note": INT8_NOTE, "parity_min_bin_agreement": INT8_BIN_AGREEMENT_MIN}
     try:
         info["quantization"] = quantize_from_rollouts(export_dir, progress=False, log=lambda _m: None)
-        session = OrtPolicy(export_dir, threads=threads, providers=["CPUExecutionProvider"], precision="int8").session
+        session = OrtPolicy(export_dir, threads=threads, providers=["CPUExecutionProvider"], precision="int8",
+                            batch=1).session  # as served: one observation a call
     except Exception as err:  # noqa: BLE001 - recorded, the run goes on
         return None, {**info, "skipped": f"quantisation failed: {type(err).__name__}: {err}"}
     info["model_bytes"] = {"fp32": (export_dir / POLICY_ONNX).stat().st_size,

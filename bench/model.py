@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     threads=args.threads, log=lambda _msg: None)
         export_seconds = time.perf_counter() - started
         model, config, tokenizer = load_vla(ckpt)
-        policy = OrtPolicy(work / "export", threads=args.threads)
+        policy = OrtPolicy(work / "export", threads=args.threads, batch=1)  # as served: one observation a call
 
         images, text = config.fake_inputs(batch=1, seed=123)
         feeds = {IMAGE_INPUT: images.numpy(), TEXT_EMB_INPUT: text.numpy()}
@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from export.quantize import quantize_from_rollouts
 
             int8_info = quantize_from_rollouts(work / "export", progress=False, log=lambda _msg: None)
-            int8_session = OrtPolicy(work / "export", threads=args.threads, precision="int8").session
+            int8_session = OrtPolicy(work / "export", threads=args.threads, precision="int8", batch=1).session
             engines["ort_int8"] = lambda: int8_session.run([ACTIONS_OUTPUT, BINS_OUTPUT], feeds)
         peak = _matmul_peak_gflops(torch)  # best of before and after: contention only ever lowers it
         load_before = os.getloadavg()

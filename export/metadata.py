@@ -40,6 +40,7 @@ METADATA_FILE = "metadata.json"
 ENGINE_FILE = "policy.plan"
 
 # graph I/O names (the contract between the exporter and every runtime)
+BATCH_DIM = "batch"  # the graphs' symbolic batch dimension (export/onnx_export.py)
 IMAGE_INPUT = "image"
 WRIST_IMAGE_INPUT = "wrist_image"  # uint8 (B, H, W, 3): the hand camera, only for cameras [scene, wrist]
 CAMERA_SETS = (("scene",), ("scene", "wrist"))

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from export import graph_check, parity
 from export.metadata import (
     ATTENTION_MASK,
+    BATCH_DIM,
     FORMAT_VERSION,
     INPUT_IDS,
     METADATA_FILE,
@@ -177,7 +178,7 @@ def export_graph(
                 program.save(str(path), external_data=False)
             else:
                 axes = {name: {axis: sym for axis, (sym, _, _) in dims.items()} for name, dims in dynamic.items()}
-                axes.update({name: {0: "batch"} for name in output_names})  # name the outputs' batch too
+                axes.update({name: {0: BATCH_DIM} for name in output_names})  # name the outputs' batch too
                 torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names,
                                   output_names=output_names, dynamic_axes=axes, opset_version=opset,
                                   do_constant_folding=True)
@@ -195,7 +196,7 @@ def export_policy_graph(model: VLA, path: Path, exporter: str = "dynamo", opset:
     if c.state_dim:
         args += (torch.from_numpy(fake_state(2, seed=0, dim=c.state_input_dim)),)
     inputs, outputs = policy_io_names(c.state_dim, c.action_output, c.cameras)
-    batch = ("batch", 1, MAX_BATCH)
+    batch = (BATCH_DIM, 1, MAX_BATCH)
     export_graph(policy_step(model), args, path, inputs, outputs, {name: {0: batch} for name in inputs},
                  exporter, opset)
 
@@ -204,7 +205,7 @@ def export_text_graph(encoder: TextEncoder, path: Path, exporter: str = "dynamo"
     """Sentence form: dynamic batch and sequence. Token form (encoder.tokens N): the sequence is
     fixed at N (the tokenizer pads and truncates to N), the output is (B, N * D)."""
     ids, mask = encoder.tokenize(["pick up the red block", "push the blue block to the left of the green one"])
-    batch, seq = ("batch", 1, MAX_BATCH), ("seq", 2, encoder.model.config.max_seq_length)
+    batch, seq = (BATCH_DIM, 1, MAX_BATCH), ("seq", 2, encoder.model.config.max_seq_length)
     axes = {0: batch} if encoder.tokens else {0: batch, 1: seq}
     export_graph(encoder.graph, (torch.from_numpy(ids), torch.from_numpy(mask)), path, [INPUT_IDS, ATTENTION_MASK],
                  [TEXT_EMB_OUTPUT], {INPUT_IDS: axes, ATTENTION_MASK: axes}, exporter, opset)

@@ -31,6 +31,7 @@ import numpy as np
 from export.metadata import (
     ACTIONS_OUTPUT,
     ATTENTION_MASK,
+    BATCH_DIM,
     BINS_OUTPUT,
     IMAGE_INPUT,
     INPUT_IDS,
@@ -215,6 +216,9 @@ class OrtPolicy:
     model_dir: an export directory (`lapa export onnx`). threads: intra-op threads (None: ORT's
     default). providers: None = every available one (TensorRT, CUDA, CPU order), or a list of names.
     precision: "fp32" (policy.onnx) or "int8" (policy_int8.onnx, `lapa export int8`; CPU provider).
+    batch: fix the policy graph's batch dimension (None: any batch). The server answers one
+    observation per call (`from_dir`: 1); with the batch known, ONNX Runtime folds the graph's shape
+    arithmetic away (a fifth of its nodes, ~5% of a call here). `run` then takes that batch only.
     """
 
     backend = "onnxruntime"
@@ -228,6 +232,7 @@ class OrtPolicy:
         spinning: bool = False,
         optimization: str = "all",
         precision: str = "fp32",
+        batch: int | None = None,
     ) -> None:
         self.export_dir = Path(model_dir)
         self.meta = read_metadata(self.export_dir)
@@ -237,26 +242,33 @@ class OrtPolicy:
         if graph not in self.meta.files:
             raise ExportError(f"{self.export_dir} has no {graph}: build it with `lapa export int8 --export "
                               f"{self.export_dir}`")
+        if batch is not None and batch < 1:
+            raise ValueError(f"batch must be >= 1 or None, got {batch}")
         options = session_options(threads, spinning, optimization)
+        policy_options = session_options(threads, spinning, optimization)
+        if batch is not None:
+            policy_options.add_free_dimension_override_by_name(BATCH_DIM, batch)
         chosen = choose_providers(providers, self.export_dir)
         # QDQ int8 is a CPU-provider graph; a GPU runs fp32 (or TensorRT's own fp16)
         policy_providers = ["CPUExecutionProvider"] if precision == "int8" else chosen
-        self.session = open_session(self.export_dir / graph, options, policy_providers)
+        self.session = open_session(self.export_dir / graph, policy_options, policy_providers)
         check_io(self.meta, POLICY_ONNX, *session_io(self.session))
-        self.precision = precision
+        self.precision, self.batch = precision, batch
         self.state_dim = self.meta.state_dim
         self.instructions = OnnxTextEncoder(self.export_dir, self.meta, options, chosen, cache_size)
         self._outputs = [ACTIONS_OUTPUT, BINS_OUTPUT]
         self._metadata = {**self.meta.runtime_metadata(self.backend),
-                          "providers": self.session.get_providers(), "num_threads": threads, "precision": precision}
+                          "providers": self.session.get_providers(), "num_threads": threads, "precision": precision,
+                          "batch": batch}
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike, threads: int | None = None) -> OrtPolicy:
         """The server's constructor: an export directory, or a finetuned checkpoint, exported once
-        and cached (export/cache.py), so `--backend onnxruntime` serves a shipped model as it is."""
+        and cached (export/cache.py), so `--backend onnxruntime` serves a shipped model as it is.
+        One observation per call: batch 1."""
         from export.cache import ensure_export
 
-        return cls(ensure_export(model_dir), threads=threads)
+        return cls(ensure_export(model_dir), threads=threads, batch=1)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -312,4 +324,4 @@ class OrtInt8Policy(OrtPolicy):
     def from_dir(cls, model_dir: str | os.PathLike, threads: int | None = None) -> OrtInt8Policy:
         from export.cache import ensure_export, ensure_int8
 
-        return cls(ensure_int8(ensure_export(model_dir)), threads=threads)
+        return cls(ensure_int8(ensure_export(model_dir)), threads=threads, batch=1)

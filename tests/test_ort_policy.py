@@ -202,3 +202,23 @@ def test_a_model_without_state_input_ignores_a_state(export_dir):
     np.testing.assert_array_equal(with_state["actions"], policy.infer(_obs())["actions"])
     with pytest.raises(ValueError, match="no state input"):
         policy.run(_obs()["image"][None], policy.instructions.get("go")[None], fake_state(1))
+
+
+def test_a_fixed_batch_of_one_answers_as_the_any_batch_graph_and_refuses_others(export_dir):
+    any_batch = OrtPolicy(export_dir / "export", threads=1)
+    served = OrtPolicy(export_dir / "export", threads=1, batch=1)
+    assert served.metadata["batch"] == 1 and any_batch.metadata["batch"] is None
+    for seed in range(3):
+        obs = _obs(seed, "push the blue block left")
+        np.testing.assert_array_equal(served.infer(obs)["actions"], any_batch.infer(obs)["actions"])
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    text = np.zeros((2, served.meta.text_dim), np.float32)
+    assert any_batch.run(images, text)["actions"].shape[0] == 2
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        served.run(images, text)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        OrtPolicy(export_dir / "export", batch=0)
+
+
+def test_the_server_constructor_fixes_batch_one(export_dir):
+    assert OrtPolicy.from_dir(export_dir / "export").metadata["batch"] == 1
