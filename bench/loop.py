@@ -6,6 +6,9 @@ For each control rate (default 10 and 30 Hz): the policy server with the default
   - control period jitter: |interval between control ticks - period|, p50/p99/max;
   - camera-to-command latency: wall time from the camera frame's capture (its header stamp, taken
     before rendering) to the franky command computed from it, p50/p90/p99, and a histogram PNG.
+Before the loop runs, the served model alone in this process (`model_alone`: the server's backend,
+its thread count, back to back and once per 100 ms on an idle machine): beside the loop's own
+model time, it tells what the machine's speed gives and what the loop's load adds.
 Then (`--episodes N`, 0 to skip) the demo's episodes, N per task, give success rates for each of
 `--success-models`: the default model on the families it was trained for (`default`: all four), and `expert`
 (the scripted expert served by the policy server) on the full `default` suite.
@@ -32,11 +35,13 @@ from lapa_ros.launch_plan import (
     DEFAULT_MODEL_SUITE,
     DEFAULT_SERVER_BACKEND,
     EXPERT_MODEL,
+    LAUNCH_ARGUMENTS,
     SERVER_BACKENDS,
 )
 from lapa_ros.session import LoopSession, SessionConfig, summarize_stats
 
 BENCH_INSTRUCTION = "pick up the red block"
+ALONE_CALLS, ALONE_SPACED_CALLS = 200, 30  # model_alone: back to back, then once per control period
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +91,37 @@ def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camer
     summary["franky_sim_realtime_factor"] = rtf
     summary["startup_s"] = round(session.startup_s or 0.0, 1)
     return summary, list(stats.get("latency_ms", []))
+
+
+def model_alone(model: str, server_backend: str, rate_hz: float = 10.0) -> dict:
+    """The served policy in this process, nothing else running: p50 ms back to back and at `rate_hz`."""
+    from policy_server.backends import load_backend
+
+    threads = int(LAUNCH_ARGUMENTS["server_threads"][0])
+    policy = load_backend(server_backend, model, threads=threads)
+    h, w = (int(v) for v in policy.metadata["image_size"])
+    rng = np.random.default_rng(0)
+    obs = {"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "instruction": BENCH_INSTRUCTION}
+    if int(policy.metadata.get("state_dim") or 0):
+        from lapa.action import fake_state
+
+        obs["state"] = fake_state(1, seed=0, dim=int(policy.metadata["state_dim"]))[0]
+
+    def timed() -> float:
+        start = time.perf_counter()
+        policy.infer(obs)
+        return 1e3 * (time.perf_counter() - start)
+
+    for _ in range(10):
+        timed()
+    back_to_back = [timed() for _ in range(ALONE_CALLS)]
+    spaced = []
+    for _ in range(ALONE_SPACED_CALLS):
+        time.sleep(1.0 / rate_hz)
+        spaced.append(timed())
+    return {"backend": server_backend, "threads": threads, "calls": ALONE_CALLS, "spaced_calls": ALONE_SPACED_CALLS,
+            "back_to_back_p50_ms": round(float(np.percentile(back_to_back, 50)), 3),
+            f"at_{rate_hz:g}hz_p50_ms": round(float(np.percentile(spaced, 50)), 3)}
 
 
 def measure_success(model: str, episodes: int, suite: str, out: Path,
@@ -152,6 +188,9 @@ def run(args: argparse.Namespace) -> dict:
             model = str(random_checkpoint(Path(tmp) / "random", preset="tabletop"))
             model_note = (f"random-weight VLA of the tabletop preset ({DEFAULT_MODEL_DIR} not found): "
                           "the default model's architecture and cost, not its skill")
+        print("[bench loop] the served model alone ...", flush=True)
+        alone = model_alone(model, args.server_backend, rates[0])
+        print(f"[bench loop]   {alone}", flush=True)
         per_rate, latencies = {}, {}
         for rate in rates:
             print(f"[bench loop] {rate:g} Hz for {args.duration:g} s ...", flush=True)
@@ -172,6 +211,8 @@ def run(args: argparse.Namespace) -> dict:
         "node_to_command_p50_ms": first["node_to_command_p50_ms"],
         "node_to_command_p99_ms": first["node_to_command_p99_ms"],
         "latency_rate_hz": rates[0],
+        # the machine's speed at the time: the same model with nothing else running (in-loop: model_p50_ms)
+        "model_alone": alone,
         "latency_histogram": str(histogram),
         "camera": {"hz": args.camera_hz, "image_size": args.image_size},
         "server_backend": args.server_backend,

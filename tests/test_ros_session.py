@@ -28,3 +28,7 @@ def test_an_instruction_through_the_whole_loop_reaches_the_block(tmp_path):
     numbers = summarize_stats(stats, stats["control_hz"])
     assert numbers["commands"] > 5 and numbers["latency_p50_ms"] > 0
     assert 0 < numbers["node_to_command_p50_ms"] <= numbers["latency_p50_ms"]
+    # the stages: each reply's own parts, so their p50s are ordered as the parts are
+    assert 0 < numbers["robot_call_p50_ms"] <= numbers["reply_to_command_p50_ms"] <= numbers["node_to_command_p50_ms"]
+    assert numbers["transport_p50_ms"] > 0 and numbers["server_overhead_p50_ms"] >= 0
+    assert numbers["model_p50_ms"] <= numbers["server_p50_ms"] <= numbers["round_trip_p50_ms"]
