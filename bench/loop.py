@@ -189,7 +189,10 @@ def run(args: argparse.Namespace) -> dict:
             model_note = (f"random-weight VLA of the tabletop preset ({DEFAULT_MODEL_DIR} not found): "
                           "the default model's architecture and cost, not its skill")
         print("[bench loop] the served model alone ...", flush=True)
-        alone = model_alone(model, args.server_backend, rates[0])
+        try:
+            alone = model_alone(model, args.server_backend, rates[0])
+        except Exception as err:  # noqa: BLE001 - a reference number only: the loop is measured regardless
+            alone = {"backend": args.server_backend, "error": f"{type(err).__name__}: {err}"}
         print(f"[bench loop]   {alone}", flush=True)
         per_rate, latencies = {}, {}
         for rate in rates:
