@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-backend", default=DEFAULT_SERVER_BACKEND, choices=SERVER_BACKENDS,
                         help="the policy server's backend for a checkpoint (default: %(default)s)")
     parser.add_argument("--rt-priority", type=int, default=0,
-                        help="lapa_policy's control_rt_priority (SCHED_FIFO control thread; default: off)")
+                        help="SCHED_FIFO priority of the frame-to-command path: lapa_policy's control_rt_priority "
+                             "(control and inference threads) and the server's --rt-priority (default: off)")
     parser.add_argument("--image-size", type=int, default=128,
                         help="scene camera side in pixels (default: %(default)s, the training recordings' size; "
                              "the server resizes to the model's input as the training data was)")
@@ -73,7 +74,8 @@ def measure_rate(model: str, rate_hz: float, duration_s: float, out: Path, camer
                  server_backend: str = DEFAULT_SERVER_BACKEND) -> tuple[dict, list]:
     session = LoopSession(SessionConfig(out_dir=out, model=model, control_hz=rate_hz, camera_hz=camera_hz,
                                         image_size=image_size, record_every=10 ** 9, server_backend=server_backend,
-                                        policy_params={"control_rt_priority": rt_priority}))
+                                        policy_params={"control_rt_priority": rt_priority},
+                                        server_rt_priority=rt_priority))
     try:
         session.start()
         session.call("/lapa/home", timeout_s=60.0)

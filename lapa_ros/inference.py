@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from lapa.realtime import make_thread_realtime
 from policy_server.client import ActReply, PolicyClient, PolicyClientError, PolicyServerError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class InferenceWorker:
                  timeout_s: float = 0.5, connect_timeout_s: float = 1.0, image_sync_s: float = 0.0,
                  max_image_wait_s: float = 0.05, probe_period_s: float = 0.02,
                  reconnect_backoff_s: tuple[float, float] = (0.1, 1.0),
-                 wrist_frames: FrameBuffer | None = None) -> None:
+                 wrist_frames: FrameBuffer | None = None, rt_priority: int = 0) -> None:
         self.url = url
         self.frames = frames
         self.wrist_frames = wrist_frames  # the hand camera, sent to a model with cameras [scene, wrist]
@@ -121,6 +122,8 @@ class InferenceWorker:
         self.image_sync_s, self.max_image_wait_s = image_sync_s, max_image_wait_s
         self.probe_period_s = probe_period_s
         self.backoff_s = reconnect_backoff_s
+        # SCHED_FIFO for this thread (lapa/realtime.py): a reply's first action is executed on it
+        self.rt_priority = rt_priority
         self.metadata: dict[str, Any] | None = None
         self.server_time_s: float | None = None
         self.last_error: str | None = None
@@ -154,6 +157,11 @@ class InferenceWorker:
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
+        refused = make_thread_realtime(self.rt_priority)
+        if refused:
+            logger.warning("inference thread stays at normal priority: %s", refused)
+        elif self.rt_priority:
+            logger.info("inference thread: SCHED_FIFO priority %d", self.rt_priority)
         backoff = self.backoff_s[0]
         while not self._closing:
             if self._client is None:

@@ -94,6 +94,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
                                               "and -int8 quantises it once; tensorrt takes an export directory "
                                               "with its engine)"),
     "server_threads": ("1", "intra-op threads of the started server's model"),
+    "server_rt_priority": ("0", "1..99: the started server's event loop and model at SCHED_FIFO (needs "
+                                "CAP_SYS_NICE; with the node's control_rt_priority, the whole frame-to-command path)"),
     "camera": ("sim", "sim (lapa_sim's scene camera), a device index, a stream URL, a video file, or none"),
     "wrist_camera": ("", "the hand camera for a model that takes one (its config's cameras [scene, wrist]): "
                          "with sim:=true lapa_sim renders it; otherwise a device index, stream URL or video file "
@@ -280,4 +282,5 @@ def _server(args: dict[str, str], sim: bool, notes: list[str]) -> tuple[ProcessS
             raise LaunchPlanError(f"server_backend:={args['server_backend']!r}: {', '.join(SERVER_BACKENDS)}")
         backend_args = ("--model", model, "--backend", args["server_backend"])
     return ProcessSpec("lapa_server", "lapa-server", "policy_server.app",
-                       (*backend_args, "--host", host, "--port", str(port), "--threads", args["server_threads"])), model
+                       (*backend_args, "--host", host, "--port", str(port), "--threads", args["server_threads"],
+                        "--rt-priority", args["server_rt_priority"])), model

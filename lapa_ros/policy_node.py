@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from lapa.chunking import CHUNK_MODES, DEFAULT_ENSEMBLE_DECAY, ChunkExecutor
+from lapa.realtime import make_thread_realtime
 from lapa_ros.backends import BACKENDS
 from lapa_ros.control_core import ControlCore, CoreSettings
 from lapa_ros.inference import FrameBuffer, InferenceWorker
@@ -89,7 +90,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     # is fixed for a whole run, and a frame taken from before the tick waited for it (up to this long).
     "image_sync_s": (0.0, "a tick waits for a camera frame received at most this long before it"),
     "max_image_wait_s": (0.05, "... but no longer than this after the tick (then takes the newest)"),
-    "control_rt_priority": (0, "1..99: run the control thread SCHED_FIFO at this priority (needs CAP_SYS_NICE; "
+    "control_rt_priority": (0, "1..99: run the control thread and the inference thread (which executes each "
+                               "reply's first action) SCHED_FIFO at this priority (needs CAP_SYS_NICE; "
                                "0 = normal scheduling)"),
     "autostart": (True, "a new instruction starts the loop (an emergency stop still needs /lapa/start)"),
     "status_hz": (2.0, "rate of /lapa/status"),
@@ -120,6 +122,8 @@ class PolicyNode:
         self.log = node.get_logger()
         if p["robot_backend"] not in BACKENDS:
             raise ValueError(f"robot_backend must be one of {BACKENDS}, got {p['robot_backend']!r}")
+        if not 0 <= int(p["control_rt_priority"]) <= 99:
+            raise ValueError(f"control_rt_priority must be 0 (off) or 1..99, got {p['control_rt_priority']}")
         if p["chunk_mode"] not in CHUNK_MODES:
             raise ValueError(f"chunk_mode must be one of {CHUNK_MODES}, got {p['chunk_mode']!r}")
         safety = SafetyFilter(SafetyLimits(
@@ -175,7 +179,7 @@ class PolicyNode:
         self.worker = InferenceWorker(p["server_url"], self.frames, self.core.on_result, self.core.on_server_error,
                                       api_key=api_key, timeout_s=p["server_timeout_s"],
                                       image_sync_s=p["image_sync_s"], max_image_wait_s=p["max_image_wait_s"],
-                                      wrist_frames=self.wrist_frames)
+                                      wrist_frames=self.wrist_frames, rt_priority=int(p["control_rt_priority"]))
         self.core.worker = self.worker
         self.worker.start()
         self._setup_thread = threading.Thread(target=self._setup, name="lapa-setup", daemon=True)
@@ -224,12 +228,11 @@ class PolicyNode:
         extra jitter on a busy machine.)"""
         period = 1.0 / self.control_hz
         priority = int(self.params["control_rt_priority"])
-        if priority > 0:
-            try:  # pid 0 = this thread on Linux
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(min(priority, 99)))
-                self.log.info(f"control thread: SCHED_FIFO priority {priority}")
-            except (AttributeError, PermissionError, OSError) as e:
-                self.log.warning(f"control thread stays at normal priority: {e}")
+        refused = make_thread_realtime(priority)
+        if refused:
+            self.log.warning(f"control thread stays at normal priority: {refused}")
+        elif priority:
+            self.log.info(f"control thread: SCHED_FIFO priority {priority}")
         next_t = time.monotonic()
         while not self._closing:
             try:

@@ -57,6 +57,7 @@ class SessionConfig:
     camera_hz: float = 30.0
     image_size: int = 128
     server_threads: int = 1
+    server_rt_priority: int = 0  # SCHED_FIFO for the server's event loop and model (lapa/realtime.py)
     record_every: int = 2  # keep every n-th camera frame for the video
     policy_params: dict = field(default_factory=dict)
     domain_id: int | None = None
@@ -111,7 +112,8 @@ class LoopSession:
             server_args += ("--intent", str(c.server_intent))
         server = ProcessSpec("lapa_server", "lapa-server", "policy_server.app",
                              (*server_args, "--host", "127.0.0.1", "--port", str(self.port), "--threads",
-                              str(c.server_threads), "--log-level", "warning"))
+                              str(c.server_threads), "--rt-priority", str(c.server_rt_priority), "--log-level",
+                              "warning"))
         sim = NodeSpec("lapa_sim", "lapa_sim_node", "lapa_ros.sim_node", {
             "image_size": c.image_size, "camera_hz": c.camera_hz})
         policy = NodeSpec("lapa_policy", "lapa_policy_node", "lapa_ros.policy_node", {

@@ -36,6 +36,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from lapa import __version__
 from lapa.policy_protocol import Policy
+from lapa.realtime import MAX_PRIORITY, make_thread_realtime
 from policy_server import codec
 from policy_server.http_body import read_limited_body
 from policy_server.metrics import Metrics
@@ -335,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "an intent directory (latent/ + laq/, lapa/policy/intent.py); needs torch")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for the model")
     p.add_argument("--warmup", type=int, default=3, help="inferences before reporting ready")
+    p.add_argument("--rt-priority", type=int, default=0,
+                   help="1..99: run the event loop (and the threads it starts: model, decoding) SCHED_FIFO at this "
+                        "priority (needs CAP_SYS_NICE; 0 = normal scheduling)")
     p.add_argument("--inline-model-ms", type=float, default=ServiceConfig.inline_model_max_ms,
                    help="run the model on the event loop when its warm-up calls take at most this many ms "
                         "(median; no thread hand-off per request); 0: always on its own thread")
@@ -361,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.inline_model_ms < 0:
         print("lapa-server: error: --inline-model-ms must be >= 0 (0: never on the event loop)", file=sys.stderr)
+        return 2
+    if not 0 <= args.rt_priority <= MAX_PRIORITY:
+        print(f"lapa-server: error: --rt-priority must be 0 (off) or 1..{MAX_PRIORITY}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_key = resolve_api_key(args.api_key)
@@ -401,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
                                ws_max_size=max_body, log_level=args.log_level, access_log=args.access_log,
                                lifespan="on", timeout_graceful_shutdown=3)
     server = holder["server"] = uvicorn.Server(uv_config)
+    refused = make_thread_realtime(args.rt_priority)  # this thread runs the event loop and starts the others
+    if refused:
+        log.warning("the server stays at normal priority: %s", refused)
+    elif args.rt_priority:
+        log.info("SCHED_FIFO priority %d", args.rt_priority)
     server.run()
     if service.status == "failed":
         print(f"lapa-server: error: the policy did not load: {service.error}", file=sys.stderr)

@@ -35,6 +35,9 @@ def test_default_plan_is_the_simulated_franka_with_a_server():
     assert server.arguments[server.arguments.index("--host") + 1] == "127.0.0.1"
     if "--model" in server.arguments:  # a checkpoint: served by ONNX Runtime int8, exported once and cached
         assert server.arguments[server.arguments.index("--backend") + 1] == "onnxruntime-int8"
+    assert server.arguments[server.arguments.index("--rt-priority") + 1] == "0"  # real-time off by default
+    rt_plan = plan({"server_rt_priority": "40"}).processes[0].arguments
+    assert rt_plan[rt_plan.index("--rt-priority") + 1] == "40"
     torch_plan = plan({"server_backend": "torch", "model": "/m"}).processes[0].arguments
     assert torch_plan[torch_plan.index("--backend") + 1] == "torch"
 
