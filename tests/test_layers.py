@@ -25,7 +25,7 @@ PACKAGES = ("lapa", "export", "policy_server", "lapa_ros", "calibration", "bench
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("lapa", "lapa.action", "lapa.geometry", "lapa.vocabulary", "lapa.checkpoint", "lapa.policy_protocol",
               "lapa.chunking", "lapa.franka", "lapa.lru_cache", "lapa.file_hash", "lapa.errors",
-              "lapa.config_checks", "lapa.state_history", "lapa.intent_layout")),
+              "lapa.config_checks", "lapa.state_history", "lapa.intent_layout", "lapa.realtime")),
     ("training", ("lapa.sim", "lapa.data", "lapa.laq", "lapa.policy", "lapa.eval", "lapa.experiment",
                   "lapa.training", "lapa.distributed", "lapa.parallel")),
     ("export", ("export",)),
