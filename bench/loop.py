@@ -35,7 +35,6 @@ from lapa_ros.launch_plan import (
     DEFAULT_MODEL_SUITE,
     DEFAULT_SERVER_BACKEND,
     EXPERT_MODEL,
-    LAUNCH_ARGUMENTS,
     SERVER_BACKENDS,
 )
 from lapa_ros.session import LoopSession, SessionConfig, summarize_stats
@@ -99,7 +98,7 @@ def model_alone(model: str, server_backend: str, rate_hz: float = 10.0) -> dict:
     """The served policy in this process, nothing else running: p50 ms back to back and at `rate_hz`."""
     from policy_server.backends import load_backend
 
-    threads = int(LAUNCH_ARGUMENTS["server_threads"][0])
+    threads = SessionConfig.server_threads  # what measure_rate's session starts the server with
     policy = load_backend(server_backend, model, threads=threads)
     h, w = (int(v) for v in policy.metadata["image_size"])
     rng = np.random.default_rng(0)

@@ -253,7 +253,7 @@ class OrtPolicy:
         policy_providers = ["CPUExecutionProvider"] if precision == "int8" else chosen
         self.session = open_session(self.export_dir / graph, policy_options, policy_providers)
         check_io(self.meta, POLICY_ONNX, *session_io(self.session))
-        self.precision, self.batch = precision, batch
+        self.precision = precision
         self.state_dim = self.meta.state_dim
         self.instructions = OnnxTextEncoder(self.export_dir, self.meta, options, chosen, cache_size)
         self._outputs = [ACTIONS_OUTPUT, BINS_OUTPUT]

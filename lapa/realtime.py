@@ -12,14 +12,19 @@ import os
 MAX_PRIORITY = 99
 
 
+def check_priority(priority: int) -> int:
+    """`priority` if it is 0 (off) or 1..99, else ValueError: checked at start-up, before any thread."""
+    if priority < 0 or priority > MAX_PRIORITY:
+        raise ValueError(f"a real-time priority is 0 (off) or 1..{MAX_PRIORITY}, got {priority}")
+    return priority
+
+
 def make_thread_realtime(priority: int) -> str | None:
     """SCHED_FIFO at `priority` (1..99) for the calling thread; 0 leaves it alone.
 
     Returns None on success (or for 0), else why not (no CAP_SYS_NICE, not Linux): the caller logs
     it and runs at normal priority."""
-    if priority < 0 or priority > MAX_PRIORITY:
-        raise ValueError(f"a real-time priority is 0 (off) or 1..{MAX_PRIORITY}, got {priority}")
-    if priority == 0:
+    if check_priority(priority) == 0:
         return None
     try:  # pid 0 = the calling thread on Linux
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))

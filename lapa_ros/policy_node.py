@@ -46,7 +46,7 @@ import time
 import numpy as np
 
 from lapa.chunking import CHUNK_MODES, DEFAULT_ENSEMBLE_DECAY, ChunkExecutor
-from lapa.realtime import make_thread_realtime
+from lapa.realtime import check_priority, make_thread_realtime
 from lapa_ros.backends import BACKENDS
 from lapa_ros.control_core import ControlCore, CoreSettings
 from lapa_ros.inference import FrameBuffer, InferenceWorker
@@ -122,8 +122,7 @@ class PolicyNode:
         self.log = node.get_logger()
         if p["robot_backend"] not in BACKENDS:
             raise ValueError(f"robot_backend must be one of {BACKENDS}, got {p['robot_backend']!r}")
-        if not 0 <= int(p["control_rt_priority"]) <= 99:
-            raise ValueError(f"control_rt_priority must be 0 (off) or 1..99, got {p['control_rt_priority']}")
+        check_priority(int(p["control_rt_priority"]))  # before the threads that use it start
         if p["chunk_mode"] not in CHUNK_MODES:
             raise ValueError(f"chunk_mode must be one of {CHUNK_MODES}, got {p['chunk_mode']!r}")
         safety = SafetyFilter(SafetyLimits(

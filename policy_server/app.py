@@ -36,7 +36,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from lapa import __version__
 from lapa.policy_protocol import Policy
-from lapa.realtime import MAX_PRIORITY, make_thread_realtime
+from lapa.realtime import MAX_PRIORITY, check_priority, make_thread_realtime
 from policy_server import codec
 from policy_server.http_body import read_limited_body
 from policy_server.metrics import Metrics
@@ -366,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.inline_model_ms < 0:
         print("lapa-server: error: --inline-model-ms must be >= 0 (0: never on the event loop)", file=sys.stderr)
         return 2
-    if not 0 <= args.rt_priority <= MAX_PRIORITY:
+    try:
+        check_priority(args.rt_priority)
+    except ValueError:
         print(f"lapa-server: error: --rt-priority must be 0 (off) or 1..{MAX_PRIORITY}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

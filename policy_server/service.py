@@ -110,7 +110,7 @@ class PolicyService:
             self.image_size = (h, w)
             warmup_ms = self._warm_up(policy, int(meta.get("state_dim") or 0), "wrist" in meta.get("cameras", ()))
             limit_ms = self.config.inline_model_max_ms
-            self.model_on_event_loop = bool(warmup_ms) and limit_ms > 0 and warmup_ms <= limit_ms
+            self.model_on_event_loop = warmup_ms is not None and 0 < limit_ms and warmup_ms <= limit_ms
             import cv2  # noqa: F401 - JPEG/PNG decoding and resizing: imported now, not on the first request
             if self.intent_factory is not None:
                 meta.update(self._load_intent())
